@@ -1,0 +1,267 @@
+//! `config.json` and `generation_config.json` of a Hugging Face model folder.
+//!
+//! The structs deserialise straight from the files (as candle does). Fields we do not use are
+//! kept verbatim in `extra` so that saving a policy writes back everything the user had.
+//! Values the architecture cannot honour (another activation, rope scaling, sliding window,
+//! an unknown `model_type`) are errors naming the field rather than silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{ModelError, Result};
+
+/// Architecture hyper-parameters of a Dream (or Qwen2-layout) checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DreamConfig {
+    /// "Dream" for Dream/DiffuCoder checkpoints; "qwen2" is accepted for the same tensors.
+    pub model_type: String,
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    /// Defaults to `num_attention_heads` (plain multi-head attention), as in transformers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<i64>,
+    /// Defaults to `hidden_size / num_attention_heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<i64>,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_max_position_embeddings")]
+    pub max_position_embeddings: i64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    /// Storage dtype of the weights ("float32", "bfloat16", "float16").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch_dtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_token_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<TokenIds>,
+    /// Couplet's own key: whether logit row i predicts token i+1 (Dream, adapted from an AR
+    /// model) or token i (LLaDA-style). Absent means shifted, Dream's convention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift_logits: Option<bool>,
+    /// Every other key of the file, written back unchanged on save.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `eos_token_id` is an integer or a list of integers in Hugging Face files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<i64> {
+        match self {
+            TokenIds::One(id) => vec![*id],
+            TokenIds::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_max_position_embeddings() -> i64 {
+    32_768
+}
+fn default_hidden_act() -> String {
+    "silu".to_string()
+}
+fn default_initializer_range() -> f64 {
+    0.02
+}
+
+/// Model types whose tensors follow Qwen2's names and shapes.
+pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["Dream", "dream", "qwen2"];
+
+impl DreamConfig {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let config: DreamConfig = serde_json::from_str(&text).map_err(|e| ModelError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    pub fn num_kv_heads(&self) -> i64 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    pub fn shift_logits(&self) -> bool {
+        self.shift_logits.unwrap_or(true)
+    }
+
+    /// Checks that the values describe an architecture this crate implements.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let err = |field: &str, msg: String| Err(ModelError::field(path, field, msg));
+        if !SUPPORTED_MODEL_TYPES.contains(&self.model_type.as_str()) {
+            return err(
+                "model_type",
+                format!(
+                    "unsupported model type {:?} (supported: {})",
+                    self.model_type,
+                    SUPPORTED_MODEL_TYPES.join(", ")
+                ),
+            );
+        }
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_kv_heads()),
+            ("head_dim", self.head_dim()),
+        ] {
+            if value <= 0 {
+                return err(field, format!("must be positive, got {value}"));
+            }
+        }
+        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+            return err(
+                "num_attention_heads",
+                format!(
+                    "hidden_size {} is not divisible by {} heads (set head_dim explicitly)",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            );
+        }
+        if self.head_dim() % 2 != 0 {
+            return err("head_dim", format!("rotary embedding needs an even head_dim, got {}", self.head_dim()));
+        }
+        if self.num_attention_heads % self.num_kv_heads() != 0 {
+            return err(
+                "num_key_value_heads",
+                format!(
+                    "{} attention heads are not a multiple of {} key/value heads",
+                    self.num_attention_heads,
+                    self.num_kv_heads()
+                ),
+            );
+        }
+        if self.hidden_act != "silu" {
+            return err("hidden_act", format!("only \"silu\" (SwiGLU) is supported, got {:?}", self.hidden_act));
+        }
+        if !(self.rms_norm_eps > 0.0) {
+            return err("rms_norm_eps", format!("must be positive, got {}", self.rms_norm_eps));
+        }
+        if !(self.rope_theta > 0.0) {
+            return err("rope_theta", format!("must be positive, got {}", self.rope_theta));
+        }
+        if let Some(v) = self.extra.get("rope_scaling") {
+            if !v.is_null() {
+                return err("rope_scaling", format!("rope scaling is not supported, got {v}"));
+            }
+        }
+        if let Some(Value::Bool(true)) = self.extra.get("use_sliding_window") {
+            return err("use_sliding_window", "sliding-window attention is not supported".to_string());
+        }
+        if let Some(dtype) = &self.torch_dtype {
+            crate::dtype::kind_from_name(dtype)
+                .ok_or_else(|| ModelError::field(path, "torch_dtype", format!("unknown dtype {dtype:?}")))?;
+        }
+        for (field, id) in [
+            ("mask_token_id", self.mask_token_id),
+            ("pad_token_id", self.pad_token_id),
+            ("bos_token_id", self.bos_token_id),
+        ] {
+            if let Some(id) = id {
+                if id < 0 || id >= self.vocab_size {
+                    return err(field, format!("token id {id} is outside the vocabulary (size {})", self.vocab_size));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_json(path, self)
+    }
+}
+
+/// `generation_config.json`: the special-token ids a checkpoint was released with, plus
+/// decoding defaults we keep verbatim.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GenerationConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_token_id: Option<i64>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl GenerationConfig {
+    /// Reads `generation_config.json` if the folder has one.
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("generation_config.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| ModelError::Parse { path, message: e.to_string() })
+    }
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| ModelError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    text.push('\n');
+    crate::fsutil::write_atomic(path, text.as_bytes())
+}
+
+/// The files of a model folder, by role.
+#[derive(Debug, Clone)]
+pub struct ModelFolder {
+    pub dir: PathBuf,
+}
+
+impl ModelFolder {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ModelFolder { dir: dir.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    pub fn tokenizer(&self) -> PathBuf {
+        self.dir.join("tokenizer.json")
+    }
+}

@@ -1,0 +1,380 @@
+//! The Dream / DiffuCoder transformer (SPEC section 1).
+//!
+//! Architecture = Qwen2's decoder stack with **bidirectional** attention:
+//! embeddings → N × [RMSNorm → GQA attention (q/k/v bias, rotary) → residual → RMSNorm →
+//! SwiGLU MLP → residual] → RMSNorm → lm_head (optionally tied to the embedding).
+//!
+//! Tensor names are exactly Hugging Face Qwen2's, built from the `VarStore` path, so the file
+//! reads next to SPEC section 1 and a checkpoint maps onto it name for name.
+//!
+//! Logits are never computed for the whole vocabulary at every position unless a caller
+//! asks for it ([`DreamModel::forward_logits`], used by tests and references): decoders and
+//! estimators call [`DreamModel::hidden_states`] and then [`DreamModel::token_logits`] for
+//! only the positions they score, which also applies the shifted-prediction convention.
+
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::DreamConfig;
+
+/// How freshly built parameters are filled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Zeros: the caller overwrites every tensor from a checkpoint (cheap for 7B models).
+    Zeros,
+    /// Normal(0, initializer_range) for matrices, zero biases, unit norms, like transformers.
+    Random,
+}
+
+/// Root-mean-square layer norm, computed in f32 as transformers' Qwen2RMSNorm does.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(vs: nn::Path, size: i64, eps: f64) -> Self {
+        RmsNorm {
+            weight: vs.var("weight", &[size], nn::Init::Const(1.0)),
+            eps,
+        }
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let dtype = xs.kind();
+        let x = xs.to_kind(Kind::Float);
+        let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let x = x * (variance + self.eps).rsqrt();
+        &self.weight * x.to_kind(dtype)
+    }
+}
+
+/// Rotary position embedding in the rotate-half form.
+#[derive(Debug)]
+pub struct RotaryEmbedding {
+    inv_freq: Tensor, // [D/2], f32
+}
+
+impl RotaryEmbedding {
+    fn new(cfg: &DreamConfig, device: Device) -> Self {
+        let dim = cfg.head_dim();
+        let inv_freq: Vec<f32> = (0..dim)
+            .step_by(2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
+            .collect();
+        RotaryEmbedding {
+            inv_freq: Tensor::from_slice(&inv_freq).to_device(device),
+        }
+    }
+
+    /// cos and sin for `position_ids [B, L]`, shaped `[B, 1, L, D]` to broadcast over heads.
+    fn cos_sin(&self, position_ids: &Tensor, dtype: Kind) -> (Tensor, Tensor) {
+        let freqs = position_ids.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // [B, L, D/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [B, 1, L, D]
+        (emb.cos().to_kind(dtype), emb.sin().to_kind(dtype))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size().last().copied().unwrap_or(0) / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[&(-x2), &x1], -1)
+}
+
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
+
+/// Bidirectional grouped-query self-attention with q/k/v biases.
+#[derive(Debug)]
+pub struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    o_proj: nn::Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+fn linear(vs: nn::Path, inp: i64, out: i64, bias: bool, init: Init, std: f64) -> nn::Linear {
+    let ws_init = match init {
+        Init::Zeros => nn::Init::Const(0.0),
+        Init::Random => nn::Init::Randn { mean: 0.0, stdev: std },
+    };
+    let cfg = nn::LinearConfig {
+        ws_init,
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias,
+    };
+    nn::linear(vs, inp, out, cfg)
+}
+
+impl Attention {
+    fn new(vs: nn::Path, cfg: &DreamConfig, init: Init) -> Self {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim());
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
+        let std = cfg.initializer_range;
+        Attention {
+            q_proj: linear(&vs / "q_proj", h, nh * d, true, init, std),
+            k_proj: linear(&vs / "k_proj", h, nkv * d, true, init, std),
+            v_proj: linear(&vs / "v_proj", h, nkv * d, true, init, std),
+            o_proj: linear(&vs / "o_proj", nh * d, h, false, init, std),
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+        }
+    }
+
+    fn forward(&self, xs: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>) -> Tensor {
+        let (b, l, _) = xs.size3().expect("hidden states are [B, L, H]");
+        let heads = |t: Tensor, n: i64| t.view([b, l, n, self.head_dim]).transpose(1, 2);
+        let q = heads(self.q_proj.forward(xs), self.num_heads); // [B, nh, L, D]
+        let k = heads(self.k_proj.forward(xs), self.num_kv_heads); // [B, nkv, L, D]
+        let v = heads(self.v_proj.forward(xs), self.num_kv_heads);
+        let (cos, sin) = rope;
+        let q = apply_rotary(&q, cos, sin);
+        let k = apply_rotary(&k, cos, sin);
+        // Repeat kv heads explicitly: every SDPA backend accepts it, with or without a mask.
+        let (k, v) = if self.num_kv_heads == self.num_heads {
+            (k, v)
+        } else {
+            let rep = self.num_heads / self.num_kv_heads;
+            (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None))
+        };
+        let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, false);
+        let attn = attn.transpose(1, 2).reshape([b, l, self.num_heads * self.head_dim]);
+        self.o_proj.forward(&attn)
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    gate_proj: nn::Linear,
+    up_proj: nn::Linear,
+    down_proj: nn::Linear,
+}
+
+impl Mlp {
+    fn new(vs: nn::Path, cfg: &DreamConfig, init: Init) -> Self {
+        let (h, i, std) = (cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range);
+        Mlp {
+            gate_proj: linear(&vs / "gate_proj", h, i, false, init, std),
+            up_proj: linear(&vs / "up_proj", h, i, false, init, std),
+            down_proj: linear(&vs / "down_proj", i, h, false, init, std),
+        }
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        self.down_proj
+            .forward(&(self.gate_proj.forward(xs).silu() * self.up_proj.forward(xs)))
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(vs: nn::Path, cfg: &DreamConfig, init: Init) -> Self {
+        DecoderLayer {
+            input_layernorm: RmsNorm::new(&vs / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+            self_attn: Attention::new(&vs / "self_attn", cfg, init),
+            post_attention_layernorm: RmsNorm::new(
+                &vs / "post_attention_layernorm",
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            ),
+            mlp: Mlp::new(&vs / "mlp", cfg, init),
+        }
+    }
+
+    /// `xs [B, L, H]` → `[B, L, H]`.
+    pub fn forward(&self, xs: &Tensor, ctx: &LayerContext) -> Tensor {
+        let h = xs + self.self_attn.forward(&self.input_layernorm.forward(xs), &ctx.rope, ctx.mask.as_ref());
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+    }
+}
+
+/// What every layer of one forward pass shares: rotary tables and the attention mask.
+#[derive(Debug)]
+pub struct LayerContext {
+    rope: (Tensor, Tensor),
+    /// Boolean key mask `[B, 1, 1, L]` (true = attend), `None` when nothing is padded.
+    mask: Option<Tensor>,
+}
+
+/// The Dream transformer with its parameters.
+#[derive(Debug)]
+pub struct DreamModel {
+    config: DreamConfig,
+    vs: nn::VarStore,
+    embed_tokens: Tensor, // [V, H]
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor, // [V, H]; shares storage with embed_tokens when tied
+    rotary: RotaryEmbedding,
+}
+
+impl DreamModel {
+    /// Builds the parameters on `device` in `kind` (f32 or bf16) for `config`.
+    ///
+    /// `Init::Random` consumes torch's global RNG: call `tch::manual_seed` first for a
+    /// reproducible model.
+    pub fn new(config: &DreamConfig, device: Device, kind: Kind, init: Init) -> Self {
+        let mut vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let model = &root / "model";
+        let (v, h) = (config.vocab_size, config.hidden_size);
+        let emb_init = match init {
+            Init::Zeros => nn::Init::Const(0.0),
+            Init::Random => nn::Init::Randn { mean: 0.0, stdev: config.initializer_range },
+        };
+        let embed_tokens = (&model / "embed_tokens").var("weight", &[v, h], emb_init);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::new(&model / "layers" / i, config, init))
+            .collect();
+        let norm = RmsNorm::new(&model / "norm", h, config.rms_norm_eps);
+        let lm_head = if config.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            (&root / "lm_head").var("weight", &[v, h], emb_init)
+        };
+        if kind != Kind::Float {
+            vs.set_kind(kind);
+        }
+        DreamModel {
+            config: config.clone(),
+            vs,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: RotaryEmbedding::new(config, device),
+        }
+    }
+
+    pub fn config(&self) -> &DreamConfig {
+        &self.config
+    }
+
+    /// The parameter store: names are Hugging Face tensor names.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.vs.kind()
+    }
+
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
+    /// Whether logit row i scores token i+1 (see [`DreamConfig::shift_logits`]).
+    pub fn shifted(&self) -> bool {
+        self.config.shift_logits()
+    }
+
+    /// Token embeddings `[B, L, H]` for `ids [B, L]`.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, ids, -1, false, false)
+    }
+
+    /// Rotary tables and attention mask for a batch; `attention_mask [B, L]` is 1 for real
+    /// tokens (prompt, completion or [MASK]) and 0 for left padding.
+    ///
+    /// With padding, position ids are `cumsum(mask) − 1` (pads set to 1) and keys at pad
+    /// positions are hidden from every query. Pad *queries* still attend to the real keys:
+    /// their outputs are never read, and this keeps them finite (a fully masked softmax row
+    /// would be NaN and could poison gradients through `0 · NaN`).
+    pub fn layer_context(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> LayerContext {
+        let (b, l) = ids.size2().expect("ids are [B, L]");
+        let device = ids.device();
+        let padded = attention_mask.filter(|m| {
+            let real: i64 = m.sum(Kind::Int64).int64_value(&[]);
+            real != b * l
+        });
+        let (position_ids, mask) = match padded {
+            Some(m) => {
+                let m = m.to_device(device);
+                let pos = (m.cumsum(-1, Kind::Int64) - 1).masked_fill(&m.eq(0), 1);
+                (pos, Some(m.ne(0).view([b, 1, 1, l])))
+            }
+            None => (Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0).expand([b, l], false), None),
+        };
+        LayerContext {
+            rope: self.rotary.cos_sin(&position_ids, self.kind()),
+            mask,
+        }
+    }
+
+    /// Final-normed hidden states `[B, L, H]`.
+    pub fn hidden_states(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        let ctx = self.layer_context(ids, attention_mask);
+        let mut xs = self.embed(ids);
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &ctx);
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// Applies the final norm; for callers that run the layers themselves (checkpointing).
+    pub fn final_norm(&self, xs: &Tensor) -> Tensor {
+        self.norm.forward(xs)
+    }
+
+    /// Vocabulary logits for arbitrary rows of hidden states: `[..., H]` → `[..., V]`, f32.
+    pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.matmul(&self.lm_head.tr()).to_kind(Kind::Float)
+    }
+
+    /// The hidden-state rows that score the tokens at `positions [N, 2]` (batch, position):
+    /// row `p − 1` for shifted models (row 0 scores token 0), row `p` otherwise. `[N, H]`.
+    pub fn scoring_rows(&self, hidden: &Tensor, positions: &Tensor) -> Tensor {
+        let batch = positions.select(1, 0);
+        let mut pos = positions.select(1, 1);
+        if self.shifted() {
+            pos = (pos - 1).clamp_min(0);
+        }
+        hidden.index(&[Some(batch), Some(pos)])
+    }
+
+    /// f32 logits `[N, V]` scoring the tokens at the true entries of `select [B, L]`, in
+    /// row-major order; only those N rows ever reach the vocabulary projection.
+    pub fn token_logits(&self, hidden: &Tensor, select: &Tensor) -> Tensor {
+        let positions = select.nonzero(); // [N, 2]
+        self.lm_logits(&self.scoring_rows(hidden, &positions))
+    }
+
+    /// Raw (unshifted) logits at every position `[B, L, V]`, f32, as transformers returns
+    /// them. Memory-hungry at real vocabulary sizes: for tests and reference paths only.
+    pub fn forward_logits(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        self.lm_logits(&self.hidden_states(ids, attention_mask))
+    }
+
+    /// Number of parameters (tied weights counted once).
+    pub fn num_parameters(&self) -> i64 {
+        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+}

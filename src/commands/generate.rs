@@ -1,0 +1,155 @@
+//! `couplet generate`: diffusion decoding from the command line.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use couplet_model::{chat_prompt, Checkpoint, LoadOptions};
+use couplet_rollout::{dream_generate, DreamAlg, DreamDecodeConfig, SamplingParams};
+use serde_json::json;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Model folder (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A prompt (repeatable).
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Vec<String>,
+    /// JSON-lines file of prompts: each line an object with a "prompt" (or "question") string.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Wrap each prompt in the chat template (system + user → assistant).
+    #[arg(long)]
+    pub chat: bool,
+    /// System prompt used with --chat.
+    #[arg(long, default_value = couplet_model::tokenizer::DEFAULT_SYSTEM_PROMPT)]
+    pub system: String,
+    #[arg(long, default_value_t = 64)]
+    pub steps: i64,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: i64,
+    /// origin, maskgit_plus, topk_margin or entropy.
+    #[arg(long, default_value = "entropy")]
+    pub alg: String,
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long)]
+    pub top_k: Option<i64>,
+    #[arg(long, default_value_t = 0.0)]
+    pub alg_temp: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep only the last N prompt tokens.
+    #[arg(long)]
+    pub max_prompt_length: Option<usize>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Print one JSON object per completion (text, token ids, reveal order) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON lines to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn read_prompts(args: &Args) -> Result<Vec<String>> {
+    let mut prompts = args.prompt.clone();
+    if let Some(path) = &args.prompts {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.with_context(|| format!("{}: reading line {}", path.display(), i + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+            let text = value
+                .get("prompt")
+                .or_else(|| value.get("question"))
+                .and_then(|v| v.as_str())
+                .with_context(|| format!("{}:{}: field `prompt` (or `question`) missing or not a string", path.display(), i + 1))?;
+            prompts.push(text.to_string());
+        }
+    }
+    if prompts.is_empty() {
+        bail!("no prompts: give --prompt TEXT or --prompts FILE.jsonl");
+    }
+    Ok(prompts)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = DreamDecodeConfig {
+        steps: args.steps,
+        max_new_tokens: args.max_new_tokens,
+        alg: DreamAlg::parse(&args.alg)?,
+        alg_temp: args.alg_temp,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+        },
+        eps: 1e-3,
+    };
+    config.validate()?;
+    let prompts = read_prompts(&args)?;
+    let options = LoadOptions {
+        device: super::parse_device(&args.device)?,
+        kind: Some(super::parse_kind(&args.dtype)?),
+    };
+    let ckpt = Checkpoint::load(&args.model, options).with_context(|| format!("loading model {}", args.model.display()))?;
+    let texts: Vec<String> = if args.chat {
+        prompts.iter().map(|p| chat_prompt(&args.system, p)).collect()
+    } else {
+        prompts.clone()
+    };
+    let batch = ckpt.tokenizer.encode_prompts(&texts, args.max_prompt_length)?;
+    let special = ckpt.tokenizer.special().clone();
+    let start = std::time::Instant::now();
+    let decoded = dream_generate(&ckpt.model, &batch, special.mask, &config, args.seed, 0, |_| {})?;
+    let elapsed = start.elapsed().as_secs_f64();
+
+    let sequences = Vec::<Vec<i64>>::try_from(&decoded.sequences.to_device(tch::Device::Cpu))?;
+    let ends = special.end_of_completion();
+    let mut out_file = match &args.out {
+        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        None => None,
+    };
+    let stdout = std::io::stdout();
+    let mut stdout = stdout.lock();
+    for (i, seq) in sequences.iter().enumerate() {
+        let completion = &seq[decoded.prompt_width as usize..];
+        let len = completion.iter().position(|t| ends.contains(t)).map_or(completion.len(), |p| p + 1);
+        let text = ckpt.tokenizer.decode(&completion[..len])?;
+        let record = json!({
+            "prompt": prompts[i],
+            "completion": text,
+            "completion_ids": &completion[..len],
+            "reveal_step": &decoded.reveal_step[i][..len],
+        });
+        if args.json {
+            writeln!(stdout, "{record}")?;
+        } else {
+            writeln!(stdout, "=== prompt {i}: {}\n{text}", prompts[i])?;
+        }
+        if let Some(f) = out_file.as_mut() {
+            writeln!(f, "{record}")?;
+        }
+    }
+    let tokens = sequences.len() as f64 * args.max_new_tokens as f64;
+    eprintln!(
+        "decoded {} completions × {} tokens in {} steps: {:.2}s ({:.0} tokens/s)",
+        sequences.len(),
+        args.max_new_tokens,
+        args.steps,
+        elapsed,
+        tokens / elapsed
+    );
+    Ok(())
+}

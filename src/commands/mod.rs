@@ -1,0 +1,38 @@
+//! One module per subcommand, plus the option parsing they share.
+
+pub mod demo;
+pub mod generate;
+pub mod init_model;
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind};
+
+/// `--device`: cpu, cuda, cuda:N, or auto (the first GPU when CUDA is available).
+pub fn parse_device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "auto" => Device::cuda_if_available(),
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Device::Cuda(i),
+            _ => bail!("--device: expected cpu, cuda, cuda:N or auto, got {other:?}"),
+        },
+    })
+}
+
+/// `--dtype`: f32 or bf16 (bf16 only makes sense on GPUs).
+pub fn parse_kind(name: &str) -> Result<Kind> {
+    match name {
+        "f32" | "float32" => Ok(Kind::Float),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        other => bail!("--dtype: expected f32 or bf16, got {other:?}"),
+    }
+}
+
+pub fn devices() -> Result<()> {
+    let cuda = tch::Cuda::is_available();
+    println!("cuda available: {cuda}");
+    println!("cuda devices: {}", tch::Cuda::device_count());
+    println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
+    Ok(())
+}

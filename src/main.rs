@@ -1,0 +1,37 @@
+//! `couplet`: the command-line front of Couplet. Thin glue: each subcommand parses its
+//! options, calls the stage crates and prints. Nothing algorithmic lives here.
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+#[derive(Parser)]
+#[command(name = "couplet", version, about = "Coupled-GRPO post-training for masked-diffusion code LLMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a randomly initialised Dream model folder (config, safetensors, tokenizer).
+    InitModel(commands::init_model::Args),
+    /// Sample completions from a model with diffusion decoding.
+    Generate(commands::generate::Args),
+    /// Say whether CUDA is visible and which devices `--device auto` would use.
+    Devices,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => commands::demo::run(),
+        Some(Command::InitModel(args)) => commands::init_model::run(args),
+        Some(Command::Generate(args)) => commands::generate::run(args),
+        Some(Command::Devices) => commands::devices(),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,10 @@
+//! The trainer stage: one GRPO round after another.
+//!
+//! It orchestrates a round — sample prompts, roll out G completions each (`rollout`), score
+//! them (`reward`), compute group-relative advantages, estimate token likelihoods with the
+//! coupled (or a baseline: d1, full-mask, decoupled) estimator, and take μ clipped-GRPO
+//! optimizer steps — then logs and checkpoints (SPEC sections 4–7, 9). Multi-GPU data
+//! parallelism on PyTorch's c10d engine hangs off it too.
+//!
+//! Not for: the transformer itself (`model`), decoding (`rollout`) or test execution
+//! (`sandbox`).
