@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod commands;
 
 #[derive(Parser)]
-#[command(name = "couplet", version, about = "Coupled-GRPO post-training for masked-diffusion code LLMs")]
+#[command(
+    name = "couplet",
+    version,
+    about = "Coupled-GRPO post-training for masked-diffusion code LLMs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -17,7 +21,7 @@ enum Command {
     /// Write a randomly initialised Dream model folder (config, safetensors, tokenizer).
     InitModel(commands::init_model::Args),
     /// Sample completions from a model with diffusion decoding.
-    Generate(commands::generate::Args),
+    Generate(Box<commands::generate::Args>),
     /// Say whether CUDA is visible and which devices `--device auto` would use.
     Devices,
 }
@@ -27,7 +31,7 @@ fn main() {
     let result = match cli.command {
         None => commands::demo::run(),
         Some(Command::InitModel(args)) => commands::init_model::run(args),
-        Some(Command::Generate(args)) => commands::generate::run(args),
+        Some(Command::Generate(args)) => commands::generate::run(*args),
         Some(Command::Devices) => commands::devices(),
     };
     if let Err(err) = result {

@@ -9,14 +9,22 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, TokenizerBuilder};
 
 /// Special tokens, in id order: Qwen's text/chat markers, then Dream's two additions.
-const SPECIAL: [&str; 5] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>"];
+const SPECIAL: [&str; 5] = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|beginoftext|>",
+    "<|mask|>",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [out, vocab, files @ ..] = args.as_slice() else {
         return Err("usage: train_tokenizer OUT_JSON VOCAB_SIZE FILE...".into());
     };
-    let vocab_size: usize = vocab.parse().map_err(|e| format!("VOCAB_SIZE {vocab:?}: {e}"))?;
+    let vocab_size: usize = vocab
+        .parse()
+        .map_err(|e| format!("VOCAB_SIZE {vocab:?}: {e}"))?;
     let mut trainer = BpeTrainerBuilder::new()
         .show_progress(false)
         .vocab_size(vocab_size)
@@ -33,7 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .build()?;
     let mut files = files.to_vec();
     files.sort();
-    tokenizer.train_from_files(&mut trainer, files)?.save(out, false)?;
+    tokenizer
+        .train_from_files(&mut trainer, files)?
+        .save(out, false)?;
     println!("wrote {out}: {} tokens", tokenizer.get_vocab_size(true));
     Ok(())
 }

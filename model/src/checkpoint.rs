@@ -43,7 +43,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Cpu, kind: None }
+        LoadOptions {
+            device: Device::Cpu,
+            kind: None,
+        }
     }
 }
 
@@ -62,18 +65,23 @@ pub fn load_model(dir: &Path, options: LoadOptions) -> Result<DreamModel> {
 }
 
 /// The safetensors files of a folder and, for sharded ones, which file holds which tensor.
-fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, String>>)> {
+/// Tensor name → shard file name, from `model.safetensors.index.json`.
+type WeightMap = BTreeMap<String, String>;
+
+fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<WeightMap>)> {
     let index_path = dir.join(INDEX_FILE);
     if index_path.exists() {
-        let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
-        let index: ShardIndex = serde_json::from_str(&text).map_err(|e| ModelError::Parse {
-            path: index_path.clone(),
-            message: e.to_string(),
-        })?;
+        let text =
+            std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+        let index: ShardIndex = crate::config::parse_json(&index_path, &text)?;
         let files: BTreeSet<&String> = index.weight_map.values().collect();
         for file in &files {
             if file.contains('/') || file.contains("..") {
-                return Err(ModelError::field(&index_path, "weight_map", format!("shard name {file:?} is not a plain file name")));
+                return Err(ModelError::field(
+                    &index_path,
+                    "weight_map",
+                    format!("shard name {file:?} is not a plain file name"),
+                ));
             }
         }
         let paths = files.iter().map(|f| dir.join(f)).collect();
@@ -84,7 +92,10 @@ fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, Str
         return Ok((vec![single], None));
     }
     if !dir.is_dir() {
-        return Err(ModelError::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
+        return Err(ModelError::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+        ));
     }
     Err(ModelError::Parse {
         path: dir.to_path_buf(),
@@ -106,10 +117,11 @@ pub fn load_weights_into(model: &DreamModel, dir: &Path) -> Result<()> {
         // SAFETY: the mapping is read-only and lives only for this loop iteration; a file
         // truncated by another process while we read it is outside what we defend against.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        let tensors = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let tensors =
+            safetensors::SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         for (name, view) in tensors.tensors() {
             let problem = |problem: String| TensorProblem {
                 name: name.clone(),
@@ -121,7 +133,9 @@ pub fn load_weights_into(model: &DreamModel, dir: &Path) -> Result<()> {
                 if listed.as_ref() != Some(path) {
                     unexpected.push(problem(format!(
                         "not listed for this file in {INDEX_FILE} (listed: {})",
-                        listed.map(|p| p.display().to_string()).unwrap_or_else(|| "nowhere".into())
+                        listed
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| "nowhere".into())
                     )));
                     continue;
                 }
@@ -135,25 +149,39 @@ pub fn load_weights_into(model: &DreamModel, dir: &Path) -> Result<()> {
             };
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             if shape != var.size() {
-                wrong.push(problem(format!("shape {:?}, expected {:?}", shape, var.size())));
+                wrong.push(problem(format!(
+                    "shape {:?}, expected {:?}",
+                    shape,
+                    var.size()
+                )));
                 continue;
             }
             let Some(kind) = dtype::kind_from_safetensors(view.dtype()) else {
-                wrong.push(problem(format!("dtype {:?} is not a floating-point weight type", view.dtype())));
+                wrong.push(problem(format!(
+                    "dtype {:?} is not a floating-point weight type",
+                    view.dtype()
+                )));
                 continue;
             };
             if !seen.insert(name.clone()) {
                 wrong.push(problem("appears in more than one file".into()));
                 continue;
             }
-            let src = Tensor::f_from_data_size(view.data(), &shape, kind)
-                .map_err(ModelError::torch(format!("{}: reading tensor {name}", path.display())))?;
+            let src = Tensor::f_from_data_size(view.data(), &shape, kind).map_err(
+                ModelError::torch(format!("{}: reading tensor {name}", path.display())),
+            )?;
             let mut dst = var.shallow_clone();
-            dst.f_copy_(&src)
-                .map_err(ModelError::torch(format!("{}: copying tensor {name}", path.display())))?;
+            dst.f_copy_(&src).map_err(ModelError::torch(format!(
+                "{}: copying tensor {name}",
+                path.display()
+            )))?;
         }
     }
-    let missing: Vec<String> = vars.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+    let missing: Vec<String> = vars
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .cloned()
+        .collect();
     if !missing.is_empty() || !unexpected.is_empty() || !wrong.is_empty() {
         let mut missing = missing;
         missing.sort();
@@ -264,7 +292,12 @@ pub fn save_model(model: &DreamModel, dir: &Path, options: &SaveOptions) -> Resu
 
 /// Streams `names` into one safetensors file (header, then raw little-endian data), one
 /// tensor in memory at a time. Written under a temp name and renamed when complete.
-fn write_safetensors(path: &Path, names: &[&String], vars: &HashMap<String, Tensor>, kind: Kind) -> Result<()> {
+fn write_safetensors(
+    path: &Path,
+    names: &[&String],
+    vars: &HashMap<String, Tensor>,
+    kind: Kind,
+) -> Result<()> {
     let elem = dtype::element_size(kind);
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
@@ -294,7 +327,8 @@ fn write_safetensors(path: &Path, names: &[&String], vars: &HashMap<String, Tens
     let write = || -> std::result::Result<(), ModelError> {
         let io = |e| ModelError::io(path, e);
         let mut out = BufWriter::new(File::create(&tmp).map_err(io)?);
-        out.write_all(&(header_bytes.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(&(header_bytes.len() as u64).to_le_bytes())
+            .map_err(io)?;
         out.write_all(&header_bytes).map_err(io)?;
         let mut buf = Vec::new();
         for name in names {
@@ -305,7 +339,10 @@ fn write_safetensors(path: &Path, names: &[&String], vars: &HashMap<String, Tens
             let numel = t.numel();
             buf.resize(numel * elem, 0);
             t.f_copy_data_u8(&mut buf, numel)
-                .map_err(ModelError::torch(format!("{}: writing tensor {name}", path.display())))?;
+                .map_err(ModelError::torch(format!(
+                    "{}: writing tensor {name}",
+                    path.display()
+                )))?;
             out.write_all(&buf).map_err(io)?;
         }
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;

@@ -100,10 +100,7 @@ impl DreamConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let config: DreamConfig = serde_json::from_str(&text).map_err(|e| ModelError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let config: DreamConfig = parse_json(path, &text)?;
         config.validate(path)?;
         Ok(config)
     }
@@ -157,7 +154,13 @@ impl DreamConfig {
             );
         }
         if self.head_dim() % 2 != 0 {
-            return err("head_dim", format!("rotary embedding needs an even head_dim, got {}", self.head_dim()));
+            return err(
+                "head_dim",
+                format!(
+                    "rotary embedding needs an even head_dim, got {}",
+                    self.head_dim()
+                ),
+            );
         }
         if self.num_attention_heads % self.num_kv_heads() != 0 {
             return err(
@@ -170,25 +173,44 @@ impl DreamConfig {
             );
         }
         if self.hidden_act != "silu" {
-            return err("hidden_act", format!("only \"silu\" (SwiGLU) is supported, got {:?}", self.hidden_act));
+            return err(
+                "hidden_act",
+                format!(
+                    "only \"silu\" (SwiGLU) is supported, got {:?}",
+                    self.hidden_act
+                ),
+            );
         }
-        if !(self.rms_norm_eps > 0.0) {
-            return err("rms_norm_eps", format!("must be positive, got {}", self.rms_norm_eps));
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
+            return err(
+                "rms_norm_eps",
+                format!("must be positive, got {}", self.rms_norm_eps),
+            );
         }
-        if !(self.rope_theta > 0.0) {
-            return err("rope_theta", format!("must be positive, got {}", self.rope_theta));
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
+            return err(
+                "rope_theta",
+                format!("must be positive, got {}", self.rope_theta),
+            );
         }
         if let Some(v) = self.extra.get("rope_scaling") {
             if !v.is_null() {
-                return err("rope_scaling", format!("rope scaling is not supported, got {v}"));
+                return err(
+                    "rope_scaling",
+                    format!("rope scaling is not supported, got {v}"),
+                );
             }
         }
         if let Some(Value::Bool(true)) = self.extra.get("use_sliding_window") {
-            return err("use_sliding_window", "sliding-window attention is not supported".to_string());
+            return err(
+                "use_sliding_window",
+                "sliding-window attention is not supported".to_string(),
+            );
         }
         if let Some(dtype) = &self.torch_dtype {
-            crate::dtype::kind_from_name(dtype)
-                .ok_or_else(|| ModelError::field(path, "torch_dtype", format!("unknown dtype {dtype:?}")))?;
+            crate::dtype::kind_from_name(dtype).ok_or_else(|| {
+                ModelError::field(path, "torch_dtype", format!("unknown dtype {dtype:?}"))
+            })?;
         }
         for (field, id) in [
             ("mask_token_id", self.mask_token_id),
@@ -197,7 +219,13 @@ impl DreamConfig {
         ] {
             if let Some(id) = id {
                 if id < 0 || id >= self.vocab_size {
-                    return err(field, format!("token id {id} is outside the vocabulary (size {})", self.vocab_size));
+                    return err(
+                        field,
+                        format!(
+                            "token id {id} is outside the vocabulary (size {})",
+                            self.vocab_size
+                        ),
+                    );
                 }
             }
         }
@@ -233,10 +261,24 @@ impl GenerationConfig {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| ModelError::Parse { path, message: e.to_string() })
+        parse_json(&path, &text).map(Some)
     }
+}
+
+/// Deserialises JSON, naming the offending field (`field `x`: invalid type ...`).
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        if field.is_empty() || field == "." {
+            ModelError::Parse {
+                path: path.to_path_buf(),
+                message: e.inner().to_string(),
+            }
+        } else {
+            ModelError::field(path, field, e.inner().to_string())
+        }
+    })
 }
 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {

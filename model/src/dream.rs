@@ -104,7 +104,10 @@ pub struct Attention {
 fn linear(vs: nn::Path, inp: i64, out: i64, bias: bool, init: Init, std: f64) -> nn::Linear {
     let ws_init = match init {
         Init::Zeros => nn::Init::Const(0.0),
-        Init::Random => nn::Init::Randn { mean: 0.0, stdev: std },
+        Init::Random => nn::Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
     };
     let cfg = nn::LinearConfig {
         ws_init,
@@ -144,10 +147,15 @@ impl Attention {
             (k, v)
         } else {
             let rep = self.num_heads / self.num_kv_heads;
-            (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None))
+            (
+                k.repeat_interleave_self_int(rep, 1, None),
+                v.repeat_interleave_self_int(rep, 1, None),
+            )
         };
         let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, false);
-        let attn = attn.transpose(1, 2).reshape([b, l, self.num_heads * self.head_dim]);
+        let attn = attn
+            .transpose(1, 2)
+            .reshape([b, l, self.num_heads * self.head_dim]);
         self.o_proj.forward(&attn)
     }
 }
@@ -162,7 +170,11 @@ pub struct Mlp {
 
 impl Mlp {
     fn new(vs: nn::Path, cfg: &DreamConfig, init: Init) -> Self {
-        let (h, i, std) = (cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range);
+        let (h, i, std) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.initializer_range,
+        );
         Mlp {
             gate_proj: linear(&vs / "gate_proj", h, i, false, init, std),
             up_proj: linear(&vs / "up_proj", h, i, false, init, std),
@@ -190,7 +202,11 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     fn new(vs: nn::Path, cfg: &DreamConfig, init: Init) -> Self {
         DecoderLayer {
-            input_layernorm: RmsNorm::new(&vs / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+            input_layernorm: RmsNorm::new(
+                &vs / "input_layernorm",
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            ),
             self_attn: Attention::new(&vs / "self_attn", cfg, init),
             post_attention_layernorm: RmsNorm::new(
                 &vs / "post_attention_layernorm",
@@ -203,7 +219,12 @@ impl DecoderLayer {
 
     /// `xs [B, L, H]` → `[B, L, H]`.
     pub fn forward(&self, xs: &Tensor, ctx: &LayerContext) -> Tensor {
-        let h = xs + self.self_attn.forward(&self.input_layernorm.forward(xs), &ctx.rope, ctx.mask.as_ref());
+        let h = xs
+            + self.self_attn.forward(
+                &self.input_layernorm.forward(xs),
+                &ctx.rope,
+                ctx.mask.as_ref(),
+            );
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
 }
@@ -240,7 +261,10 @@ impl DreamModel {
         let (v, h) = (config.vocab_size, config.hidden_size);
         let emb_init = match init {
             Init::Zeros => nn::Init::Const(0.0),
-            Init::Random => nn::Init::Randn { mean: 0.0, stdev: config.initializer_range },
+            Init::Random => nn::Init::Randn {
+                mean: 0.0,
+                stdev: config.initializer_range,
+            },
         };
         let embed_tokens = (&model / "embed_tokens").var("weight", &[v, h], emb_init);
         let layers = (0..config.num_hidden_layers)
@@ -321,7 +345,12 @@ impl DreamModel {
                 let pos = (m.cumsum(-1, Kind::Int64) - 1).masked_fill(&m.eq(0), 1);
                 (pos, Some(m.ne(0).view([b, 1, 1, l])))
             }
-            None => (Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0).expand([b, l], false), None),
+            None => (
+                Tensor::arange(l, (Kind::Int64, device))
+                    .unsqueeze(0)
+                    .expand([b, l], false),
+                None,
+            ),
         };
         LayerContext {
             rope: self.rotary.cos_sin(&position_ids, self.kind()),
@@ -375,6 +404,10 @@ impl DreamModel {
 
     /// Number of parameters (tied weights counted once).
     pub fn num_parameters(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 }

@@ -72,7 +72,11 @@ impl ModelError {
     }
 }
 
-fn format_problems(missing: &[String], unexpected: &[TensorProblem], wrong: &[TensorProblem]) -> String {
+fn format_problems(
+    missing: &[String],
+    unexpected: &[TensorProblem],
+    wrong: &[TensorProblem],
+) -> String {
     let mut out = String::new();
     const SHOW: usize = 20;
     if !missing.is_empty() {
@@ -90,7 +94,12 @@ fn format_problems(missing: &[String], unexpected: &[TensorProblem], wrong: &[Te
         }
         out.push_str(&format!("  {title} ({}):\n", list.len()));
         for p in list.iter().take(SHOW) {
-            out.push_str(&format!("    {} in {}: {}\n", p.name, p.file.display(), p.problem));
+            out.push_str(&format!(
+                "    {} in {}: {}\n",
+                p.name,
+                p.file.display(),
+                p.problem
+            ));
         }
         if list.len() > SHOW {
             out.push_str(&format!("    ... and {} more\n", list.len() - SHOW));

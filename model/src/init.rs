@@ -12,7 +12,9 @@ use crate::checkpoint::{save_model, write_generation_config, SaveOptions};
 use crate::config::{DreamConfig, GenerationConfig, TokenIds};
 use crate::dream::{DreamModel, Init};
 use crate::error::{ModelError, Result};
-use crate::tokenizer::{add_dream_tokens, load_tokenizer_file, END_OF_TEXT_TOKEN, IM_END_TOKEN, MASK_TOKEN};
+use crate::tokenizer::{
+    add_dream_tokens, load_tokenizer_file, END_OF_TEXT_TOKEN, IM_END_TOKEN, MASK_TOKEN,
+};
 
 /// Size presets. Both keep Dream's shape traits: GQA (kv heads < heads), q/k/v bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,10 +82,13 @@ pub fn init_model_folder(
     let mut tokenizer = load_tokenizer_file(tokenizer_path)?;
     add_dream_tokens(&mut tokenizer);
     let id = |t: &str| {
-        tokenizer.token_to_id(t).map(i64::from).ok_or_else(|| ModelError::Tokenizer {
-            path: tokenizer_path.to_path_buf(),
-            message: format!("the tokenizer has no {t} token"),
-        })
+        tokenizer
+            .token_to_id(t)
+            .map(i64::from)
+            .ok_or_else(|| ModelError::Tokenizer {
+                path: tokenizer_path.to_path_buf(),
+                message: format!("the tokenizer has no {t} token"),
+            })
     };
     let eos = id(END_OF_TEXT_TOKEN)?;
     let mask = id(MASK_TOKEN)?;
@@ -99,10 +104,12 @@ pub fn init_model_folder(
 
     std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
     let tok_out = out.join("tokenizer.json");
-    tokenizer.save(&tok_out, false).map_err(|e| ModelError::Tokenizer {
-        path: tok_out.clone(),
-        message: e.to_string(),
-    })?;
+    tokenizer
+        .save(&tok_out, false)
+        .map_err(|e| ModelError::Tokenizer {
+            path: tok_out.clone(),
+            message: e.to_string(),
+        })?;
     let mut generation = GenerationConfig {
         bos_token_id: Some(eos),
         eos_token_id: Some(TokenIds::One(eos)),
@@ -111,7 +118,9 @@ pub fn init_model_folder(
         extra: Map::new(),
     };
     if let Some(im_end) = tokenizer.token_to_id(IM_END_TOKEN) {
-        generation.extra.insert("chat_end_token_id".into(), (im_end as i64).into());
+        generation
+            .extra
+            .insert("chat_end_token_id".into(), (im_end as i64).into());
     }
     write_generation_config(out, &generation)?;
 

@@ -27,6 +27,7 @@ pub use init::{init_model_folder, Preset};
 pub use tokenizer::{chat_prompt, PromptBatch, SpecialTokens, TextTokenizer};
 
 /// A loaded model folder: the model and its tokenizer, ready for decoding or training.
+#[derive(Debug)]
 pub struct Checkpoint {
     pub model: DreamModel,
     pub tokenizer: TextTokenizer,

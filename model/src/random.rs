@@ -31,7 +31,9 @@ pub fn uniform(seed: u64, stream: u64, index: u64) -> f64 {
 
 /// `count` uniforms for consecutive indices starting at `first`.
 pub fn uniforms(seed: u64, stream: u64, first: u64, count: usize) -> Vec<f64> {
-    (0..count as u64).map(|i| uniform(seed, stream, first + i)).collect()
+    (0..count as u64)
+        .map(|i| uniform(seed, stream, first + i))
+        .collect()
 }
 
 #[cfg(test)]

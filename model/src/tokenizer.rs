@@ -66,7 +66,10 @@ impl std::fmt::Debug for TextTokenizer {
 /// Loads a `tokenizer.json` file.
 pub fn load_tokenizer_file(path: &Path) -> Result<Tokenizer> {
     if !path.exists() {
-        return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found")));
+        return Err(ModelError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+        ));
     }
     Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
         path: path.to_path_buf(),
@@ -96,7 +99,11 @@ impl TextTokenizer {
         let inner = load_tokenizer_file(&path)?;
         let generation = GenerationConfig::from_dir(dir)?.unwrap_or_default();
         let special = resolve_special_tokens(&inner, config, &generation, dir)?;
-        Ok(TextTokenizer { inner, special, path })
+        Ok(TextTokenizer {
+            inner,
+            special,
+            path,
+        })
     }
 
     pub fn special(&self) -> &SpecialTokens {
@@ -118,25 +125,34 @@ impl TextTokenizer {
     /// Token ids of `text`; special-token strings in the text map to their ids, and no
     /// BOS/EOS is added (as the reference tokenises prompts).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
     /// Text of `ids` with special tokens (mask, pad, chat markers) skipped.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids.iter().filter(|&&i| i >= 0).map(|&i| i as u32).collect();
-        self.inner.decode(&ids, true).map_err(|e| ModelError::Tokenizer {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })
+        self.inner
+            .decode(&ids, true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// Tokenises and left-pads prompts. With `max_len`, each prompt keeps its **last**
     /// `max_len` tokens, as the reference's `prompt_ids[:, -max_prompt_length:]` does.
-    pub fn encode_prompts(&self, prompts: &[String], max_len: Option<usize>) -> Result<PromptBatch> {
+    pub fn encode_prompts(
+        &self,
+        prompts: &[String],
+        max_len: Option<usize>,
+    ) -> Result<PromptBatch> {
         let mut rows = Vec::with_capacity(prompts.len());
         let mut truncated = 0;
         for prompt in prompts {
@@ -174,7 +190,9 @@ impl PromptBatch {
         for row in rows {
             let pad_len = width - row.len();
             ids.extend(std::iter::repeat_n(pad, pad_len).chain(row.iter().copied()));
-            mask.extend(std::iter::repeat_n(0i64, pad_len).chain(std::iter::repeat_n(1, row.len())));
+            mask.extend(
+                std::iter::repeat_n(0i64, pad_len).chain(std::iter::repeat_n(1, row.len())),
+            );
         }
         let shape = [rows.len() as i64, width as i64];
         PromptBatch {
@@ -230,7 +248,9 @@ fn resolve_special_tokens(
             ModelError::field(
                 &config_path,
                 "pad_token_id",
-                format!("no pad token: set pad_token_id or add {END_OF_TEXT_TOKEN} to tokenizer.json"),
+                format!(
+                    "no pad token: set pad_token_id or add {END_OF_TEXT_TOKEN} to tokenizer.json"
+                ),
             )
         })?;
     let eos = generation
@@ -262,11 +282,18 @@ fn resolve_special_tokens(
             format!("{vocab} is smaller than the tokenizer's {tokenizer_vocab} tokens"),
         ));
     }
-    let mut named: Vec<(&str, i64)> = vec![("mask_token_id", special.mask), ("pad_token_id", special.pad)];
+    let mut named: Vec<(&str, i64)> = vec![
+        ("mask_token_id", special.mask),
+        ("pad_token_id", special.pad),
+    ];
     named.extend(special.eos.iter().map(|&id| ("eos_token_id", id)));
     for (field, id) in named {
         if id < 0 || id >= vocab {
-            return Err(ModelError::field(&config_path, field, format!("token id {id} is outside the vocabulary (size {vocab})")));
+            return Err(ModelError::field(
+                &config_path,
+                field,
+                format!("token id {id} is outside the vocabulary (size {vocab})"),
+            ));
         }
     }
     Ok(special)

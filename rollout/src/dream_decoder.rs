@@ -49,7 +49,10 @@ impl DreamAlg {
             "entropy" => Ok(DreamAlg::Entropy),
             other => Err(RolloutError::Invalid {
                 option: "alg".into(),
-                message: format!("unknown algorithm {other:?} (expected one of {})", Self::NAMES.join(", ")),
+                message: format!(
+                    "unknown algorithm {other:?} (expected one of {})",
+                    Self::NAMES.join(", ")
+                ),
             }),
         }
     }
@@ -81,12 +84,20 @@ pub struct DreamDecodeConfig {
 
 impl DreamDecodeConfig {
     pub fn validate(&self) -> Result<(), RolloutError> {
-        let bad = |option: &str, message: String| Err(RolloutError::Invalid { option: option.into(), message });
+        let bad = |option: &str, message: String| {
+            Err(RolloutError::Invalid {
+                option: option.into(),
+                message,
+            })
+        };
         if self.steps < 1 {
             return bad("steps", format!("must be at least 1, got {}", self.steps));
         }
         if self.max_new_tokens < 1 {
-            return bad("max_new_tokens", format!("must be at least 1, got {}", self.max_new_tokens));
+            return bad(
+                "max_new_tokens",
+                format!("must be at least 1, got {}", self.max_new_tokens),
+            );
         }
         if self.alg_temp < 0.0 || !self.alg_temp.is_finite() {
             return bad("alg_temp", format!("must be ≥ 0, got {}", self.alg_temp));
@@ -125,27 +136,50 @@ pub fn dream_generate(
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let prompt_ids = prompts.ids.to_device(device);
-    let (b, p) = prompt_ids.size2().map_err(RolloutError::torch("prompt ids"))?;
+    let (b, p) = prompt_ids
+        .size2()
+        .map_err(RolloutError::torch("prompt ids"))?;
     let k = cfg.max_new_tokens;
     let l = p + k;
-    let mut x = Tensor::cat(&[prompt_ids, Tensor::full([b, k], mask_id, (Kind::Int64, device))], 1);
+    let mut x = Tensor::cat(
+        &[
+            prompt_ids,
+            Tensor::full([b, k], mask_id, (Kind::Int64, device)),
+        ],
+        1,
+    );
     let attention = Tensor::cat(
-        &[prompts.attention_mask.to_device(device).to_kind(Kind::Int64), Tensor::ones([b, k], (Kind::Int64, device))],
+        &[
+            prompts
+                .attention_mask
+                .to_device(device)
+                .to_kind(Kind::Int64),
+            Tensor::ones([b, k], (Kind::Int64, device)),
+        ],
         1,
     );
     let attention = Some(attention);
     let completion = Tensor::arange(l, (Kind::Int64, device)).ge(p).unsqueeze(0); // [1, L]
     let mut reveal = Tensor::full([b, k], -1i64, (Kind::Int64, device));
     // Same float32 schedule as the reference's torch.linspace(1, eps, S + 1).
-    let timesteps: Vec<f32> = Vec::<f32>::try_from(&Tensor::linspace(1.0, cfg.eps, cfg.steps + 1, (Kind::Float, Device::Cpu)))
-        .map_err(RolloutError::torch("timesteps"))?;
+    let timesteps: Vec<f32> = Vec::<f32>::try_from(&Tensor::linspace(
+        1.0,
+        cfg.eps,
+        cfg.steps + 1,
+        (Kind::Float, Device::Cpu),
+    ))
+    .map_err(RolloutError::torch("timesteps"))?;
     let confidence = cfg.alg.confidence();
 
     for step in 0..cfg.steps {
         on_step(step);
         let masked = x.eq(mask_id).logical_and(&completion); // [B, L]
-        let counts: Vec<i64> = Vec::<i64>::try_from(&masked.sum_dim_intlist(1, false, Kind::Int64).to_device(Device::Cpu))
-            .map_err(RolloutError::torch("mask counts"))?;
+        let counts: Vec<i64> = Vec::<i64>::try_from(
+            &masked
+                .sum_dim_intlist(1, false, Kind::Int64)
+                .to_device(Device::Cpu),
+        )
+        .map_err(RolloutError::torch("mask counts"))?;
         let total: i64 = counts.iter().sum();
         if total == 0 {
             continue;
@@ -158,24 +192,35 @@ pub fn dream_generate(
         let positions = masked.nonzero(); // [N, 2], row-major
         let logits = model.lm_logits(&model.scoring_rows(&hidden, &positions)); // [N, V]
         let draw_index = draw_indices(&positions, first_sample, step, cfg.steps, p, k);
-        let u_token = (cfg.sampling.temperature > 0.0).then(|| uniform_tensor(seed, STREAM_TOKEN, &draw_index, device));
+        let u_token = (cfg.sampling.temperature > 0.0)
+            .then(|| uniform_tensor(seed, STREAM_TOKEN, &draw_index, device));
 
         let revealed_now = match cfg.alg {
             DreamAlg::Origin => {
-                let u = uniform_tensor(seed, STREAM_TRANSFER, &draw_index, device).to_kind(Kind::Float);
-                let transfer = if last { u.ones_like().to_kind(Kind::Bool) } else { u.lt(ratio as f64) };
+                let u =
+                    uniform_tensor(seed, STREAM_TRANSFER, &draw_index, device).to_kind(Kind::Float);
+                let transfer = if last {
+                    u.ones_like().to_kind(Kind::Bool)
+                } else {
+                    u.lt(ratio as f64)
+                };
                 let (x0, _) = sample_tokens(&logits, &cfg.sampling, confidence, u_token.as_ref());
                 let chosen = Tensor::zeros([b, l], (Kind::Bool, device)).index_put(
                     &[Some(positions.select(1, 0)), Some(positions.select(1, 1))],
                     &transfer,
                     false,
                 );
-                let proposal = x.index_put(&[Some(positions.select(1, 0)), Some(positions.select(1, 1))], &x0, false);
+                let proposal = x.index_put(
+                    &[Some(positions.select(1, 0)), Some(positions.select(1, 1))],
+                    &x0,
+                    false,
+                );
                 x = proposal.where_self(&chosen, &x);
                 chosen
             }
             _ => {
-                let (x0, conf) = sample_tokens(&logits, &cfg.sampling, confidence, u_token.as_ref());
+                let (x0, conf) =
+                    sample_tokens(&logits, &cfg.sampling, confidence, u_token.as_ref());
                 let index = [Some(positions.select(1, 0)), Some(positions.select(1, 1))];
                 let mut full_conf = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Float, device))
                     .index_put(&index, &conf.to_kind(Kind::Float), false);
@@ -192,11 +237,14 @@ pub fn dream_generate(
                     let u = uniform_tensor(seed, STREAM_POSITION, &draw_index, device);
                     let gumbel = -(-(u.clamp(1e-20, 1.0 - 1e-16)).log()).log();
                     let noisy = conf.to_kind(Kind::Double) / cfg.alg_temp + gumbel;
-                    full_conf = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Double, device)).index_put(&index, &noisy, false);
+                    full_conf = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Double, device))
+                        .index_put(&index, &noisy, false);
                 }
                 let (_, order) = full_conf.sort_stable(true, -1, true); // [B, L]
                 let n = Tensor::from_slice(&n).to_device(device).unsqueeze(1); // [B, 1]
-                let take = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0).lt_tensor(&n); // [B, L] by rank
+                let take = Tensor::arange(l, (Kind::Int64, device))
+                    .unsqueeze(0)
+                    .lt_tensor(&n); // [B, L] by rank
                 let chosen = Tensor::zeros([b, l], (Kind::Bool, device))
                     .scatter(1, &order, &take)
                     .logical_and(&masked);
@@ -209,7 +257,8 @@ pub fn dream_generate(
         reveal = reveal.masked_fill(&newly, step);
     }
 
-    let reveal_step = Vec::<Vec<i64>>::try_from(&reveal.to_device(Device::Cpu)).map_err(RolloutError::torch("reveal steps"))?;
+    let reveal_step = Vec::<Vec<i64>>::try_from(&reveal.to_device(Device::Cpu))
+        .map_err(RolloutError::torch("reveal steps"))?;
     Ok(Decoded {
         sequences: x,
         prompt_width: p,
@@ -219,8 +268,16 @@ pub fn dream_generate(
 
 /// Global draw index of each `(row, position)` at `step`: unique per sample, step and
 /// completion offset, independent of batch composition and prompt padding.
-fn draw_indices(positions: &Tensor, first_sample: u64, step: i64, steps: i64, prompt_width: i64, k: i64) -> Vec<u64> {
-    let pos = Vec::<i64>::try_from(&positions.to_device(Device::Cpu).reshape([-1])).unwrap_or_default();
+fn draw_indices(
+    positions: &Tensor,
+    first_sample: u64,
+    step: i64,
+    steps: i64,
+    prompt_width: i64,
+    k: i64,
+) -> Vec<u64> {
+    let pos =
+        Vec::<i64>::try_from(&positions.to_device(Device::Cpu).reshape([-1])).unwrap_or_default();
     pos.chunks(2)
         .map(|rc| {
             let sample = first_sample + rc[0] as u64;
@@ -230,6 +287,9 @@ fn draw_indices(positions: &Tensor, first_sample: u64, step: i64, steps: i64, pr
 }
 
 fn uniform_tensor(seed: u64, stream: u64, indices: &[u64], device: Device) -> Tensor {
-    let u: Vec<f64> = indices.iter().map(|&i| random::uniform(seed, stream, i)).collect();
+    let u: Vec<f64> = indices
+        .iter()
+        .map(|&i| random::uniform(seed, stream, i))
+        .collect();
     Tensor::from_slice(&u).to_device(device)
 }

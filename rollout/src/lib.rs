@@ -39,7 +39,12 @@ impl RolloutError {
 
 /// Checks temperature, top-p and top-k ranges.
 pub fn validate_sampling(s: &SamplingParams) -> Result<(), RolloutError> {
-    let bad = |option: &str, message: String| Err(RolloutError::Invalid { option: option.into(), message });
+    let bad = |option: &str, message: String| {
+        Err(RolloutError::Invalid {
+            option: option.into(),
+            message,
+        })
+    };
     if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
         return bad("temperature", format!("must be ≥ 0, got {}", s.temperature));
     }

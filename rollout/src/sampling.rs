@@ -74,7 +74,12 @@ pub fn categorical(probs: &Tensor, u: &Tensor) -> Tensor {
 
 /// Proposed tokens `[N]` and their confidence `[N]` (f32) for `logits [N, V]`.
 /// `u [N]` supplies one uniform per row and is only read when τ > 0.
-pub fn sample_tokens(logits: &Tensor, params: &SamplingParams, confidence: Confidence, u: Option<&Tensor>) -> (Tensor, Tensor) {
+pub fn sample_tokens(
+    logits: &Tensor,
+    params: &SamplingParams,
+    confidence: Confidence,
+    u: Option<&Tensor>,
+) -> (Tensor, Tensor) {
     let probs = filtered_logits(logits, params).softmax(-1, Kind::Float);
     let (mut conf, x0) = match (params.temperature > 0.0, u) {
         (true, Some(u)) => {

@@ -12,13 +12,19 @@ use couplet_model::{init_model_folder, Preset};
 pub fn run() -> Result<()> {
     let tokenizer = Path::new("data/tokenizer-cpu/tokenizer.json");
     if !tokenizer.exists() {
-        bail!("{} not found: run `couplet` from the repository root", tokenizer.display());
+        bail!(
+            "{} not found: run `couplet` from the repository root",
+            tokenizer.display()
+        );
     }
     let model = Path::new(".cache/demo/tiny-model");
     if !model.join("config.json").exists() {
         let vocab = couplet_model::tokenizer::load_tokenizer_file(tokenizer)?.get_vocab_size(true);
         init_model_folder(Preset::Tiny.config(vocab), tokenizer, model, 0)?;
-        eprintln!("initialised a tiny random Dream model in {}", model.display());
+        eprintln!(
+            "initialised a tiny random Dream model in {}",
+            model.display()
+        );
     }
     super::generate::run(super::generate::Args {
         model: model.to_path_buf(),

@@ -25,20 +25,20 @@ pub struct Args {
     /// System prompt used with --chat.
     #[arg(long, default_value = couplet_model::tokenizer::DEFAULT_SYSTEM_PROMPT)]
     pub system: String,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     pub steps: i64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     pub max_new_tokens: i64,
     /// origin, maskgit_plus, topk_margin or entropy.
     #[arg(long, default_value = "entropy")]
     pub alg: String,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f64,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_k: Option<i64>,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub alg_temp: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -62,19 +62,27 @@ pub struct Args {
 fn read_prompts(args: &Args) -> Result<Vec<String>> {
     let mut prompts = args.prompt.clone();
     if let Some(path) = &args.prompts {
-        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.with_context(|| format!("{}: reading line {}", path.display(), i + 1))?;
+            let line =
+                line.with_context(|| format!("{}: reading line {}", path.display(), i + 1))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let value: serde_json::Value =
-                serde_json::from_str(&line).with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
             let text = value
                 .get("prompt")
                 .or_else(|| value.get("question"))
                 .and_then(|v| v.as_str())
-                .with_context(|| format!("{}:{}: field `prompt` (or `question`) missing or not a string", path.display(), i + 1))?;
+                .with_context(|| {
+                    format!(
+                        "{}:{}: field `prompt` (or `question`) missing or not a string",
+                        path.display(),
+                        i + 1
+                    )
+                })?;
             prompts.push(text.to_string());
         }
     }
@@ -103,29 +111,48 @@ pub fn run(args: Args) -> Result<()> {
         device: super::parse_device(&args.device)?,
         kind: Some(super::parse_kind(&args.dtype)?),
     };
-    let ckpt = Checkpoint::load(&args.model, options).with_context(|| format!("loading model {}", args.model.display()))?;
+    let ckpt = Checkpoint::load(&args.model, options)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
     let texts: Vec<String> = if args.chat {
-        prompts.iter().map(|p| chat_prompt(&args.system, p)).collect()
+        prompts
+            .iter()
+            .map(|p| chat_prompt(&args.system, p))
+            .collect()
     } else {
         prompts.clone()
     };
-    let batch = ckpt.tokenizer.encode_prompts(&texts, args.max_prompt_length)?;
+    let batch = ckpt
+        .tokenizer
+        .encode_prompts(&texts, args.max_prompt_length)?;
     let special = ckpt.tokenizer.special().clone();
     let start = std::time::Instant::now();
-    let decoded = dream_generate(&ckpt.model, &batch, special.mask, &config, args.seed, 0, |_| {})?;
+    let decoded = dream_generate(
+        &ckpt.model,
+        &batch,
+        special.mask,
+        &config,
+        args.seed,
+        0,
+        |_| {},
+    )?;
     let elapsed = start.elapsed().as_secs_f64();
 
     let sequences = Vec::<Vec<i64>>::try_from(&decoded.sequences.to_device(tch::Device::Cpu))?;
     let ends = special.end_of_completion();
     let mut out_file = match &args.out {
-        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        Some(path) => Some(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
         None => None,
     };
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
     for (i, seq) in sequences.iter().enumerate() {
         let completion = &seq[decoded.prompt_width as usize..];
-        let len = completion.iter().position(|t| ends.contains(t)).map_or(completion.len(), |p| p + 1);
+        let len = completion
+            .iter()
+            .position(|t| ends.contains(t))
+            .map_or(completion.len(), |p| p + 1);
         let text = ckpt.tokenizer.decode(&completion[..len])?;
         let record = json!({
             "prompt": prompts[i],
