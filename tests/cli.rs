@@ -67,7 +67,13 @@ fn init_model_then_generate_json() {
     for l in &lines {
         let ids = l["completion_ids"].as_array().unwrap();
         assert!(!ids.is_empty() && ids.len() <= 8);
-        assert_eq!(l["reveal_step"].as_array().unwrap().len(), ids.len());
+        assert_eq!(
+            l["decode_order"].as_array().unwrap().len(),
+            8,
+            "all K positions revealed"
+        );
+        assert_eq!(l["arness"]["local"].as_array().unwrap().len(), 9);
+        assert_eq!(l["arness"]["global"].as_array().unwrap().len(), 4);
     }
 }
 
@@ -83,6 +89,25 @@ fn bad_options_are_clear_errors() {
         (vec!["--alg", "magic"], "unknown algorithm"),
         (vec!["--steps", "0"], "steps"),
         (vec!["--device", "tpu"], "--device"),
+        (
+            vec!["--max-new-tokens", "64", "--block-length", "24"],
+            "block_length",
+        ),
+        (
+            vec![
+                "--max-new-tokens",
+                "64",
+                "--block-length",
+                "16",
+                "--steps",
+                "6",
+            ],
+            "steps",
+        ),
+        (
+            vec!["--block-length", "16", "--remasking", "psychic"],
+            "remasking",
+        ),
     ] {
         let mut full = vec!["generate", "--model", d, "--prompt", "x"];
         full.extend(args.iter().copied());

@@ -10,19 +10,21 @@
 //!   reference's `topk` order is unspecified;
 //! * randomness comes from the counter RNG keyed by (seed, sample index, step, position),
 //!   so a rollout is reproducible from (seed, batch) whatever the chunking;
-//! * a step with nothing left to reveal skips its forward pass (the output is unchanged).
+//! * a step with nothing left to reveal skips its forward pass (the output is unchanged);
+//! * the [MASK] token is never proposed (its logit is set to −∞ before sampling).
 
-use couplet_model::random;
-use couplet_model::{DreamModel, PromptBatch};
+use couplet_model::PromptBatch;
 use tch::{Device, Kind, Tensor};
 
+use crate::canvas::{suppress_mask, top_n_per_row, uniform_tensor, Canvas, Decoded};
+use crate::denoiser::Denoiser;
 use crate::sampling::{sample_tokens, Confidence, SamplingParams};
 use crate::RolloutError;
 
 /// RNG streams of the decoder (see [`couplet_model::random`]).
-const STREAM_TOKEN: u64 = 0x10;
-const STREAM_TRANSFER: u64 = 0x11;
-const STREAM_POSITION: u64 = 0x12;
+pub const STREAM_TOKEN: u64 = 0x10;
+pub const STREAM_TRANSFER: u64 = 0x11;
+pub const STREAM_POSITION: u64 = 0x12;
 
 /// Which positions are revealed at a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -109,22 +111,12 @@ impl DreamDecodeConfig {
     }
 }
 
-/// Output of a decoding run.
-#[derive(Debug)]
-pub struct Decoded {
-    /// `[B, P + K]`: the (padded) prompt followed by the completion.
-    pub sequences: Tensor,
-    /// Prompt width P (with padding).
-    pub prompt_width: i64,
-    /// `[B][K]`: the step at which each completion position was revealed.
-    pub reveal_step: Vec<Vec<i64>>,
-}
-
 /// Decodes `prompts` with the Dream algorithm. `first_sample` is the global index of the
 /// batch's first row: draws are keyed by it, so decoding rows 0..8 at once or in two
-/// chunks of 4 (with first_sample 0 and 4) gives the same completions.
+/// chunks of 4 (with first_sample 0 and 4) gives the same completions. `on_step` is called
+/// once per step (for progress bars).
 pub fn dream_generate(
-    model: &DreamModel,
+    model: &dyn Denoiser,
     prompts: &PromptBatch,
     mask_id: i64,
     cfg: &DreamDecodeConfig,
@@ -135,34 +127,10 @@ pub fn dream_generate(
     cfg.validate()?;
     let _guard = tch::no_grad_guard();
     let device = model.device();
-    let prompt_ids = prompts.ids.to_device(device);
-    let (b, p) = prompt_ids
-        .size2()
-        .map_err(RolloutError::torch("prompt ids"))?;
-    let k = cfg.max_new_tokens;
-    let l = p + k;
-    let mut x = Tensor::cat(
-        &[
-            prompt_ids,
-            Tensor::full([b, k], mask_id, (Kind::Int64, device)),
-        ],
-        1,
-    );
-    let attention = Tensor::cat(
-        &[
-            prompts
-                .attention_mask
-                .to_device(device)
-                .to_kind(Kind::Int64),
-            Tensor::ones([b, k], (Kind::Int64, device)),
-        ],
-        1,
-    );
-    let attention = Some(attention);
-    let completion = Tensor::arange(l, (Kind::Int64, device)).ge(p).unsqueeze(0); // [1, L]
-    let mut reveal = Tensor::full([b, k], -1i64, (Kind::Int64, device));
+    let mut canvas = Canvas::new(prompts, mask_id, cfg.max_new_tokens, device)?;
+    let (b, l) = (canvas.b, canvas.p + canvas.k);
     // Same float32 schedule as the reference's torch.linspace(1, eps, S + 1).
-    let timesteps: Vec<f32> = Vec::<f32>::try_from(&Tensor::linspace(
+    let timesteps = Vec::<f32>::try_from(&Tensor::linspace(
         1.0,
         cfg.eps,
         cfg.steps + 1,
@@ -173,29 +141,21 @@ pub fn dream_generate(
 
     for step in 0..cfg.steps {
         on_step(step);
-        let masked = x.eq(mask_id).logical_and(&completion); // [B, L]
-        let counts: Vec<i64> = Vec::<i64>::try_from(
-            &masked
-                .sum_dim_intlist(1, false, Kind::Int64)
-                .to_device(Device::Cpu),
-        )
-        .map_err(RolloutError::torch("mask counts"))?;
-        let total: i64 = counts.iter().sum();
-        if total == 0 {
+        let masked = canvas.masked(); // [B, L]
+        let counts = Canvas::counts(&masked)?;
+        if counts.iter().all(|&c| c == 0) {
             continue;
         }
         let last = step == cfg.steps - 1;
         let (t, s) = (timesteps[step as usize], timesteps[step as usize + 1]);
         let ratio = 1.0f32 - s / t;
-
-        let hidden = model.hidden_states(&x, attention.as_ref());
         let positions = masked.nonzero(); // [N, 2], row-major
-        let logits = model.lm_logits(&model.scoring_rows(&hidden, &positions)); // [N, V]
-        let draw_index = draw_indices(&positions, first_sample, step, cfg.steps, p, k);
-        let u_token = (cfg.sampling.temperature > 0.0)
-            .then(|| uniform_tensor(seed, STREAM_TOKEN, &draw_index, device));
+        let draw_index = canvas.draw_indices(&positions, first_sample, step, cfg.steps);
+        let index = [Some(positions.select(1, 0)), Some(positions.select(1, 1))];
 
-        let revealed_now = match cfg.alg {
+        // Decide how many (origin: which) positions this step reveals before paying for the
+        // forward pass; a step that reveals nothing leaves the canvas unchanged.
+        let origin_transfer = match cfg.alg {
             DreamAlg::Origin => {
                 let u =
                     uniform_tensor(seed, STREAM_TRANSFER, &draw_index, device).to_kind(Kind::Float);
@@ -204,92 +164,49 @@ pub fn dream_generate(
                 } else {
                     u.lt(ratio as f64)
                 };
-                let (x0, _) = sample_tokens(&logits, &cfg.sampling, confidence, u_token.as_ref());
-                let chosen = Tensor::zeros([b, l], (Kind::Bool, device)).index_put(
-                    &[Some(positions.select(1, 0)), Some(positions.select(1, 1))],
-                    &transfer,
-                    false,
-                );
-                let proposal = x.index_put(
-                    &[Some(positions.select(1, 0)), Some(positions.select(1, 1))],
-                    &x0,
-                    false,
-                );
-                x = proposal.where_self(&chosen, &x);
-                chosen
-            }
-            _ => {
-                let (x0, conf) =
-                    sample_tokens(&logits, &cfg.sampling, confidence, u_token.as_ref());
-                let index = [Some(positions.select(1, 0)), Some(positions.select(1, 1))];
-                let mut full_conf = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Float, device))
-                    .index_put(&index, &conf.to_kind(Kind::Float), false);
-                let n: Vec<i64> = counts
-                    .iter()
-                    .map(|&m| if last { m } else { (m as f32 * ratio) as i64 })
-                    .collect();
-                if n.iter().all(|&n| n == 0) {
+                if !bool::try_from(transfer.any()).unwrap_or(true) {
                     continue;
                 }
-                if cfg.alg_temp > 0.0 {
+                Some(transfer)
+            }
+            _ => None,
+        };
+        let n: Vec<i64> = counts
+            .iter()
+            .map(|&m| if last { m } else { (m as f32 * ratio) as i64 })
+            .collect();
+        if origin_transfer.is_none() && n.iter().all(|&n| n == 0) {
+            continue;
+        }
+
+        let logits = suppress_mask(
+            model.score(&canvas.x, canvas.attention.as_ref(), &masked),
+            mask_id,
+        ); // [N, V]
+        canvas.forward_passes += 1;
+        let u_token = (cfg.sampling.temperature > 0.0)
+            .then(|| uniform_tensor(seed, STREAM_TOKEN, &draw_index, device));
+        let (x0, conf) = sample_tokens(&logits, &cfg.sampling, confidence, u_token.as_ref());
+        let chosen = match origin_transfer {
+            Some(transfer) => {
+                Tensor::zeros([b, l], (Kind::Bool, device)).index_put(&index, &transfer, false)
+            }
+            None => {
+                let scores = if cfg.alg_temp > 0.0 {
                     // Sampling n positions without replacement from softmax(conf / alg_temp)
                     // is the top-n of conf / alg_temp + Gumbel noise.
                     let u = uniform_tensor(seed, STREAM_POSITION, &draw_index, device);
-                    let gumbel = -(-(u.clamp(1e-20, 1.0 - 1e-16)).log()).log();
-                    let noisy = conf.to_kind(Kind::Double) / cfg.alg_temp + gumbel;
-                    full_conf = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Double, device))
-                        .index_put(&index, &noisy, false);
-                }
-                let (_, order) = full_conf.sort_stable(true, -1, true); // [B, L]
-                let n = Tensor::from_slice(&n).to_device(device).unsqueeze(1); // [B, 1]
-                let take = Tensor::arange(l, (Kind::Int64, device))
-                    .unsqueeze(0)
-                    .lt_tensor(&n); // [B, L] by rank
-                let chosen = Tensor::zeros([b, l], (Kind::Bool, device))
-                    .scatter(1, &order, &take)
-                    .logical_and(&masked);
-                let proposal = x.index_put(&index, &x0, false);
-                x = proposal.where_self(&chosen, &x);
-                chosen
+                    let gumbel = -(-(u.clamp(1e-300, 1.0)).log()).log();
+                    conf.to_kind(Kind::Double) / cfg.alg_temp + gumbel
+                } else {
+                    conf.to_kind(Kind::Double)
+                };
+                let full = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Double, device))
+                    .index_put(&index, &scores, false);
+                top_n_per_row(&full, &n, &masked)
             }
         };
-        let newly = revealed_now.narrow(1, p, k);
-        reveal = reveal.masked_fill(&newly, step);
+        canvas.reveal(&positions, &x0, &chosen, step);
     }
-
-    let reveal_step = Vec::<Vec<i64>>::try_from(&reveal.to_device(Device::Cpu))
-        .map_err(RolloutError::torch("reveal steps"))?;
-    Ok(Decoded {
-        sequences: x,
-        prompt_width: p,
-        reveal_step,
-    })
-}
-
-/// Global draw index of each `(row, position)` at `step`: unique per sample, step and
-/// completion offset, independent of batch composition and prompt padding.
-fn draw_indices(
-    positions: &Tensor,
-    first_sample: u64,
-    step: i64,
-    steps: i64,
-    prompt_width: i64,
-    k: i64,
-) -> Vec<u64> {
-    let pos =
-        Vec::<i64>::try_from(&positions.to_device(Device::Cpu).reshape([-1])).unwrap_or_default();
-    pos.chunks(2)
-        .map(|rc| {
-            let sample = first_sample + rc[0] as u64;
-            (sample * steps as u64 + step as u64) * k as u64 + (rc[1] - prompt_width) as u64
-        })
-        .collect()
-}
-
-fn uniform_tensor(seed: u64, stream: u64, indices: &[u64], device: Device) -> Tensor {
-    let u: Vec<f64> = indices
-        .iter()
-        .map(|&i| random::uniform(seed, stream, i))
-        .collect();
-    Tensor::from_slice(&u).to_device(device)
+    canvas.finish()
 }

@@ -8,11 +8,21 @@
 //!
 //! Not for: scoring completions (`reward`) or likelihoods for training (`trainer`).
 
+mod canvas;
+pub mod denoiser;
 pub mod dream_decoder;
+pub mod llada_decoder;
+pub mod order;
 pub mod sampling;
+pub mod worker;
 
-pub use dream_decoder::{dream_generate, Decoded, DreamAlg, DreamDecodeConfig};
+pub use canvas::Decoded;
+pub use denoiser::Denoiser;
+pub use dream_decoder::{dream_generate, DreamAlg, DreamDecodeConfig};
+pub use llada_decoder::{block_generate, BlockDecodeConfig, Remasking};
+pub use order::ArNess;
 pub use sampling::{Confidence, SamplingParams};
+pub use worker::{generate_rollout, DecoderConfig, Rollout, RolloutConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {

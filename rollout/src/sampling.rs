@@ -108,3 +108,144 @@ pub fn sample_tokens(
     }
     (x0, conf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probs_of(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
+        let t = Tensor::from_slice(logits).unsqueeze(0);
+        Vec::<f32>::try_from(
+            &filtered_logits(&t, params)
+                .softmax(-1, Kind::Float)
+                .squeeze_dim(0),
+        )
+        .unwrap()
+    }
+
+    const GREEDY: SamplingParams = SamplingParams {
+        temperature: 0.0,
+        top_p: None,
+        top_k: None,
+    };
+
+    #[test]
+    fn top_p_keeps_the_token_that_crosses_p() {
+        // probs 0.5, 0.3, 0.2: with p = 0.6 the cumulative sums are 0.5, 0.8, 1.0; the second
+        // token crosses 0.6 and is kept, the third is dropped.
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let p = probs_of(
+            &logits,
+            &SamplingParams {
+                top_p: Some(0.6),
+                ..GREEDY
+            },
+        );
+        assert!(
+            (p[0] - 0.625).abs() < 1e-6 && (p[1] - 0.375).abs() < 1e-6 && p[2] == 0.0,
+            "{p:?}"
+        );
+        // p below the first token's mass keeps only the first.
+        let p = probs_of(
+            &logits,
+            &SamplingParams {
+                top_p: Some(0.1),
+                ..GREEDY
+            },
+        );
+        assert_eq!(p, vec![1.0, 0.0, 0.0]);
+        // p = 1 disables the filter.
+        let p = probs_of(
+            &logits,
+            &SamplingParams {
+                top_p: Some(1.0),
+                ..GREEDY
+            },
+        );
+        assert!((p[2] - 0.2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_keeps_ties_and_clamps_k() {
+        let logits = [1.0f32, 3.0, 3.0, 2.0];
+        let p = probs_of(
+            &logits,
+            &SamplingParams {
+                top_k: Some(1),
+                ..GREEDY
+            },
+        );
+        assert!(
+            p[0] == 0.0 && p[3] == 0.0 && (p[1] - 0.5).abs() < 1e-6 && (p[2] - 0.5).abs() < 1e-6,
+            "{p:?}"
+        );
+        let p = probs_of(
+            &logits,
+            &SamplingParams {
+                top_k: Some(100),
+                ..GREEDY
+            },
+        );
+        assert!(p.iter().all(|&x| x > 0.0));
+    }
+
+    #[test]
+    fn temperature_sharpens() {
+        let logits = [1.0f32, 2.0];
+        let cold = probs_of(
+            &logits,
+            &SamplingParams {
+                temperature: 0.5,
+                ..GREEDY
+            },
+        );
+        let hot = probs_of(
+            &logits,
+            &SamplingParams {
+                temperature: 2.0,
+                ..GREEDY
+            },
+        );
+        assert!(cold[1] > hot[1]);
+        assert!((cold[1] - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn categorical_is_the_inverse_cdf() {
+        let probs = Tensor::from_slice(&[0.2f32, 0.5, 0.3])
+            .unsqueeze(0)
+            .repeat([5, 1]);
+        let u = Tensor::from_slice(&[0.0f64, 0.19, 0.2, 0.69, 0.99]);
+        let got = Vec::<i64>::try_from(&categorical(&probs, &u)).unwrap();
+        assert_eq!(got, vec![0, 0, 1, 1, 2]);
+    }
+
+    #[test]
+    fn confidences_by_hand() {
+        let logits = Tensor::from_slice(&[0.6f32.ln(), 0.4f32.ln()]).unsqueeze(0);
+        let (x0, c) = sample_tokens(&logits, &GREEDY, Confidence::Probability, None);
+        assert_eq!(x0.int64_value(&[0]), 0);
+        assert!((c.double_value(&[0]) - 0.6).abs() < 1e-6);
+        let (_, c) = sample_tokens(&logits, &GREEDY, Confidence::Margin, None);
+        assert!((c.double_value(&[0]) - 0.2).abs() < 1e-6);
+        let (_, c) = sample_tokens(&logits, &GREEDY, Confidence::NegEntropy, None);
+        let want = 0.6 * 0.6f64.ln() + 0.4 * 0.4f64.ln();
+        assert!((c.double_value(&[0]) - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn sampled_confidence_is_the_drawn_tokens_probability() {
+        let logits = Tensor::from_slice(&[0.25f32.ln(), 0.75f32.ln()])
+            .unsqueeze(0)
+            .repeat([2, 1]);
+        let u = Tensor::from_slice(&[0.1f64, 0.9]);
+        let params = SamplingParams {
+            temperature: 1.0,
+            ..GREEDY
+        };
+        let (x0, c) = sample_tokens(&logits, &params, Confidence::Probability, Some(&u));
+        assert_eq!(Vec::<i64>::try_from(&x0).unwrap(), vec![0, 1]);
+        let c = Vec::<f32>::try_from(&c).unwrap();
+        assert!((c[0] - 0.25).abs() < 1e-6 && (c[1] - 0.75).abs() < 1e-6);
+    }
+}

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use couplet_model::{chat_prompt, Checkpoint, LoadOptions};
-use couplet_rollout::{dream_generate, DreamAlg, DreamDecodeConfig, SamplingParams};
+use couplet_rollout::{
+    generate_rollout, BlockDecodeConfig, DecoderConfig, DreamAlg, DreamDecodeConfig, Remasking,
+    RolloutConfig, SamplingParams,
+};
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]
@@ -40,6 +43,19 @@ pub struct Args {
     pub top_k: Option<i64>,
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub alg_temp: f64,
+    /// Use the LLaDA/d1 block decoder with blocks of this many tokens (must divide
+    /// --max-new-tokens; --steps must be a multiple of the number of blocks).
+    #[arg(long, allow_negative_numbers = true)]
+    pub block_length: Option<i64>,
+    /// Block decoder only: low_confidence or random.
+    #[arg(long, default_value = "low_confidence")]
+    pub remasking: String,
+    /// Completions per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Keep only the last N prompt tokens.
@@ -92,20 +108,36 @@ fn read_prompts(args: &Args) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let config = DreamDecodeConfig {
-        steps: args.steps,
-        max_new_tokens: args.max_new_tokens,
-        alg: DreamAlg::parse(&args.alg)?,
-        alg_temp: args.alg_temp,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            top_k: args.top_k,
-        },
-        eps: 1e-3,
+fn decoder(args: &Args) -> Result<DecoderConfig> {
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
     };
-    config.validate()?;
+    couplet_rollout::validate_sampling(&sampling)?;
+    let decoder = match args.block_length {
+        Some(block_length) => DecoderConfig::Block(BlockDecodeConfig {
+            steps: args.steps,
+            max_new_tokens: args.max_new_tokens,
+            block_length,
+            temperature: args.temperature,
+            remasking: Remasking::parse(&args.remasking)?,
+        }),
+        None => DecoderConfig::Dream(DreamDecodeConfig {
+            steps: args.steps,
+            max_new_tokens: args.max_new_tokens,
+            alg: DreamAlg::parse(&args.alg)?,
+            alg_temp: args.alg_temp,
+            sampling,
+            eps: 1e-3,
+        }),
+    };
+    decoder.validate()?;
+    Ok(decoder)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let decoder = decoder(&args)?;
     let prompts = read_prompts(&args)?;
     let options = LoadOptions {
         device: super::parse_device(&args.device)?,
@@ -121,24 +153,17 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         prompts.clone()
     };
-    let batch = ckpt
-        .tokenizer
-        .encode_prompts(&texts, args.max_prompt_length)?;
-    let special = ckpt.tokenizer.special().clone();
-    let start = std::time::Instant::now();
-    let decoded = dream_generate(
-        &ckpt.model,
-        &batch,
-        special.mask,
-        &config,
-        args.seed,
-        0,
-        |_| {},
-    )?;
-    let elapsed = start.elapsed().as_secs_f64();
+    let config = RolloutConfig {
+        decoder,
+        group_size: args.samples.max(1),
+        generation_batch_size: args.batch_size.max(1),
+        max_prompt_length: args.max_prompt_length,
+        end_tokens: None,
+        progress: !args.json,
+    };
+    let rollout = generate_rollout(&ckpt.model, &ckpt.tokenizer, &texts, &config, args.seed, 0)?;
 
-    let sequences = Vec::<Vec<i64>>::try_from(&decoded.sequences.to_device(tch::Device::Cpu))?;
-    let ends = special.end_of_completion();
+    let ids = Vec::<Vec<i64>>::try_from(&rollout.completion_ids.to_device(tch::Device::Cpu))?;
     let mut out_file = match &args.out {
         Some(path) => Some(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -147,36 +172,43 @@ pub fn run(args: Args) -> Result<()> {
     };
     let stdout = std::io::stdout();
     let mut stdout = stdout.lock();
-    for (i, seq) in sequences.iter().enumerate() {
-        let completion = &seq[decoded.prompt_width as usize..];
-        let len = completion
-            .iter()
-            .position(|t| ends.contains(t))
-            .map_or(completion.len(), |p| p + 1);
-        let text = ckpt.tokenizer.decode(&completion[..len])?;
+    for row in 0..rollout.len() {
+        let p = rollout.prompt_index[row];
+        let len = rollout.completion_lengths[row];
         let record = json!({
-            "prompt": prompts[i],
-            "completion": text,
-            "completion_ids": &completion[..len],
-            "reveal_step": &decoded.reveal_step[i][..len],
+            "prompt": prompts[p],
+            "sample": row % config.group_size,
+            "completion": rollout.texts[row],
+            "completion_ids": &ids[row][..len],
+            "terminated": rollout.terminated[row],
+            "decode_order": rollout.decode_orders[row],
+            "arness": rollout.arness[row],
         });
         if args.json {
             writeln!(stdout, "{record}")?;
         } else {
-            writeln!(stdout, "=== prompt {i}: {}\n{text}", prompts[i])?;
+            writeln!(
+                stdout,
+                "=== prompt {p}, sample {}: {}\n{}",
+                row % config.group_size,
+                prompts[p],
+                rollout.texts[row]
+            )?;
         }
         if let Some(f) = out_file.as_mut() {
             writeln!(f, "{record}")?;
         }
     }
-    let tokens = sequences.len() as f64 * args.max_new_tokens as f64;
+    let ar = rollout.mean_arness();
     eprintln!(
-        "decoded {} completions × {} tokens in {} steps: {:.2}s ({:.0} tokens/s)",
-        sequences.len(),
+        "decoded {} completions × {} tokens, {} forward passes, {:.2}s ({:.0} tokens/s); AR-ness local@1 {:.3} global@1 {:.3}",
+        rollout.len(),
         args.max_new_tokens,
-        args.steps,
-        elapsed,
-        tokens / elapsed
+        rollout.forward_passes,
+        rollout.seconds,
+        rollout.tokens_per_second(),
+        ar.local[0],
+        ar.global[0],
     );
     Ok(())
 }

@@ -1,0 +1,178 @@
+//! The LLaDA / d1 block decoder (SPEC 2.2): semi-autoregressive over blocks of
+//! `block_length`; within a block, `steps / num_blocks` steps each reveal a precomputed
+//! number of positions (`floor(m / steps)`, plus one for the first `m mod steps` steps).
+//!
+//! Works with shifted (Dream) and unshifted (LLaDA) checkpoints alike: the model's
+//! [`Denoiser::score`] applies its own convention, read from its config.
+//!
+//! Differences from the reference `generate`, all exact or documented:
+//! * logits are computed only at the still-masked positions of the **current block** (the
+//!   reference computes `[B, L, V]` and then sets everything outside the block to −∞);
+//! * the Gumbel-max proposal `argmax(exp(l) / (−log u)^τ)` equals
+//!   `argmax(l / τ + Gumbel)`, i.e. one draw from `softmax(l / τ)`; we take that draw by
+//!   inverse CDF in float64 with one counter-RNG uniform per position instead of V uniforms;
+//! * ties in confidence go to the left-most position;
+//! * a step that reveals nothing skips its forward pass.
+
+use couplet_model::PromptBatch;
+use tch::{Kind, Tensor};
+
+use crate::canvas::{suppress_mask, top_n_per_row, uniform_tensor, Canvas, Decoded};
+use crate::denoiser::Denoiser;
+use crate::sampling::categorical;
+use crate::RolloutError;
+
+pub const STREAM_TOKEN: u64 = 0x20;
+pub const STREAM_REMASK: u64 = 0x21;
+
+/// How the positions to reveal are chosen among the block's masked ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remasking {
+    /// Highest softmax probability of the proposal.
+    LowConfidence,
+    /// Uniformly random.
+    Random,
+}
+
+impl Remasking {
+    pub fn parse(name: &str) -> Result<Self, RolloutError> {
+        match name {
+            "low_confidence" => Ok(Remasking::LowConfidence),
+            "random" => Ok(Remasking::Random),
+            other => Err(RolloutError::Invalid {
+                option: "remasking".into(),
+                message: format!("unknown remasking {other:?} (expected low_confidence or random)"),
+            }),
+        }
+    }
+}
+
+/// Settings of one block-decoding run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockDecodeConfig {
+    pub steps: i64,
+    pub max_new_tokens: i64,
+    pub block_length: i64,
+    /// τ of the Gumbel-max proposal; 0 = argmax.
+    pub temperature: f64,
+    pub remasking: Remasking,
+}
+
+impl BlockDecodeConfig {
+    pub fn validate(&self) -> Result<(), RolloutError> {
+        let bad = |option: &str, message: String| {
+            Err(RolloutError::Invalid {
+                option: option.into(),
+                message,
+            })
+        };
+        if self.max_new_tokens < 1 {
+            return bad(
+                "max_new_tokens",
+                format!("must be at least 1, got {}", self.max_new_tokens),
+            );
+        }
+        if self.block_length < 1 || self.max_new_tokens % self.block_length != 0 {
+            return bad(
+                "block_length",
+                format!(
+                    "{} must be ≥ 1 and divide max_new_tokens = {}",
+                    self.block_length, self.max_new_tokens
+                ),
+            );
+        }
+        let blocks = self.max_new_tokens / self.block_length;
+        if self.steps < 1 || self.steps % blocks != 0 {
+            return bad(
+                "steps",
+                format!("{} must be a positive multiple of the number of blocks ({blocks} = max_new_tokens / block_length)", self.steps),
+            );
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(
+                "temperature",
+                format!("must be ≥ 0, got {}", self.temperature),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Per-step reveal counts for a block with `masked` masked positions over `steps` steps.
+pub fn transfer_schedule(masked: i64, steps: i64) -> Vec<i64> {
+    let (base, rem) = (masked / steps, masked % steps);
+    (0..steps).map(|i| base + i64::from(i < rem)).collect()
+}
+
+/// Decodes `prompts` block by block. Draws are keyed by `(seed, first_sample + row, step,
+/// position)`, as in the Dream decoder.
+pub fn block_generate(
+    model: &dyn Denoiser,
+    prompts: &PromptBatch,
+    mask_id: i64,
+    cfg: &BlockDecodeConfig,
+    seed: u64,
+    first_sample: u64,
+    mut on_step: impl FnMut(i64),
+) -> Result<Decoded, RolloutError> {
+    cfg.validate()?;
+    let _guard = tch::no_grad_guard();
+    let device = model.device();
+    let mut canvas = Canvas::new(prompts, mask_id, cfg.max_new_tokens, device)?;
+    let (b, p, l) = (canvas.b, canvas.p, canvas.p + canvas.k);
+    let blocks = cfg.max_new_tokens / cfg.block_length;
+    let steps_per_block = cfg.steps / blocks;
+    let position = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0);
+
+    for block in 0..blocks {
+        let (start, end) = (
+            p + block * cfg.block_length,
+            p + (block + 1) * cfg.block_length,
+        );
+        let in_block = position.ge(start).logical_and(&position.lt(end));
+        let schedules: Vec<Vec<i64>> = Canvas::counts(&canvas.masked().logical_and(&in_block))?
+            .into_iter()
+            .map(|m| transfer_schedule(m, steps_per_block))
+            .collect();
+        for i in 0..steps_per_block {
+            let step = block * steps_per_block + i;
+            on_step(step);
+            let n: Vec<i64> = schedules.iter().map(|s| s[i as usize]).collect();
+            if n.iter().all(|&n| n == 0) {
+                continue;
+            }
+            let masked = canvas.masked().logical_and(&in_block); // [B, L]
+            let positions = masked.nonzero();
+            let draw_index = canvas.draw_indices(&positions, first_sample, step, cfg.steps);
+            let logits = suppress_mask(
+                model.score(&canvas.x, canvas.attention.as_ref(), &masked),
+                mask_id,
+            )
+            .to_kind(Kind::Double); // [N, V]
+            canvas.forward_passes += 1;
+            let x0 = if cfg.temperature > 0.0 {
+                let u = uniform_tensor(seed, STREAM_TOKEN, &draw_index, device);
+                categorical(
+                    &(logits.shallow_clone() / cfg.temperature).softmax(-1, Kind::Double),
+                    &u,
+                )
+            } else {
+                logits.argmax(-1, false)
+            };
+            let conf = match cfg.remasking {
+                Remasking::LowConfidence => logits
+                    .softmax(-1, Kind::Double)
+                    .gather(-1, &x0.unsqueeze(-1), false)
+                    .squeeze_dim(-1),
+                Remasking::Random => uniform_tensor(seed, STREAM_REMASK, &draw_index, device),
+            };
+            let index = [Some(positions.select(1, 0)), Some(positions.select(1, 1))];
+            let full = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Double, device))
+                .index_put(&index, &conf, false);
+            let chosen = top_n_per_row(&full, &n, &masked);
+            canvas.reveal(&positions, &x0, &chosen, step);
+        }
+    }
+    canvas.finish()
+}

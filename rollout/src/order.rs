@@ -1,0 +1,157 @@
+//! Decode-order telemetry (SPEC 2.4): in which order were completion positions revealed,
+//! and how autoregressive was that order.
+//!
+//! The prompt counts as revealed before the first step, as positions −1, −2, … (so strict
+//! left-to-right decoding scores 1.0 on every measure). Positions revealed at the same step
+//! are listed left to right.
+
+use serde::Serialize;
+
+/// Local AR-ness is reported for k = 1..=LOCAL_K, global for k = 1..=GLOBAL_K (the paper's).
+pub const LOCAL_K: usize = 9;
+pub const GLOBAL_K: usize = 4;
+
+/// The order `p_1, …, p_T` in which positions were revealed, from their reveal steps.
+/// Positions never revealed (step < 0) are left out.
+pub fn reveal_order(reveal_step: &[i64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..reveal_step.len())
+        .filter(|&j| reveal_step[j] >= 0)
+        .collect();
+    order.sort_by_key(|&j| (reveal_step[j], j));
+    order
+}
+
+/// Local AR-ness@k: share of reveals whose k predecessors in the order are exactly the k
+/// positions immediately to their left ("next token" pattern).
+pub fn local_arness(order: &[usize], k: usize) -> f64 {
+    if order.is_empty() || k == 0 {
+        return f64::NAN;
+    }
+    // Reveal sequence with the prompt in front: …, −2, −1, p_1, p_2, …
+    let prev = |t: usize, back: usize| -> i64 {
+        if back <= t {
+            order[t - back] as i64
+        } else {
+            -((back - t) as i64)
+        }
+    };
+    let hits = (0..order.len())
+        .filter(|&t| {
+            let p = order[t] as i64;
+            let mut preds: Vec<i64> = (1..=k).map(|back| prev(t, back)).collect();
+            preds.sort_unstable();
+            let want: Vec<i64> = (1..=k as i64).rev().map(|d| p - d).collect();
+            preds == want
+        })
+        .count();
+    hits as f64 / order.len() as f64
+}
+
+/// Global AR-ness@k: share of reveals that pick one of the k left-most still-masked
+/// positions ("left first" pattern).
+pub fn global_arness(order: &[usize], k: usize) -> f64 {
+    if order.is_empty() || k == 0 {
+        return f64::NAN;
+    }
+    let len = order.iter().max().map_or(0, |&m| m + 1);
+    let mut masked = vec![true; len];
+    let mut hits = 0;
+    for &p in order {
+        let rank = masked[..p].iter().filter(|&&m| m).count();
+        if rank < k {
+            hits += 1;
+        }
+        masked[p] = false;
+    }
+    hits as f64 / order.len() as f64
+}
+
+/// AR-ness@1..k of one sequence, or averaged over many.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct ArNess {
+    /// Local AR-ness@k for k = 1..=9.
+    pub local: Vec<f64>,
+    /// Global AR-ness@k for k = 1..=4.
+    pub global: Vec<f64>,
+}
+
+impl ArNess {
+    pub fn of_order(order: &[usize]) -> Self {
+        ArNess {
+            local: (1..=LOCAL_K).map(|k| local_arness(order, k)).collect(),
+            global: (1..=GLOBAL_K).map(|k| global_arness(order, k)).collect(),
+        }
+    }
+
+    /// Mean over sequences (NaN entries, from empty orders, skipped).
+    pub fn mean<'a>(items: impl IntoIterator<Item = &'a ArNess>) -> ArNess {
+        let items: Vec<&ArNess> = items.into_iter().collect();
+        let avg = |get: &dyn Fn(&ArNess) -> &Vec<f64>, n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|k| {
+                    let vals: Vec<f64> = items
+                        .iter()
+                        .map(|a| get(a)[k])
+                        .filter(|v| !v.is_nan())
+                        .collect();
+                    if vals.is_empty() {
+                        f64::NAN
+                    } else {
+                        vals.iter().sum::<f64>() / vals.len() as f64
+                    }
+                })
+                .collect()
+        };
+        ArNess {
+            local: avg(&|a| &a.local, LOCAL_K),
+            global: avg(&|a| &a.global, GLOBAL_K),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn left_to_right_is_fully_autoregressive() {
+        let order: Vec<usize> = (0..16).collect();
+        let a = ArNess::of_order(&order);
+        assert!(a.local.iter().all(|&v| v == 1.0), "{a:?}");
+        assert!(a.global.iter().all(|&v| v == 1.0), "{a:?}");
+    }
+
+    #[test]
+    fn right_to_left_by_hand() {
+        // K = 8 revealed 7, 6, …, 0. Local: no reveal has its left neighbours before it → 0.
+        // Global@k: reveal t picks position 8 − t, among the k left-most masked {0..k−1}
+        // only for the last k reveals → k / 8.
+        let order: Vec<usize> = (0..8).rev().collect();
+        let a = ArNess::of_order(&order);
+        assert!(a.local.iter().all(|&v| v == 0.0), "{a:?}");
+        for (i, &g) in a.global.iter().enumerate() {
+            assert_eq!(g, (i + 1) as f64 / 8.0);
+        }
+    }
+
+    #[test]
+    fn mixed_order_by_hand() {
+        // Order 1, 0, 2, 3 (prompt = …, −2, −1 in front):
+        // local@1: t=0 p=1: pred −1, want 0 → miss. t=1 p=0: pred 1, want −1 → miss.
+        //          t=2 p=2: pred 0, want 1 → miss. t=3 p=3: pred 2 → hit. → 1/4.
+        // local@2 compares sets: t=2 p=2: preds {0, 1} = {1, 0} → hit; t=3 p=3: preds
+        //          {2, 0} ≠ {2, 1} → miss; t=0, t=1 miss. → 1/4.
+        // global@1: t=0 p=1 rank 1 → miss; t=1 p=0 rank 0 hit; t=2 p=2 hit; t=3 hit → 3/4.
+        // global@2: all ranks < 2 → 1.
+        let order = [1, 0, 2, 3];
+        assert_eq!(local_arness(&order, 1), 0.25);
+        assert_eq!(local_arness(&order, 2), 0.25);
+        assert_eq!(global_arness(&order, 1), 0.75);
+        assert_eq!(global_arness(&order, 2), 1.0);
+    }
+
+    #[test]
+    fn reveal_order_sorts_by_step_then_position() {
+        assert_eq!(reveal_order(&[2, 0, 0, 1, -1]), vec![1, 2, 3, 0]);
+    }
+}

@@ -1,0 +1,266 @@
+//! The rollout worker: G completions for each prompt, in chunks of
+//! `generation_batch_size`, cut at their end token, decoded to text, with decode orders and
+//! AR-ness — everything the trainer needs from one round of sampling.
+
+use std::time::Instant;
+
+use couplet_model::{PromptBatch, TextTokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::{Device, Kind, Tensor};
+
+use crate::canvas::Decoded;
+use crate::denoiser::Denoiser;
+use crate::dream_decoder::{dream_generate, DreamDecodeConfig};
+use crate::llada_decoder::{block_generate, BlockDecodeConfig};
+use crate::order::{reveal_order, ArNess};
+use crate::RolloutError;
+
+/// Which decoder samples the completions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DecoderConfig {
+    /// Dream's decoder (DiffuCoder's rollouts).
+    Dream(DreamDecodeConfig),
+    /// LLaDA / d1 semi-autoregressive block decoder.
+    Block(BlockDecodeConfig),
+}
+
+impl DecoderConfig {
+    pub fn max_new_tokens(&self) -> i64 {
+        match self {
+            DecoderConfig::Dream(c) => c.max_new_tokens,
+            DecoderConfig::Block(c) => c.max_new_tokens,
+        }
+    }
+
+    pub fn steps(&self) -> i64 {
+        match self {
+            DecoderConfig::Dream(c) => c.steps,
+            DecoderConfig::Block(c) => c.steps,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), RolloutError> {
+        match self {
+            DecoderConfig::Dream(c) => c.validate(),
+            DecoderConfig::Block(c) => c.validate(),
+        }
+    }
+
+    /// Runs the decoder on one chunk.
+    pub fn decode(
+        &self,
+        model: &dyn Denoiser,
+        prompts: &PromptBatch,
+        mask_id: i64,
+        seed: u64,
+        first_sample: u64,
+        on_step: impl FnMut(i64),
+    ) -> Result<Decoded, RolloutError> {
+        match self {
+            DecoderConfig::Dream(c) => {
+                dream_generate(model, prompts, mask_id, c, seed, first_sample, on_step)
+            }
+            DecoderConfig::Block(c) => {
+                block_generate(model, prompts, mask_id, c, seed, first_sample, on_step)
+            }
+        }
+    }
+}
+
+/// Settings of the worker.
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    pub decoder: DecoderConfig,
+    /// G: completions per prompt.
+    pub group_size: usize,
+    /// Sequences decoded together (one forward batch).
+    pub generation_batch_size: usize,
+    /// Keep only the last N prompt tokens.
+    pub max_prompt_length: Option<usize>,
+    /// Tokens that end a completion; `None` = the tokenizer's eos + `<|im_end|>`.
+    pub end_tokens: Option<Vec<i64>>,
+    /// Draw an indicatif progress bar on stderr.
+    pub progress: bool,
+}
+
+/// G completions for each of a batch of prompts, prompt-major (rows `i·G .. (i+1)·G` belong
+/// to prompt i).
+#[derive(Debug)]
+pub struct Rollout {
+    /// `[N, P]` left-padded prompt ids and their mask (1 = real token).
+    pub prompt_ids: Tensor,
+    pub prompt_mask: Tensor,
+    /// `[N, K]` completion ids as decoded (after the end token: whatever was decoded).
+    pub completion_ids: Tensor,
+    /// `[N, K]` int64: 1 up to and including the first end token, 0 after.
+    pub completion_mask: Tensor,
+    /// Completion text (special tokens skipped), cut at the end token.
+    pub texts: Vec<String>,
+    /// Tokens up to and including the end token (K when none was produced).
+    pub completion_lengths: Vec<usize>,
+    /// Whether a completion produced an end token (false = clipped at K).
+    pub terminated: Vec<bool>,
+    /// Prompt index of each row.
+    pub prompt_index: Vec<usize>,
+    /// Reveal order of the K completion positions of each row.
+    pub decode_orders: Vec<Vec<usize>>,
+    /// AR-ness of each row's decode order.
+    pub arness: Vec<ArNess>,
+    /// Prompts that lost tokens to `max_prompt_length`.
+    pub truncated_prompts: usize,
+    pub forward_passes: i64,
+    pub seconds: f64,
+}
+
+impl Rollout {
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+
+    /// Generated completion tokens per second (all K positions of every row).
+    pub fn tokens_per_second(&self) -> f64 {
+        let k = self.completion_ids.size().get(1).copied().unwrap_or(0) as f64;
+        self.len() as f64 * k / self.seconds.max(1e-9)
+    }
+
+    /// `[N, P + K]` full sequences.
+    pub fn sequences(&self) -> Tensor {
+        Tensor::cat(&[&self.prompt_ids, &self.completion_ids], 1)
+    }
+
+    pub fn mean_arness(&self) -> ArNess {
+        ArNess::mean(&self.arness)
+    }
+}
+
+/// Samples `group_size` completions for every prompt (already chat-formatted text).
+/// Row r of the result has global sample index `first_sample + r`; draws are keyed by it,
+/// so the result does not depend on `generation_batch_size`.
+pub fn generate_rollout(
+    model: &dyn Denoiser,
+    tokenizer: &TextTokenizer,
+    prompts: &[String],
+    cfg: &RolloutConfig,
+    seed: u64,
+    first_sample: u64,
+) -> Result<Rollout, RolloutError> {
+    cfg.decoder.validate()?;
+    let invalid = |option: &str, message: String| RolloutError::Invalid {
+        option: option.into(),
+        message,
+    };
+    if cfg.group_size == 0 {
+        return Err(invalid("group_size", "must be at least 1".into()));
+    }
+    if cfg.generation_batch_size == 0 {
+        return Err(invalid(
+            "generation_batch_size",
+            "must be at least 1".into(),
+        ));
+    }
+    let special = tokenizer.special();
+    let end_tokens = cfg
+        .end_tokens
+        .clone()
+        .unwrap_or_else(|| special.end_of_completion());
+    let start = Instant::now();
+
+    // Tokenise each prompt once; rows repeat it G times.
+    let mut truncated_prompts = 0;
+    let mut rows: Vec<Vec<i64>> = Vec::with_capacity(prompts.len() * cfg.group_size);
+    let mut prompt_index = Vec::with_capacity(rows.capacity());
+    for (i, prompt) in prompts.iter().enumerate() {
+        let mut ids = tokenizer.encode(prompt)?;
+        if let Some(max) = cfg.max_prompt_length {
+            if ids.len() > max {
+                ids.drain(..ids.len() - max);
+                truncated_prompts += 1;
+            }
+        }
+        for _ in 0..cfg.group_size {
+            rows.push(ids.clone());
+            prompt_index.push(i);
+        }
+    }
+
+    let k = cfg.decoder.max_new_tokens();
+    let steps = cfg.decoder.steps() as u64;
+    let chunks: Vec<&[Vec<i64>]> = rows.chunks(cfg.generation_batch_size).collect();
+    let bar = if cfg.progress {
+        let bar = ProgressBar::new(steps * chunks.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "rollout {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let mut completions: Vec<Tensor> = Vec::with_capacity(chunks.len());
+    let mut reveal_steps: Vec<Vec<i64>> = Vec::with_capacity(rows.len());
+    let mut forward_passes = 0;
+    let mut offset = 0u64;
+    for chunk in &chunks {
+        let batch = PromptBatch::left_padded(chunk, special.pad, 0);
+        let decoded = cfg.decoder.decode(
+            model,
+            &batch,
+            special.mask,
+            seed,
+            first_sample + offset,
+            |_| bar.inc(1),
+        )?;
+        completions.push(decoded.sequences.narrow(1, decoded.prompt_width, k));
+        reveal_steps.extend(decoded.reveal_step);
+        forward_passes += decoded.forward_passes;
+        offset += chunk.len() as u64;
+        bar.set_message(format!("{offset}/{} sequences", rows.len()));
+    }
+    bar.finish_and_clear();
+
+    let device = model.device();
+    let prompt_batch =
+        PromptBatch::left_padded(&rows, special.pad, truncated_prompts).to_device(device);
+    let completion_ids = Tensor::cat(&completions, 0);
+    let ids_cpu = Vec::<Vec<i64>>::try_from(&completion_ids.to_device(Device::Cpu))
+        .map_err(RolloutError::torch("completion ids"))?;
+    let mut texts = Vec::with_capacity(rows.len());
+    let mut lengths = Vec::with_capacity(rows.len());
+    let mut terminated = Vec::with_capacity(rows.len());
+    let mut mask = Vec::with_capacity(rows.len() * k as usize);
+    for ids in &ids_cpu {
+        let end = ids.iter().position(|t| end_tokens.contains(t));
+        let len = end.map_or(ids.len(), |e| e + 1);
+        texts.push(tokenizer.decode(&ids[..len])?);
+        lengths.push(len);
+        terminated.push(end.is_some());
+        mask.extend((0..ids.len()).map(|j| i64::from(j < len)));
+    }
+    let decode_orders: Vec<Vec<usize>> = reveal_steps.iter().map(|r| reveal_order(r)).collect();
+    let arness = decode_orders.iter().map(|o| ArNess::of_order(o)).collect();
+    Ok(Rollout {
+        prompt_ids: prompt_batch.ids,
+        prompt_mask: prompt_batch.attention_mask,
+        completion_mask: Tensor::from_slice(&mask)
+            .view([rows.len() as i64, k])
+            .to_device(device)
+            .to_kind(Kind::Int64),
+        completion_ids,
+        texts,
+        completion_lengths: lengths,
+        terminated,
+        prompt_index,
+        decode_orders,
+        arness,
+        truncated_prompts,
+        forward_passes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
