@@ -1,10 +1,20 @@
 """Plain-PyTorch reference of Couplet's algorithms, written from SPEC.md independently of
-the Rust code, for the parity tests. Run by the .venv python; no transformers needed.
+the Rust code, for the parity tests and benchmarks. Run by the .venv python; no
+transformers needed.
 
     python dream_ref.py forward MODEL_DIR REQUEST.json OUT.bin
+        REQUEST: {"ids": [[...]], "attention_mask": [[...]] or null}
+        OUT.bin: little-endian f32 logits [B, L, V] (raw, unshifted, like transformers)
+    python dream_ref.py generate MODEL_DIR REQUEST.json OUT.json
+        The Dream `generate` loop (SPEC 2.1) or the LLaDA/d1 block loop (SPEC 2.2), both
+        computing full logits at every position as the reference implementations do.
+        REQUEST: {"prompts": [[ids]], "pad", "mask", "steps", "max_new_tokens", "alg",
+                  "alg_temp", "temperature", "top_p", "top_k", "eps", "seed",
+                  "block_length" (block decoder when set), "remasking", "sdpa", "threads"}
+        OUT: {"sequences": [[...]], "seconds": wall time of the decoding loop}
 
-REQUEST.json: {"ids": [[...]], "attention_mask": [[...]] or null}
-OUT.bin: little-endian f32 logits [B, L, V] (raw, unshifted, like transformers).
+Randomness uses Couplet's counter RNG (SplitMix64 finaliser keyed by seed, stream, index),
+ported below, so greedy and seeded runs can be compared token for token.
 """
 import json
 import math
@@ -45,6 +55,21 @@ def load_weights(model_dir):
     return weights
 
 
+M64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def mix64(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def uniform(seed, stream, index):
+    key = mix64((seed + GOLDEN * (stream + 1)) & M64)
+    return (mix64(key ^ mix64((index + GOLDEN) & M64)) >> 11) * (1.0 / (1 << 53))
+
+
 class Dream:
     """SPEC section 1, written out op by op."""
 
@@ -74,7 +99,7 @@ class Dream:
         rot = torch.cat([-x2, x1], -1)
         return x * cos + rot * sin
 
-    def hidden(self, ids, attention_mask=None):
+    def hidden(self, ids, attention_mask=None, sdpa=False):
         w = self.w
         B, L = ids.shape
         if attention_mask is None:
@@ -97,10 +122,16 @@ class Dream:
             rep = self.heads // self.kv_heads
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            scores = scores.masked_fill(~allowed, float("-inf"))
-            probs = torch.softmax(scores, -1).nan_to_num(0.0)  # pad query rows: all -inf
-            att = (probs @ v).transpose(1, 2).reshape(B, L, self.heads * self.head_dim)
+            if sdpa:  # what transformers' sdpa attention does; used by the benchmarks
+                mask = None if bool(a.all()) else allowed
+                att = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                att = att.nan_to_num(0.0)
+            else:
+                scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+                scores = scores.masked_fill(~allowed, float("-inf"))
+                probs = torch.softmax(scores, -1).nan_to_num(0.0)  # pad query rows: all -inf
+                att = probs @ v
+            att = att.transpose(1, 2).reshape(B, L, self.heads * self.head_dim)
             x = x + att @ w[p + "self_attn.o_proj.weight"].T
             h = self.rms(x, w[p + "post_attention_layernorm.weight"])
             gate = h @ w[p + "mlp.gate_proj.weight"].T
@@ -108,9 +139,176 @@ class Dream:
             x = x + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
         return self.rms(x, w["model.norm.weight"])
 
-    def logits(self, ids, attention_mask=None):
+    def logits(self, ids, attention_mask=None, sdpa=False):
         head = self.w["model.embed_tokens.weight"] if self.tied else self.w["lm_head.weight"]
-        return self.hidden(ids, attention_mask) @ head.T
+        return self.hidden(ids, attention_mask, sdpa) @ head.T
+
+    def token_logits(self, ids, attention_mask=None, sdpa=False):
+        """Full logits [B, L, V] where row i scores token i (shift applied when the model is
+        shifted), as the decoders consume them."""
+        logits = self.logits(ids, attention_mask, sdpa)
+        if self.shift:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+
+# ---------------------------------------------------------------------------------------
+# Decoders. Shared deviations from the released code, mirrored from Couplet on purpose:
+# counter-RNG draws keyed by (seed, sample, step, completion offset); the [MASK] logit set
+# to -inf before proposing; ties in confidence broken towards the left-most position.
+
+STREAM_TOKEN, STREAM_TRANSFER, STREAM_POSITION = 0x10, 0x11, 0x12
+STREAM_BLOCK_TOKEN, STREAM_REMASK = 0x20, 0x21
+
+
+def draws(stream, seed, idx, P, K, steps, step):
+    """Uniforms for the masked positions idx ([N, 2] row-major), like Couplet's canvas."""
+    vals = [uniform(seed, stream, (int(b) * steps + step) * K + (int(p) - P)) for b, p in idx.tolist()]
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+def top_p_logits(logits, top_p):
+    sorted_logits, sorted_indices = torch.sort(logits, descending=True)
+    cumulative = torch.cumsum(torch.softmax(sorted_logits, -1), -1)
+    remove = cumulative > top_p
+    remove[..., 1:] = remove[..., :-1].clone()
+    remove[..., 0] = 0
+    mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, sorted_indices, remove)
+    return logits.masked_fill(mask, torch.finfo(logits.dtype).min)
+
+
+def top_k_logits(logits, top_k):
+    top_k = min(top_k, logits.size(-1))
+    remove = logits < torch.topk(logits, top_k)[0][..., -1, None]
+    return logits.masked_fill(remove, torch.finfo(logits.dtype).min)
+
+
+def sample_tokens(logits, temperature, top_p, top_k, u, margin=False, neg_entropy=False):
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = top_p_logits(logits, top_p)
+    if top_k is not None:
+        logits = top_k_logits(logits, top_k)
+    probs = torch.softmax(logits, dim=-1)
+    if temperature > 0:
+        cdf = probs.double().cumsum(-1)
+        x0 = (cdf <= (u[:, None] * cdf[:, -1:])).sum(-1).clamp(max=probs.shape[-1] - 1)
+        confidence = torch.gather(probs, -1, x0[:, None]).squeeze(-1)
+    else:
+        confidence, x0 = probs.max(dim=-1)
+    if margin:
+        top = torch.sort(probs, dim=-1, descending=True)[0]
+        confidence = top[:, 0] - top[:, 1]
+    if neg_entropy:
+        confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return confidence, x0
+
+
+def left_pad(prompts, pad):
+    P = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompts], dtype=torch.long)
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+    return ids, mask
+
+
+def dream_generate(model, req):
+    ids, amask = left_pad(req["prompts"], req["pad"])
+    mask_id, K, S = req["mask"], req["max_new_tokens"], req["steps"]
+    alg, alg_temp, seed = req["alg"], req.get("alg_temp") or 0.0, req["seed"]
+    temperature, top_p, top_k = req["temperature"], req.get("top_p"), req.get("top_k")
+    sdpa = req.get("sdpa", False)
+    B, P = ids.shape
+    x = torch.cat([ids, torch.full((B, K), mask_id, dtype=torch.long)], 1)
+    attention = torch.cat([amask, torch.ones(B, K, dtype=torch.long)], 1) if bool((amask == 0).any()) else None
+    timesteps = torch.linspace(1, req.get("eps", 1e-3), S + 1)
+    for i in range(S):
+        mask_index = x == mask_id
+        logits = model.token_logits(x, attention, sdpa)  # [B, L, V]: every position
+        logits[..., mask_id] = float("-inf")
+        mask_logits = logits[mask_index]
+        idx = mask_index.nonzero()
+        t, s = timesteps[i], timesteps[i + 1]
+        u_tok = draws(STREAM_TOKEN, seed, idx, P, K, S, i) if temperature > 0 else None
+        if alg == "origin":
+            p_transfer = 1 - s / t if i < S - 1 else 1
+            u = draws(STREAM_TRANSFER, seed, idx, P, K, S, i).float()
+            transfer = u < p_transfer
+            _, x0 = sample_tokens(mask_logits, temperature, top_p, top_k, u_tok)
+            x0 = torch.where(transfer, x0, torch.full_like(x0, mask_id))
+            x[mask_index] = x0
+        else:
+            conf, x0 = sample_tokens(
+                mask_logits, temperature, top_p, top_k, u_tok,
+                margin=alg == "topk_margin", neg_entropy=alg == "entropy",
+            )
+            num_mask = mask_index.sum() / mask_index.shape[0]  # the reference's batch average
+            n = int(num_mask * (1 - s / t)) if i < S - 1 else int(num_mask)
+            full = torch.full(x.shape, float("-inf"), dtype=torch.float64)
+            if alg_temp > 0:
+                g = draws(STREAM_POSITION, seed, idx, P, K, S, i).clamp(1e-300, 1.0)
+                full[mask_index] = conf.double() / alg_temp - torch.log(-torch.log(g))
+            else:
+                full[mask_index] = conf.double()
+            if n > 0:
+                order = torch.sort(full, dim=-1, descending=True, stable=True)[1][:, :n]
+                x_ = torch.full_like(x, mask_id)
+                x_[mask_index] = x0
+                rows = torch.arange(B)[:, None].expand_as(order)
+                x[rows, order] = x_[rows, order]
+    return x
+
+
+def block_generate(model, req):
+    ids, amask = left_pad(req["prompts"], req["pad"])
+    mask_id, K, S, L_b = req["mask"], req["max_new_tokens"], req["steps"], req["block_length"]
+    temperature, seed, sdpa = req["temperature"], req["seed"], req.get("sdpa", False)
+    B, P = ids.shape
+    x = torch.cat([ids, torch.full((B, K), mask_id, dtype=torch.long)], 1)
+    attention = torch.cat([amask, torch.ones(B, K, dtype=torch.long)], 1) if bool((amask == 0).any()) else None
+    blocks = K // L_b
+    steps = S // blocks
+    for nb in range(blocks):
+        lo, hi = P + nb * L_b, P + (nb + 1) * L_b
+        m = (x[:, lo:hi] == mask_id).sum(1, keepdim=True)
+        num = torch.zeros(B, steps, dtype=torch.long) + m // steps
+        for r in range(B):
+            num[r, : int(m[r] % steps)] += 1
+        for i in range(steps):
+            step = nb * steps + i
+            mask_index = x == mask_id
+            logits = model.token_logits(x, attention, sdpa).double()
+            logits[..., mask_id] = float("-inf")
+            if temperature > 0:  # Gumbel-max == one draw from softmax(l / T)
+                sel = mask_index.clone()
+                sel[:, :lo] = False
+                sel[:, hi:] = False
+                idx = sel.nonzero()
+                u = draws(STREAM_BLOCK_TOKEN, seed, idx, P, K, S, step)
+                probs = torch.softmax(logits[sel] / temperature, -1)
+                cdf = probs.cumsum(-1)
+                x0 = torch.argmax(logits, dim=-1)
+                x0[sel] = (cdf <= u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+            else:
+                x0 = torch.argmax(logits, dim=-1)
+            if req.get("remasking", "low_confidence") == "low_confidence":
+                p = torch.softmax(logits, dim=-1)
+                x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)
+            else:
+                sel = mask_index.clone()
+                sel[:, :lo] = False
+                sel[:, hi:] = False
+                x0_p = torch.full(x.shape, float("-inf"), dtype=torch.float64)
+                x0_p[sel] = draws(STREAM_REMASK, seed, sel.nonzero(), P, K, S, step)
+            x0_p[:, hi:] = float("-inf")
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, torch.tensor(float("-inf"), dtype=torch.float64))
+            for r in range(B):
+                k = int(num[r, i])
+                if k > 0:
+                    sel_idx = torch.sort(confidence[r], descending=True, stable=True)[1][:k]
+                    x[r, sel_idx] = x0[r, sel_idx]
+    return x
 
 
 def tensor_bytes(t):
@@ -129,7 +327,21 @@ def cmd_forward(model_dir, request, out):
         f.write(tensor_bytes(logits))
 
 
+def cmd_generate(model_dir, request, out):
+    import time
+
+    req = json.load(open(request))
+    if req.get("threads"):
+        torch.set_num_threads(int(req["threads"]))
+    model = Dream(model_dir)
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = block_generate(model, req) if req.get("block_length") else dream_generate(model, req)
+    seconds = time.perf_counter() - start
+    json.dump({"sequences": x.tolist(), "seconds": seconds}, open(out, "w"))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cmd, *rest = sys.argv[1:]
-    {"forward": cmd_forward}[cmd](*rest)
+    {"forward": cmd_forward, "generate": cmd_generate}[cmd](*rest)
