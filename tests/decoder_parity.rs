@@ -83,7 +83,7 @@ fn dream_decoder_matches_reference_for_every_alg() {
                     eps: 1e-3,
                 };
                 let got = ours(&model, &prompts(padded), |m, b| {
-                    dream_generate(m, b, mask, &cfg, 42, 0, |_| {})
+                    dream_generate(m, b, mask, &cfg, 42, &[0, 1, 2], |_| {})
                         .unwrap()
                         .sequences
                 });
@@ -123,7 +123,7 @@ fn block_decoder_matches_reference() {
                 remasking: Remasking::parse(remasking).unwrap(),
             };
             let got = ours(&model, &prompts(padded), |m, b| {
-                block_generate(m, b, mask, &cfg, 9, 0, |_| {})
+                block_generate(m, b, mask, &cfg, 9, &[0, 1, 2], |_| {})
                     .unwrap()
                     .sequences
             });
@@ -159,7 +159,7 @@ fn unshifted_models_decode_with_their_own_convention() {
         remasking: Remasking::LowConfidence,
     };
     let got = ours(&model, &prompts(true), |m, b| {
-        block_generate(m, b, mask, &cfg, 0, 0, |_| {})
+        block_generate(m, b, mask, &cfg, 0, &[0, 1, 2], |_| {})
             .unwrap()
             .sequences
     });
@@ -174,7 +174,7 @@ fn unshifted_models_decode_with_their_own_convention() {
     std::fs::write(&path, cfg_json.to_string()).unwrap();
     let shifted = load_model(&dir, LoadOptions::default()).unwrap();
     let other = ours(&shifted, &prompts(true), |m, b| {
-        block_generate(m, b, mask, &cfg, 0, 0, |_| {})
+        block_generate(m, b, mask, &cfg, 0, &[0, 1, 2], |_| {})
             .unwrap()
             .sequences
     });

@@ -142,17 +142,9 @@ impl Attention {
         let (cos, sin) = rope;
         let q = apply_rotary(&q, cos, sin);
         let k = apply_rotary(&k, cos, sin);
-        // Repeat kv heads explicitly: every SDPA backend accepts it, with or without a mask.
-        let (k, v) = if self.num_kv_heads == self.num_heads {
-            (k, v)
-        } else {
-            let rep = self.num_heads / self.num_kv_heads;
-            (
-                k.repeat_interleave_self_int(rep, 1, None),
-                v.repeat_interleave_self_int(rep, 1, None),
-            )
-        };
-        let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, false);
+        // Grouped-query attention inside SDPA (`enable_gqa`): kv heads are never copied.
+        let gqa = self.num_kv_heads != self.num_heads;
+        let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, gqa);
         let attn = attn
             .transpose(1, 2)
             .reshape([b, l, self.num_heads * self.head_dim]);

@@ -32,11 +32,14 @@ pub(crate) struct Canvas {
     pub k: i64,
     pub device: Device,
     pub forward_passes: i64,
+    /// Global sample index of each row: the key of its random draws.
+    samples: Vec<u64>,
 }
 
 impl Canvas {
     pub fn new(
         prompts: &PromptBatch,
+        samples: &[u64],
         mask_id: i64,
         k: i64,
         device: Device,
@@ -45,6 +48,12 @@ impl Canvas {
         let (b, p) = prompt_ids
             .size2()
             .map_err(RolloutError::torch("prompt ids"))?;
+        if samples.len() as i64 != b {
+            return Err(RolloutError::Invalid {
+                option: "samples".into(),
+                message: format!("{} sample indices for {b} prompt rows", samples.len()),
+            });
+        }
         let prompt_mask = prompts
             .attention_mask
             .to_device(device)
@@ -82,6 +91,7 @@ impl Canvas {
             k,
             device,
             forward_passes: 0,
+            samples: samples.to_vec(),
         })
     }
 
@@ -126,18 +136,12 @@ impl Canvas {
 
     /// Global draw index of each masked `(row, position)` at `step`: unique per sample,
     /// step and completion offset, independent of batch composition and prompt padding.
-    pub fn draw_indices(
-        &self,
-        positions: &Tensor,
-        first_sample: u64,
-        step: i64,
-        steps: i64,
-    ) -> Vec<u64> {
+    pub fn draw_indices(&self, positions: &Tensor, step: i64, steps: i64) -> Vec<u64> {
         let pos = Vec::<i64>::try_from(&positions.to_device(Device::Cpu).reshape([-1]))
             .unwrap_or_default();
         pos.chunks(2)
             .map(|rc| {
-                let sample = first_sample + rc[0] as u64;
+                let sample = self.samples[rc[0] as usize];
                 (sample * steps as u64 + step as u64) * self.k as u64 + (rc[1] - self.p) as u64
             })
             .collect()

@@ -111,9 +111,9 @@ impl DreamDecodeConfig {
     }
 }
 
-/// Decodes `prompts` with the Dream algorithm. `first_sample` is the global index of the
-/// batch's first row: draws are keyed by it, so decoding rows 0..8 at once or in two
-/// chunks of 4 (with first_sample 0 and 4) gives the same completions. `on_step` is called
+/// Decodes `prompts` with the Dream algorithm. `samples[r]` is the global sample index of
+/// row r: draws are keyed by it, so decoding rows together or in any chunks, in any order,
+/// gives the same completions. `on_step` is called
 /// once per step (for progress bars).
 pub fn dream_generate(
     model: &dyn Denoiser,
@@ -121,13 +121,13 @@ pub fn dream_generate(
     mask_id: i64,
     cfg: &DreamDecodeConfig,
     seed: u64,
-    first_sample: u64,
+    samples: &[u64],
     mut on_step: impl FnMut(i64),
 ) -> Result<Decoded, RolloutError> {
     cfg.validate()?;
     let _guard = tch::no_grad_guard();
     let device = model.device();
-    let mut canvas = Canvas::new(prompts, mask_id, cfg.max_new_tokens, device)?;
+    let mut canvas = Canvas::new(prompts, samples, mask_id, cfg.max_new_tokens, device)?;
     let (b, l) = (canvas.b, canvas.p + canvas.k);
     // Same float32 schedule as the reference's torch.linspace(1, eps, S + 1).
     let timesteps = Vec::<f32>::try_from(&Tensor::linspace(
@@ -150,7 +150,7 @@ pub fn dream_generate(
         let (t, s) = (timesteps[step as usize], timesteps[step as usize + 1]);
         let ratio = 1.0f32 - s / t;
         let positions = masked.nonzero(); // [N, 2], row-major
-        let draw_index = canvas.draw_indices(&positions, first_sample, step, cfg.steps);
+        let draw_index = canvas.draw_indices(&positions, step, cfg.steps);
         let index = [Some(positions.select(1, 0)), Some(positions.select(1, 1))];
 
         // Decide how many (origin: which) positions this step reveals before paying for the

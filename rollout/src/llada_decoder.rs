@@ -105,7 +105,7 @@ pub fn transfer_schedule(masked: i64, steps: i64) -> Vec<i64> {
     (0..steps).map(|i| base + i64::from(i < rem)).collect()
 }
 
-/// Decodes `prompts` block by block. Draws are keyed by `(seed, first_sample + row, step,
+/// Decodes `prompts` block by block. Draws are keyed by `(seed, samples[row], step,
 /// position)`, as in the Dream decoder.
 pub fn block_generate(
     model: &dyn Denoiser,
@@ -113,13 +113,13 @@ pub fn block_generate(
     mask_id: i64,
     cfg: &BlockDecodeConfig,
     seed: u64,
-    first_sample: u64,
+    samples: &[u64],
     mut on_step: impl FnMut(i64),
 ) -> Result<Decoded, RolloutError> {
     cfg.validate()?;
     let _guard = tch::no_grad_guard();
     let device = model.device();
-    let mut canvas = Canvas::new(prompts, mask_id, cfg.max_new_tokens, device)?;
+    let mut canvas = Canvas::new(prompts, samples, mask_id, cfg.max_new_tokens, device)?;
     let (b, p, l) = (canvas.b, canvas.p, canvas.p + canvas.k);
     let blocks = cfg.max_new_tokens / cfg.block_length;
     let steps_per_block = cfg.steps / blocks;
@@ -144,7 +144,7 @@ pub fn block_generate(
             }
             let masked = canvas.masked().logical_and(&in_block); // [B, L]
             let positions = masked.nonzero();
-            let draw_index = canvas.draw_indices(&positions, first_sample, step, cfg.steps);
+            let draw_index = canvas.draw_indices(&positions, step, cfg.steps);
             let logits = suppress_mask(
                 model.score(&canvas.x, canvas.attention.as_ref(), &masked),
                 mask_id,

@@ -93,7 +93,7 @@ fn each_confidence_rule_picks_its_own_first_position() {
             MASK,
             &greedy(alg, 3, 3),
             0,
-            0,
+            &[0],
             |_| {},
         )
         .unwrap();
@@ -124,7 +124,7 @@ fn origin_reveals_by_its_own_uniforms() {
         MASK,
         &greedy(DreamAlg::Origin, 2, 3),
         seed,
-        0,
+        &[0],
         |_| {},
     )
     .unwrap();
@@ -159,7 +159,7 @@ fn seeded_sampling_draws_the_inverse_cdf_token() {
     };
     let mut seen = [0, 0];
     for seed in 0..40u64 {
-        let out = dream_generate(&model, &prompt(), MASK, &cfg, seed, 0, |_| {}).unwrap();
+        let out = dream_generate(&model, &prompt(), MASK, &cfg, seed, &[0], |_| {}).unwrap();
         let tok = out.sequences.int64_value(&[0, 2]);
         let u = random::uniform(seed, STREAM_TOKEN, 0);
         assert_eq!(tok, if u < 0.6 { 1 } else { 2 }, "seed {seed}");
@@ -188,7 +188,7 @@ fn ties_go_to_the_leftmost_position() {
         MASK,
         &greedy(DreamAlg::MaskgitPlus, 3, 3),
         0,
-        0,
+        &[0],
         |_| {},
     )
     .unwrap();
@@ -210,7 +210,7 @@ fn the_mask_token_is_never_revealed() {
         DreamAlg::Entropy,
     ] {
         let out =
-            dream_generate(&model, &prompt(), MASK, &greedy(alg, 2, 2), 0, 0, |_| {}).unwrap();
+            dream_generate(&model, &prompt(), MASK, &greedy(alg, 2, 2), 0, &[0], |_| {}).unwrap();
         let ids = Vec::<i64>::try_from(&out.sequences.get(0)).unwrap();
         assert_eq!(ids, vec![10, 11, 7, 7], "{alg:?}");
     }
@@ -247,7 +247,7 @@ fn block_decoder_finishes_each_block_before_the_next() {
         temperature: 0.0,
         remasking: Remasking::LowConfidence,
     };
-    let out = block_generate(&model, &prompt(), MASK, &cfg, 0, 0, |_| {}).unwrap();
+    let out = block_generate(&model, &prompt(), MASK, &cfg, 0, &[0], |_| {}).unwrap();
     assert_eq!(out.reveal_step[0], vec![1, 0, 2, 3]);
     assert_eq!(
         Vec::<i64>::try_from(&out.sequences.get(0)).unwrap(),
@@ -268,12 +268,12 @@ fn block_decoder_random_remasking_is_seeded() {
         temperature: 0.0,
         remasking: Remasking::Random,
     };
-    let a = block_generate(&model, &prompt(), MASK, &cfg, 3, 0, |_| {}).unwrap();
-    let b = block_generate(&model, &prompt(), MASK, &cfg, 3, 0, |_| {}).unwrap();
+    let a = block_generate(&model, &prompt(), MASK, &cfg, 3, &[0], |_| {}).unwrap();
+    let b = block_generate(&model, &prompt(), MASK, &cfg, 3, &[0], |_| {}).unwrap();
     assert_eq!(a.reveal_step, b.reveal_step);
     let orders: std::collections::BTreeSet<Vec<i64>> = (0..20)
         .map(|s| {
-            block_generate(&model, &prompt(), MASK, &cfg, s, 0, |_| {})
+            block_generate(&model, &prompt(), MASK, &cfg, s, &[0], |_| {})
                 .unwrap()
                 .reveal_step[0]
                 .clone()
@@ -293,8 +293,8 @@ fn padded_rows_and_chunks_decode_like_single_rows() {
     let mut cfg = greedy(DreamAlg::Origin, 3, 3);
     cfg.sampling.temperature = 1.0;
     let both = PromptBatch::left_padded(&[vec![10, 11], vec![10, 11]], 0, 0);
-    let together = dream_generate(&model, &both, MASK, &cfg, 5, 0, |_| {}).unwrap();
-    let second = dream_generate(&model, &prompt(), MASK, &cfg, 5, 1, |_| {}).unwrap();
+    let together = dream_generate(&model, &both, MASK, &cfg, 5, &[0, 1], |_| {}).unwrap();
+    let second = dream_generate(&model, &prompt(), MASK, &cfg, 5, &[1], |_| {}).unwrap();
     assert_eq!(together.reveal_step[1], second.reveal_step[0]);
     assert_eq!(
         Vec::<i64>::try_from(&together.sequences.get(1)).unwrap(),

@@ -164,6 +164,8 @@ pub fn run(args: Args) -> Result<()> {
     let rollout = generate_rollout(&ckpt.model, &ckpt.tokenizer, &texts, &config, args.seed, 0)?;
 
     let ids = Vec::<Vec<i64>>::try_from(&rollout.completion_ids.to_device(tch::Device::Cpu))?;
+    let prompt_ids = Vec::<Vec<i64>>::try_from(&rollout.prompt_ids.to_device(tch::Device::Cpu))?;
+    let prompt_mask = Vec::<Vec<i64>>::try_from(&rollout.prompt_mask.to_device(tch::Device::Cpu))?;
     let mut out_file = match &args.out {
         Some(path) => Some(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -179,7 +181,10 @@ pub fn run(args: Args) -> Result<()> {
             "prompt": prompts[p],
             "sample": row % config.group_size,
             "completion": rollout.texts[row],
+            "prompt_ids": prompt_ids[row].iter().zip(&prompt_mask[row]).filter(|(_, &m)| m == 1).map(|(&t, _)| t).collect::<Vec<i64>>(),
             "completion_ids": &ids[row][..len],
+            "all_completion_ids": &ids[row],
+            "seconds": rollout.seconds,
             "terminated": rollout.terminated[row],
             "decode_order": rollout.decode_orders[row],
             "arness": rollout.arness[row],
