@@ -388,10 +388,27 @@ impl DreamModel {
         self.lm_logits(&self.scoring_rows(hidden, &positions))
     }
 
+    /// The forward pass as callers usually want it: `ids [B, L]`, optional
+    /// `attention_mask [B, L]` (left padding), and optionally `select [B, L]` (bool), the
+    /// positions whose tokens to score. With `select`, returns f32 logits `[N, V]` for only
+    /// those N tokens (shift applied); without, raw logits `[B, L, V]`.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        select: Option<&Tensor>,
+    ) -> Tensor {
+        let hidden = self.hidden_states(ids, attention_mask);
+        match select {
+            Some(select) => self.token_logits(&hidden, select),
+            None => self.lm_logits(&hidden),
+        }
+    }
+
     /// Raw (unshifted) logits at every position `[B, L, V]`, f32, as transformers returns
     /// them. Memory-hungry at real vocabulary sizes: for tests and reference paths only.
     pub fn forward_logits(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        self.lm_logits(&self.hidden_states(ids, attention_mask))
+        self.forward(ids, attention_mask, None)
     }
 
     /// Number of parameters (tied weights counted once).

@@ -16,8 +16,7 @@ pub trait Denoiser {
 
 impl Denoiser for DreamModel {
     fn score(&self, x: &Tensor, attention_mask: Option<&Tensor>, select: &Tensor) -> Tensor {
-        let hidden = self.hidden_states(x, attention_mask);
-        self.token_logits(&hidden, select)
+        self.forward(x, attention_mask, Some(select))
     }
 
     fn device(&self) -> Device {

@@ -8,3 +8,7 @@
 //!
 //! Not for: the transformer itself (`model`), decoding (`rollout`) or test execution
 //! (`sandbox`).
+
+pub mod advantages;
+
+pub use advantages::{compute_advantages, Advantages, Baseline};
