@@ -50,8 +50,7 @@ def _couplet_harness():
         def isatty(self):
             return False
 
-    if payload.get("audit"):
-        _install_audit_hook(payload.get("allowed_roots", []), _BaseException)
+    _install_audit_hook(payload.get("audit"), payload.get("allowed_roots", []), _BaseException)
 
     if payload.get("check_syntax") and payload["start"] == 0:
         try:
@@ -88,9 +87,24 @@ def _couplet_harness():
         emit("end", i, status, safe, bytes(out.buf), bytes(err.buf), out.truncated | err.truncated)
 
 
-def _install_audit_hook(allowed_roots, _BaseException):
-    # Process backend only: deny what a test never needs. Audit hooks cannot be removed.
+def _install_audit_hook(os_rules, allowed_roots, _BaseException):
+    # Audit hooks cannot be removed once added. Always: no frame, gc or stdin introspection
+    # (the routes to this harness's token); raising AttributeError keeps stdlib callers
+    # that probe sys._getframe (namedtuple, typing, enum) working. Process backend also:
+    # deny what a test never needs from the OS.
     import sys, os
+    introspection = {
+        "sys._getframe", "sys._current_frames", "sys._current_exceptions", "sys._getframemodulename",
+        "gc.get_objects", "gc.get_referrers", "gc.get_referents", "object.__getattr__",
+    }
+
+    def base_hook(event, args):
+        if event in introspection:
+            raise AttributeError("sandbox: " + event + " is not allowed")
+
+    if not os_rules:
+        sys.addaudithook(base_hook)
+        return
     deny_events = {
         "os.system", "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn",
         "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "os.setuid",
@@ -116,6 +130,7 @@ def _install_audit_hook(allowed_roots, _BaseException):
         return any(p == r or p.startswith(r + "/") for r in roots)
 
     def hook(event, args):
+        base_hook(event, args)
         if event in deny_events:
             raise PermissionError("sandbox: " + event + " is not allowed")
         if event == "import" and args and args[0] in deny_imports:
@@ -130,6 +145,20 @@ def _install_audit_hook(allowed_roots, _BaseException):
             raise PermissionError("sandbox: listing is not allowed")
 
     sys.addaudithook(hook)
+
+    # Threads: Python 3.11 raises no audit event for them, so take the primitive away.
+    import _thread
+
+    def no_threads(*args, **kwargs):
+        raise RuntimeError("sandbox: threads are not allowed")
+
+    _thread.start_new_thread = no_threads
+    _thread.start_new = no_threads
+    try:
+        import threading
+        threading._start_new_thread = no_threads
+    except _BaseException:
+        pass
 
 
 _couplet_harness()

@@ -209,7 +209,11 @@ impl ProcessBackend {
         let end = loop {
             if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
                 kill_group(); // anything it left behind
-                break exit_end(status);
+                break if overflow.load(std::sync::atomic::Ordering::Relaxed) {
+                    InstanceEnd::OutputFull
+                } else {
+                    exit_end(status)
+                };
             }
             let now = Instant::now();
             let running = tracker.lock().ok().and_then(|t| t.running());

@@ -41,12 +41,152 @@ pub const DEFAULT_WASM_PATH: &str = ".cache/assets/python-wasi/python-3.12.0.was
 const TICK: Duration = Duration::from_millis(10);
 /// Bytes of stdout an instance may write in total (markers plus anything the solution
 /// writes to fd 1 directly); beyond it the guest traps and the test is `OutputLimit`.
-const STDOUT_CAPACITY: usize = 1 << 20;
+const STDOUT_CAPACITY: usize = 4 << 20;
+/// Output this close to the capacity means the guest flooded it.
+const FLOOD_MARGIN: usize = 256 << 10;
 const STDERR_CAPACITY: usize = 64 << 10;
 
 struct State {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
+    watch: Arc<Watch>,
+}
+
+/// What decides, at every epoch tick and inside every guest sleep, whether the instance
+/// may go on: the running test's age (from the harness markers) and the job deadline.
+struct Watch {
+    tracker: std::sync::Mutex<(Tracker, usize)>,
+    stdout: MemoryOutputPipe,
+    per_test: Duration,
+    job_deadline: Instant,
+    stop_reason: std::sync::Mutex<Option<InstanceEnd>>,
+    /// Origin of the guest's monotonic clock (we provide the clock, so guest absolute
+    /// deadlines can be mapped back to host instants).
+    clock_base: Instant,
+}
+
+impl Watch {
+    /// `Some(reason)` when the instance must stop now.
+    fn check(&self) -> Option<InstanceEnd> {
+        let contents = self.stdout.contents();
+        let mut guard = self.tracker.lock().ok()?;
+        let (tracker, seen) = &mut *guard;
+        if contents.len() > *seen {
+            tracker.feed(&contents[*seen..]);
+            *seen = contents.len();
+        }
+        let now = Instant::now();
+        let reason = if now >= self.job_deadline {
+            Some(InstanceEnd::JobTimeout)
+        } else if tracker
+            .running()
+            .is_some_and(|(_, since)| now.duration_since(since) > self.per_test)
+        {
+            Some(InstanceEnd::TestTimeout)
+        } else {
+            None
+        };
+        if let Some(r) = &reason {
+            if let Ok(mut s) = self.stop_reason.lock() {
+                *s = Some(r.clone());
+            }
+        }
+        reason
+    }
+}
+
+/// The guest's monotonic clock: nanoseconds since `Watch::clock_base`.
+struct GuestClock(Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for GuestClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// Replacement for WASI's `poll_oneoff`. The stock one sleeps inside the host, where epoch
+/// interruption cannot reach, so `time.sleep(10**6)` would hang a worker. This one sleeps
+/// in short slices and re-checks the watch between them. File-descriptor subscriptions
+/// (only stdin/stdout/stderr exist) are reported ready at once.
+fn poll_oneoff(
+    mut caller: wasmtime::Caller<'_, State>,
+    subs: i32,
+    events: i32,
+    nsubs: i32,
+    nevents: i32,
+) -> wasmtime::Result<i32> {
+    const ERRNO_INVAL: i32 = 28;
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return Ok(ERRNO_INVAL);
+    };
+    if nsubs <= 0 {
+        return Ok(ERRNO_INVAL);
+    }
+    let watch = caller.data().watch.clone();
+    let now = Instant::now();
+    let mut wake: Option<Instant> = None;
+    let mut ready: Vec<(u64, u8)> = Vec::new(); // (userdata, type) of fd subscriptions
+    let mut clocks: Vec<(u64, Instant)> = Vec::new();
+    for i in 0..nsubs as usize {
+        let mut sub = [0u8; 48];
+        memory.read(&caller, subs as usize + i * 48, &mut sub)?;
+        let userdata = u64::from_le_bytes(sub[0..8].try_into()?);
+        let tag = sub[8];
+        if tag == 0 {
+            let clock_id = u32::from_le_bytes(sub[16..20].try_into()?);
+            let timeout = u64::from_le_bytes(sub[24..32].try_into()?);
+            let absolute = u16::from_le_bytes(sub[40..42].try_into()?) & 1 == 1;
+            let at = if !absolute {
+                now + Duration::from_nanos(timeout)
+            } else if clock_id == 1 {
+                watch.clock_base + Duration::from_nanos(timeout)
+            } else {
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                now + Duration::from_nanos(timeout.saturating_sub(wall))
+            };
+            wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
+            clocks.push((userdata, at));
+        } else {
+            ready.push((userdata, tag));
+        }
+    }
+    if ready.is_empty() {
+        let wake = wake.unwrap_or(now);
+        loop {
+            if watch.check().is_some() {
+                return Err(wasmtime::Error::msg("couplet: stopped while sleeping"));
+            }
+            let now = Instant::now();
+            if now >= wake {
+                break;
+            }
+            std::thread::sleep((wake - now).min(TICK));
+        }
+        let now = Instant::now();
+        ready = clocks
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(u, _)| (*u, 0))
+            .collect();
+    }
+    for (i, (userdata, kind)) in ready.iter().enumerate() {
+        let mut event = [0u8; 32];
+        event[0..8].copy_from_slice(&userdata.to_le_bytes());
+        event[10] = *kind;
+        memory.write(&mut caller, events as usize + i * 32, &event)?;
+    }
+    memory.write(
+        &mut caller,
+        nevents as usize,
+        &(ready.len() as u32).to_le_bytes(),
+    )?;
+    Ok(0)
 }
 
 /// CPython/WASI under wasmtime.
@@ -96,6 +236,10 @@ impl WasmBackend {
         let mut linker: Linker<State> = Linker::new(&engine);
         p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
             .map_err(|e| SandboxError::Setup(format!("WASI linker: {e}")))?;
+        linker.allow_shadowing(true);
+        linker
+            .func_wrap("wasi_snapshot_preview1", "poll_oneoff", poll_oneoff)
+            .map_err(|e| SandboxError::Setup(format!("WASI linker (poll_oneoff): {e}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
@@ -137,66 +281,44 @@ impl WasmBackend {
     ) -> Result<InstanceRun, String> {
         let stdout = MemoryOutputPipe::new(STDOUT_CAPACITY);
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let clock_base = Instant::now();
         let wasi = WasiCtxBuilder::new()
             .stdin(MemoryInputPipe::new(payload.as_bytes().to_vec()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .args(&["python", "-I", "-S", "-B", "-c", HARNESS])
+            .monotonic_clock(GuestClock(clock_base))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build_p1();
         let memory = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+        let watch = Arc::new(Watch {
+            tracker: std::sync::Mutex::new((Tracker::new(token), 0)),
+            stdout: stdout.clone(),
+            per_test: limits.per_test,
+            job_deadline,
+            stop_reason: std::sync::Mutex::new(None),
+            clock_base,
+        });
         let state = State {
             wasi,
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory)
                 .instances(1)
                 .build(),
+            watch: watch.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
-
-        // The callback feeds the tracker with new output and decides whether to go on.
-        let tracker = Arc::new(std::sync::Mutex::new(Tracker::new(token)));
-        let stop_reason: Arc<std::sync::Mutex<Option<InstanceEnd>>> = Arc::default();
-        {
-            let (tracker, stop_reason, stdout) =
-                (tracker.clone(), stop_reason.clone(), stdout.clone());
-            let per_test = limits.per_test;
-            let mut seen = 0usize;
-            store.epoch_deadline_callback(move |_ctx| {
-                let contents = stdout.contents();
-                let mut t = tracker
-                    .lock()
-                    .map_err(|_| wasmtime::Error::msg("tracker poisoned"))?;
-                if contents.len() > seen {
-                    t.feed(&contents[seen..]);
-                    seen = contents.len();
-                }
-                let now = Instant::now();
-                let reason = if now >= job_deadline {
-                    Some(InstanceEnd::JobTimeout)
-                } else if t
-                    .running()
-                    .is_some_and(|(_, since)| now.duration_since(since) > per_test)
-                {
-                    Some(InstanceEnd::TestTimeout)
-                } else {
-                    None
-                };
-                match reason {
-                    Some(r) => {
-                        if let Ok(mut s) = stop_reason.lock() {
-                            *s = Some(r);
-                        }
-                        Ok(UpdateDeadline::Interrupt)
-                    }
-                    None => Ok(UpdateDeadline::Continue(1)),
-                }
-            });
-        }
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if ctx.data().watch.check().is_some() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
 
         let result = self
             .linker
@@ -205,32 +327,28 @@ impl WasmBackend {
             .and_then(|start| start.call(&mut store, ()));
         drop(store);
 
-        let mut tracker = Arc::try_unwrap(tracker)
-            .map_err(|_| "tracker still shared".to_string())?
-            .into_inner()
-            .map_err(|_| "tracker poisoned".to_string())?;
         let contents = stdout.contents();
-        // Re-parse everything: the callback may not have seen the tail.
-        let mut fresh = Tracker::new(token);
-        fresh.feed(&contents);
-        fresh.feed(b"\n");
-        std::mem::swap(&mut tracker, &mut fresh);
-        let stopped = stop_reason.lock().ok().and_then(|s| s.clone());
+        let mut tracker = Tracker::new(token);
+        tracker.feed(&contents);
+        tracker.feed(b"\n");
+        let stopped = watch.stop_reason.lock().ok().and_then(|s| s.clone());
+        // A pipe within one large write of its capacity has been flooded: the guest's
+        // writes fail (OSError, exit 120 or a trap, depending on where they hit).
+        let flooded = contents.len() + FLOOD_MARGIN >= STDOUT_CAPACITY;
         let end = match result {
+            Ok(()) if flooded => InstanceEnd::OutputFull,
             Ok(()) => InstanceEnd::Exited(0),
             Err(e) => {
                 if let Some(reason) = stopped {
                     reason
+                } else if flooded || format!("{e:?}").contains("beyond capacity") {
+                    InstanceEnd::OutputFull
                 } else if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                    if exit.0 == 120 || contents.len() >= STDOUT_CAPACITY - 4096 {
+                    if exit.0 == 120 {
                         InstanceEnd::OutputFull
                     } else {
                         InstanceEnd::Exited(exit.0)
                     }
-                } else if contents.len() >= STDOUT_CAPACITY - 4096
-                    || format!("{e:?}").contains("beyond capacity")
-                {
-                    InstanceEnd::OutputFull
                 } else {
                     let trap = e.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
                     InstanceEnd::Crashed(trap.unwrap_or_else(|| first_line(&format!("{e}"))))

@@ -1,0 +1,183 @@
+//! The hostile battery: programs that try to hang, exhaust, escape or fool the sandbox.
+//! Each runs on both backends; none may pass, hang the run, or leave a trace on the host.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use couplet_sandbox::{Backend, Job, Limits, Outcome, ProcessBackend, WasmBackend};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn wasm() -> &'static WasmBackend {
+    static B: OnceLock<WasmBackend> = OnceLock::new();
+    B.get_or_init(|| WasmBackend::from_repo(&root()).expect("wasm backend (run scripts/setup.sh)"))
+}
+
+fn process() -> &'static ProcessBackend {
+    static B: OnceLock<ProcessBackend> = OnceLock::new();
+    B.get_or_init(|| {
+        ProcessBackend::new(&ProcessBackend::default_python()).expect("process backend")
+    })
+}
+
+fn limits() -> Limits {
+    Limits {
+        per_test: Duration::from_millis(1500),
+        per_job: Duration::from_secs(20),
+        memory_bytes: 256 << 20,
+        output_bytes: 4096,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    Timeout,
+    /// Memory, MemoryError, or the interpreter dying of it.
+    Memory,
+    /// RecursionError, a stack-overflow crash, or memory exhaustion.
+    Recursion,
+    /// Any exception (the attempt was refused inside Python).
+    Failed,
+    /// Failed with this exception type.
+    FailedWith(&'static str),
+    Crashed,
+    OutputLimit,
+    /// Anything but a pass.
+    NotPassed,
+}
+
+fn matches(outcome: &Outcome, expect: Expect) -> bool {
+    use Outcome::*;
+    match expect {
+        Expect::Timeout => *outcome == Timeout,
+        Expect::Memory => {
+            matches!(outcome, Memory | Crashed { .. })
+                || matches!(outcome, Failed { error } if error == "MemoryError" || error == "OverflowError")
+        }
+        Expect::Recursion => {
+            matches!(outcome, Memory | Crashed { .. })
+                || matches!(outcome, Failed { error } if error == "RecursionError" || error == "MemoryError")
+        }
+        Expect::Failed => matches!(outcome, Failed { .. }),
+        Expect::FailedWith(e) => matches!(outcome, Failed { error } if error == e),
+        Expect::Crashed => matches!(outcome, Crashed { .. }),
+        Expect::OutputLimit => *outcome == OutputLimit,
+        Expect::NotPassed => !outcome.passed(),
+    }
+}
+
+const MARKER_FILE: &str = "/tmp/couplet_sandbox_escape_marker";
+
+/// (name, solution, hostile test, expectation). Every job also carries a benign last test
+/// that must still pass: a hostile test fails only itself.
+fn battery() -> Vec<(&'static str, String, String, Expect)> {
+    let f = "def f(x):\n    return x + 1\n".to_string();
+    let t = |s: &str| s.to_string();
+    vec![
+        ("infinite loop", f.clone(), t("while True:\n    pass"), Expect::Timeout),
+        ("loop in finally", f.clone(), t("try:\n    raise ValueError\nfinally:\n    while True:\n        pass"), Expect::Timeout),
+        ("loop in __del__", format!("{f}class A:\n    def __del__(self):\n        while True:\n            pass\n"), t("a = A()\ndel a"), Expect::Timeout),
+        ("sleep forever", f.clone(), t("import time\ntime.sleep(10**6)"), Expect::Timeout),
+        ("deep recursion", format!("{f}def r(n):\n    return r(n + 1)\n"), t("r(0)"), Expect::Recursion),
+        ("C-level recursion", f.clone(), t("import sys\nsys.setrecursionlimit(10**7)\ndef r(n):\n    return r(n + 1)\nr(0)"), Expect::NotPassed),
+        ("big list", f.clone(), t("x = [0] * (10**10)"), Expect::Memory),
+        ("bytearray", f.clone(), t("b = bytearray(2**34)"), Expect::Memory),
+        ("string doubling", f.clone(), t("s = 'a'\nwhile True:\n    s = s + s"), Expect::Memory),
+        ("growing list", f.clone(), t("x = []\nwhile True:\n    x.append(bytearray(1 << 20))"), Expect::Memory),
+        ("fork", f.clone(), t("import os\nos.fork()\nassert f(1) == 2"), Expect::Failed),
+        ("thread", f.clone(), t("import threading\nth = threading.Thread(target=print)\nth.start()\nth.join()"), Expect::Failed),
+        ("subprocess", f.clone(), t("import subprocess\nsubprocess.run(['id'])"), Expect::Failed),
+        ("os.system", f.clone(), t(&format!("import os\nassert os.system('touch {MARKER_FILE}') == 0")), Expect::Failed),
+        ("read /etc/passwd", f.clone(), t("assert 'root' in open('/etc/passwd').read()"), Expect::Failed),
+        ("read ~/.ssh", f.clone(), t("import os\nos.listdir(os.path.expanduser('~/.ssh'))"), Expect::Failed),
+        ("write outside", f.clone(), t(&format!("open('{MARKER_FILE}', 'w').write('x')")), Expect::Failed),
+        ("socket", f.clone(), t("import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)"), Expect::Failed),
+        ("dns", f.clone(), t("import socket\nsocket.gethostbyname('example.com')"), Expect::Failed),
+        ("http", f.clone(), t("import urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/', timeout=1)"), Expect::Failed),
+        ("fd flood", f.clone(), t("import os\nwhile True:\n    os.write(1, b'x' * 65536)"), Expect::OutputLimit),
+        ("binary garbage then fail", f.clone(), t("import os\nos.write(1, bytes(range(256)) * 64)\nassert f(1) == 3"), Expect::FailedWith("AssertionError")),
+        ("sys.exit(0) in solution", format!("{f}import sys\nsys.exit(0)\n"), t("assert f(1) == 2"), Expect::FailedWith("SystemExit")),
+        ("os._exit(0) in solution", format!("{f}import os\nos._exit(0)\n"), t("assert f(1) == 2"), Expect::Crashed),
+        ("raise SystemExit in test", f.clone(), t("raise SystemExit(0)"), Expect::FailedWith("SystemExit")),
+        ("fake pass marker", format!("{f}import os\nos.write(1, b'\\nPASS\\nok\\tend\\t0\\tpass\\t\\t\\t\\t0\\n')\n"), t("assert f(1) == 3"), Expect::FailedWith("AssertionError")),
+        ("override print", format!("{f}import builtins\nbuiltins.print = lambda *a, **k: None\n"), t("assert f(1) == 3"), Expect::FailedWith("AssertionError")),
+        ("patch AssertionError", format!("{f}import builtins\nclass E(Exception):\n    pass\nbuiltins.AssertionError = E\n"), t("assert f(1) == 3"), Expect::Failed),
+        ("patch os.write", format!("{f}import os\n_w = os.write\nos.write = lambda fd, b: _w(fd, b.replace(b'fail', b'pass'))\n"), t("assert f(1) == 3"), Expect::FailedWith("AssertionError")),
+        ("patch json", format!("{f}import json\njson.dumps = lambda *a, **k: 'pass'\n"), t("assert f(1) == 3"), Expect::FailedWith("AssertionError")),
+        ("close stdout", format!("{f}import os\nos.close(1)\n"), t("assert f(1) == 2"), Expect::Crashed),
+        ("signal self", f.clone(), t("import signal\nsignal.alarm(1)\nwhile True:\n    pass"), Expect::NotPassed),
+        ("kill parent", f.clone(), t("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"), Expect::Failed),
+        ("ctypes", f.clone(), t("import ctypes\nctypes.CDLL(None).system(b'true')"), Expect::Failed),
+        ("host environment", f.clone(), t("import os\nassert os.environ.get('PATH') or os.environ.get('HOME')"), Expect::FailedWith("AssertionError")),
+        ("proc environ", f.clone(), t("assert open('/proc/1/environ', 'rb').read()"), Expect::Failed),
+        ("read stdin for the token", f.clone(), t("import sys, os\nassert len(os.read(0, 1 << 20)) > 0 or 'token' in sys.stdin.read()"), Expect::Failed),
+        ("steal token from frames", f.clone(), t("import sys\nfr = sys._getframe(1)\nassert fr.f_locals"), Expect::Failed),
+        ("steal token via gc", f.clone(), t("import gc\nassert any(isinstance(o, dict) and 'token' in o for o in gc.get_objects())"), Expect::Failed),
+        ("steal token via traceback", f.clone(), t("try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    fr = e.__traceback__.tb_frame.f_back\n    assert fr"), Expect::Failed),
+    ]
+}
+
+fn run_battery(backend: &dyn Backend) {
+    let _ = std::fs::remove_file(MARKER_FILE);
+    let mut failures = Vec::new();
+    for (name, solution, test, expect) in battery() {
+        let job = Job {
+            id: name.into(),
+            solution,
+            tests: vec![test, "assert f(1) == 2".into()],
+            check_syntax: false,
+        };
+        let started = std::time::Instant::now();
+        let result = backend.run(&job, &limits());
+        let took = started.elapsed();
+        let ok = result.sandbox_error.is_none()
+            && result.tests.len() == 2
+            && matches(&result.tests[0].outcome, expect)
+            && took < Duration::from_secs(15);
+        // The benign test after a hostile one still runs (and passes unless the hostile
+        // solution itself breaks every run, as sys.exit / os._exit / close(1) do).
+        let poisons_solution = matches!(
+            name,
+            "sys.exit(0) in solution" | "os._exit(0) in solution" | "close stdout"
+        );
+        let benign_ok = result
+            .tests
+            .get(1)
+            .is_some_and(|t| t.outcome.passed() != poisons_solution);
+        eprintln!(
+            "[{}] {name:<28} {:?} then {:?} ({:.2}s)",
+            backend.name(),
+            result.tests.first().map(|t| &t.outcome),
+            result.tests.get(1).map(|t| &t.outcome),
+            took.as_secs_f64()
+        );
+        if !ok || !benign_ok {
+            failures.push(format!("{name}: expected {expect:?}, got {result:?}"));
+        }
+    }
+    assert!(
+        !std::path::Path::new(MARKER_FILE).exists(),
+        "a program wrote {MARKER_FILE} on the host"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} hostile programs misjudged:\n{}",
+        failures.len(),
+        battery().len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn hostile_battery_wasm() {
+    assert!(battery().len() >= 30);
+    run_battery(wasm());
+}
+
+#[test]
+fn hostile_battery_process() {
+    run_battery(process());
+}
