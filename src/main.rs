@@ -22,6 +22,9 @@ enum Command {
     InitModel(commands::init_model::Args),
     /// Sample completions from a model with diffusion decoding.
     Generate(Box<commands::generate::Args>),
+    /// Run untrusted Python tests in the sandbox.
+    #[command(subcommand)]
+    Sandbox(commands::sandbox::Command),
     /// Say whether CUDA is visible and which devices `--device auto` would use.
     Devices,
 }
@@ -32,6 +35,7 @@ fn main() {
         None => commands::demo::run(),
         Some(Command::InitModel(args)) => commands::init_model::run(args),
         Some(Command::Generate(args)) => commands::generate::run(*args),
+        Some(Command::Sandbox(command)) => commands::sandbox::run(command),
         Some(Command::Devices) => commands::devices(),
     };
     if let Err(err) = result {

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod generate;
 pub mod init_model;
+pub mod sandbox;
 
 use anyhow::{bail, Result};
 use tch::{Device, Kind};
