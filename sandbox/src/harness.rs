@@ -143,7 +143,7 @@ pub fn new_token() -> String {
         .collect()
 }
 
-/// The JSON payload an instance reads from stdin.
+/// The payload an instance reads from stdin (format documented in `harness.py`).
 pub fn payload(
     job: &Job,
     token: &str,
@@ -151,17 +151,29 @@ pub fn payload(
     limits: &Limits,
     audit: Option<&[String]>,
 ) -> String {
-    serde_json::json!({
-        "token": token,
-        "solution": job.solution,
-        "tests": job.tests,
-        "start": start,
-        "output_cap": limits.output_bytes,
-        "check_syntax": job.check_syntax,
-        "audit": audit.is_some(),
-        "allowed_roots": audit.unwrap_or(&[]),
-    })
-    .to_string()
+    let mut flags = Vec::new();
+    if job.check_syntax {
+        flags.push("check_syntax");
+    }
+    if audit.is_some() {
+        flags.push("audit");
+    }
+    let roots = audit.unwrap_or(&[]);
+    let mut out = format!(
+        "{token}\n{start}\n{}\n{}\n{}\n{}\n",
+        limits.output_bytes,
+        flags.join(","),
+        job.tests.len(),
+        roots.len()
+    );
+    for item in std::iter::once(&job.solution)
+        .chain(&job.tests)
+        .chain(roots)
+    {
+        out.push_str(&format!("{}\n", item.len()));
+        out.push_str(item);
+    }
+    out
 }
 
 /// What one instance run returns to the driver.

@@ -120,11 +120,11 @@ impl SandboxPool {
     pub fn submit(&self, job: Job, limits: Limits) -> Receiver<JobResult> {
         let (tx, rx) = bounded(1);
         let id = job.id.clone();
-        let queued = self
-            .queue
-            .as_ref()
-            .map(|q| q.send((job, limits, tx.clone())));
-        if !matches!(queued, Some(Ok(()))) {
+        let queued = match &self.queue {
+            Some(queue) => queue.send((job, limits, tx.clone())).is_ok(),
+            None => false,
+        };
+        if !queued {
             let _ = tx.send(JobResult::sandbox_failure(
                 &id,
                 "the sandbox pool is shut down".into(),
