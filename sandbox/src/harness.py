@@ -121,19 +121,20 @@ def _couplet_harness():
 
 
 def _install_audit_hook(os_rules, allowed_roots, _BaseException):
-    # Audit hooks cannot be removed once added. Always: no frame, gc or stdin introspection
-    # (the routes to this harness's token); raising AttributeError keeps stdlib callers
-    # that probe sys._getframe (namedtuple, typing, enum) working. Process backend also:
-    # deny what a test never needs from the OS.
+    # Audit hooks cannot be removed once added. Always: no gc scans of live objects and
+    # no other threads' frames (routes to this harness's token). Frame walking through
+    # sys._getframe / f_back stays allowed because the standard library's own imports
+    # (re, enum, typing, namedtuple) need it; see the README's limits. Process backend
+    # also: deny what a test never needs from the OS.
     import sys, os
     introspection = {
-        "sys._getframe", "sys._current_frames", "sys._current_exceptions", "sys._getframemodulename",
-        "gc.get_objects", "gc.get_referrers", "gc.get_referents", "object.__getattr__",
+        "sys._current_frames", "sys._current_exceptions",
+        "gc.get_objects", "gc.get_referrers", "gc.get_referents",
     }
 
     def base_hook(event, args):
         if event in introspection:
-            raise AttributeError("sandbox: " + event + " is not allowed")
+            raise PermissionError("sandbox: " + event + " is not allowed")
 
     if not os_rules:
         sys.addaudithook(base_hook)
