@@ -1,8 +1,23 @@
-//! The reward stage: turns completions into numbers, and AceCoder-style files into prompts.
+//! The reward stage: turns completions into numbers, and AceCoder-style files into rows.
 //!
 //! Here live code extraction and the DiffuCoder rewards (`code` pass rate, `binary_code`,
-//! `code_format`, `soft_overlong`) with their weights and NaN-skipping sum (SPEC section 3),
-//! the AceCoder dataset reader and difficulty split (SPEC section 8), HumanEval, and the
-//! bundled task set. Test execution itself is delegated to the `sandbox` crate.
+//! `code_format`, `soft_overlong`) with their weights and NaN-skipping sum (SPEC section 3,
+//! [`rewards`]), the AceCoder dataset reader ([`data`]) and difficulty split ([`split`],
+//! SPEC section 8), HumanEval ([`humaneval`]) and the bundled task set. Test execution
+//! itself is delegated to the `sandbox` crate.
 //!
-//! Not for: sampling completions (`rollout`) or advantages and losses (`trainer`).
+//! Not for: sampling completions (`rollout`), tokenising prompts (`model`), or advantages
+//! and losses (`trainer`).
+
+pub mod data;
+pub mod humaneval;
+pub mod rewards;
+pub mod split;
+
+pub use data::{
+    for_each_row, load_rows, BadRows, DataError, LoadOptions, LoadSummary, Row, RowError,
+};
+pub use rewards::{
+    extract_code, format_matches, score_batch, RewardBatch, RewardConfig, RewardKind,
+};
+pub use split::{prepare, Difficulty, SplitReport};

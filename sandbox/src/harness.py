@@ -87,7 +87,9 @@ def _couplet_harness():
 
     if payload.get("check_syntax") and payload["start"] == 0:
         try:
-            _compile(solution, "<solution>", "exec", dont_inherit=True)
+            # 0x400 = ast.PyCF_ONLY_AST: exactly ast.parse's check (compile() proper
+            # also rejects e.g. a top-level `return`, which ast.parse accepts).
+            _compile(solution, "<solution>", "exec", 0x400, dont_inherit=True)
             emit("syntax", 0, "ok")
         except (_SyntaxError, _ValueError, _OverflowError, _MemoryError) as e:
             emit("syntax", 0, "error", _type(e).__name__)

@@ -1,0 +1,344 @@
+//! AceCoder-style datasets (SPEC section 8): rows of `id`, `question`, `test_cases` and
+//! optionally `source`, `inferences`, `context_messages`, read as JSON lines or as one JSON
+//! array — streamed, one row in memory at a time, so a 90k-row file is never slurped.
+//!
+//! Every bad row is reported with its file, line (or array index) and field; the
+//! [`BadRows`] policy says whether it is skipped or fatal, and a [`LoadSummary`] counts
+//! rows read, kept and skipped by reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One generated solution recorded in the full AceCode release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inference {
+    pub model_name: String,
+    #[serde(default)]
+    pub completion_id: Value,
+    pub completion: String,
+    pub pass_rate: f64,
+}
+
+/// A validated row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub id: String,
+    pub question: String,
+    pub test_cases: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inferences: Option<Vec<Inference>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_messages: Option<Value>,
+    /// Any other column, kept verbatim (e.g. a canonical `solution`).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// What to do with a bad row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRows {
+    /// Report it, count it, go on.
+    #[default]
+    Skip,
+    /// Stop with its error.
+    Fatal,
+}
+
+/// A row that failed validation: where, which field, why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    pub file: PathBuf,
+    /// 1-based line of a JSON-lines file, or 0-based index in a JSON array.
+    pub location: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: field `{}`: {}",
+            self.file.display(),
+            self.location,
+            self.field,
+            self.message
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Row(RowError),
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+/// Counts of a load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LoadSummary {
+    pub read: usize,
+    pub kept: usize,
+    pub skipped: usize,
+    /// Skipped rows by field.
+    pub skipped_by_field: BTreeMap<String, usize>,
+}
+
+impl fmt::Display for LoadSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} rows read, {} kept, {} skipped",
+            self.read, self.kept, self.skipped
+        )?;
+        if !self.skipped_by_field.is_empty() {
+            let parts: Vec<String> = self
+                .skipped_by_field
+                .iter()
+                .map(|(k, v)| format!("{v} for `{k}`"))
+                .collect();
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// How rows are read.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Column holding the question (prompt text).
+    pub prompt_column: String,
+    pub bad_rows: BadRows,
+    /// Require `inferences` (the difficulty split needs them).
+    pub require_inferences: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            prompt_column: "question".into(),
+            bad_rows: BadRows::Skip,
+            require_inferences: false,
+        }
+    }
+}
+
+/// Validates one parsed value into a row.
+pub fn validate_row(
+    value: Value,
+    options: &LoadOptions,
+    file: &Path,
+    location: &str,
+) -> Result<Row, RowError> {
+    let err = |field: &str, message: String| RowError {
+        file: file.to_path_buf(),
+        location: location.to_string(),
+        field: field.to_string(),
+        message,
+    };
+    let Value::Object(mut obj) = value else {
+        return Err(err("<row>", "not a JSON object".into()));
+    };
+    let id = match obj.remove("id") {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => return Err(err("id", "must be a non-empty string or a number".into())),
+        None => return Err(err("id", "missing".into())),
+    };
+    let question = match obj.remove(&options.prompt_column) {
+        Some(Value::String(s)) if !s.trim().is_empty() => s,
+        Some(Value::String(_)) => return Err(err(&options.prompt_column, "empty".into())),
+        Some(_) => return Err(err(&options.prompt_column, "must be a string".into())),
+        None => return Err(err(&options.prompt_column, "missing".into())),
+    };
+    if options.prompt_column != "question" {
+        obj.remove("question");
+    }
+    let test_cases = match obj.remove("test_cases") {
+        Some(Value::Array(items)) => {
+            let mut tests = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                match item {
+                    Value::String(s) => tests.push(s),
+                    other => {
+                        return Err(err(
+                            "test_cases",
+                            format!("item {i} is not a string: {other}"),
+                        ))
+                    }
+                }
+            }
+            if tests.is_empty() {
+                return Err(err("test_cases", "no tests".into()));
+            }
+            tests
+        }
+        Some(_) => return Err(err("test_cases", "must be a list of strings".into())),
+        None => return Err(err("test_cases", "missing".into())),
+    };
+    let source = match obj.remove("source") {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(err("source", "must be a string".into())),
+    };
+    let inferences = match obj.remove("inferences") {
+        Some(Value::Null) | None => None,
+        Some(v) => Some(
+            serde_json::from_value::<Vec<Inference>>(v)
+                .map_err(|e| err("inferences", e.to_string()))?,
+        ),
+    };
+    if options.require_inferences && inferences.as_ref().is_none_or(|v| v.is_empty()) {
+        return Err(err(
+            "inferences",
+            "missing (the difficulty split needs them)".into(),
+        ));
+    }
+    let context_messages = obj.remove("context_messages").filter(|v| !v.is_null());
+    Ok(Row {
+        id,
+        question,
+        test_cases,
+        source,
+        inferences,
+        context_messages,
+        extra: obj,
+    })
+}
+
+/// Streams the rows of `path` (JSON lines, or a JSON array) into `on_row`, validating each.
+pub fn for_each_row(
+    path: &Path,
+    options: &LoadOptions,
+    mut on_row: impl FnMut(Row) -> Result<(), DataError>,
+) -> Result<LoadSummary, DataError> {
+    let io = |e| DataError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut summary = LoadSummary::default();
+    let mut handle = |parsed: Result<Value, String>,
+                      location: String,
+                      summary: &mut LoadSummary|
+     -> Result<(), DataError> {
+        summary.read += 1;
+        let row = parsed
+            .map_err(|message| RowError {
+                file: path.to_path_buf(),
+                location: location.clone(),
+                field: "<row>".into(),
+                message,
+            })
+            .and_then(|value| validate_row(value, options, path, &location));
+        match row {
+            Ok(row) => {
+                summary.kept += 1;
+                on_row(row)
+            }
+            Err(e) if options.bad_rows == BadRows::Skip => {
+                eprintln!("skipping bad row: {e}");
+                summary.skipped += 1;
+                *summary.skipped_by_field.entry(e.field.clone()).or_default() += 1;
+                Ok(())
+            }
+            Err(e) => Err(DataError::Row(e)),
+        }
+    };
+    // Peek at the first non-space byte: '[' means one JSON array.
+    let first = loop {
+        let buf = reader.fill_buf().map_err(io)?;
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => {
+                let b = buf[i];
+                reader.consume(i);
+                break Some(b);
+            }
+            None if buf.is_empty() => break None,
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    };
+    if first == Some(b'[') {
+        stream_array(reader, path, |index, value| {
+            handle(Ok(value), index.to_string(), &mut summary)
+        })?;
+    } else {
+        for (i, line) in reader.lines().enumerate() {
+            let line = line.map_err(io)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed =
+                serde_json::from_str::<Value>(&line).map_err(|e| format!("not valid JSON: {e}"));
+            handle(parsed, (i + 1).to_string(), &mut summary)?;
+        }
+    }
+    Ok(summary)
+}
+
+/// Reads all rows into memory (for small files: task sets, tests).
+pub fn load_rows(path: &Path, options: &LoadOptions) -> Result<(Vec<Row>, LoadSummary), DataError> {
+    let mut rows = Vec::new();
+    let summary = for_each_row(path, options, |row| {
+        rows.push(row);
+        Ok(())
+    })?;
+    Ok((rows, summary))
+}
+
+/// Calls `on_item(index, value)` for each element of a top-level JSON array, parsing one
+/// element at a time.
+fn stream_array(
+    reader: impl Read,
+    path: &Path,
+    on_item: impl FnMut(usize, Value) -> Result<(), DataError>,
+) -> Result<(), DataError> {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    struct Each<F>(F, Option<DataError>);
+    impl<'de, F: FnMut(usize, Value) -> Result<(), DataError>> Visitor<'de> for &mut Each<F> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON array of rows")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut index = 0;
+            while let Some(value) = seq.next_element::<Value>()? {
+                if let Err(e) = (self.0)(index, value) {
+                    self.1 = Some(e);
+                    return Err(serde::de::Error::custom("stopped"));
+                }
+                index += 1;
+            }
+            Ok(())
+        }
+    }
+    let mut each = Each(on_item, None);
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let result = de.deserialize_seq(&mut each);
+    if let Some(e) = each.1 {
+        return Err(e);
+    }
+    result.map_err(|e| DataError::Format {
+        path: path.to_path_buf(),
+        message: format!("not a valid JSON array: {e}"),
+    })
+}

@@ -1,0 +1,349 @@
+//! Code rewards (SPEC section 3), each a named function with a weight, and their
+//! NaN-skipping weighted sum.
+//!
+//! * `code_format`: 1.0 when the completion is `text ```python\n code ```\n` and the code
+//!   parses (CPython's own parser, in the sandbox: `ast.parse` semantics); 0.5 when the
+//!   shape matches but the code does not parse; 0.0 otherwise.
+//! * `code`: pass rate over the row's tests, only for completions whose format reward is
+//!   1.0 (others 0.0). NaN when the sandbox itself failed — never a silent 0.
+//! * `binary_code`: 1.0 when that pass rate is > 0.99.
+//! * `soft_overlong`: DAPO's length penalty, 0 up to `max − cache` tokens, then linear
+//!   to −1 at `max`.
+
+use std::collections::BTreeMap;
+
+use couplet_sandbox::{Job, JobResult, Limits, SandboxPool};
+use serde::{Deserialize, Serialize};
+
+/// Reward functions by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    Code,
+    BinaryCode,
+    CodeFormat,
+    SoftOverlong,
+}
+
+impl RewardKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RewardKind::Code => "code",
+            RewardKind::BinaryCode => "binary_code",
+            RewardKind::CodeFormat => "code_format",
+            RewardKind::SoftOverlong => "soft_overlong",
+        }
+    }
+}
+
+/// Which rewards, with which weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardConfig {
+    pub functions: Vec<(RewardKind, f64)>,
+    /// `soft_overlong`: the maximum completion length and the soft buffer, in tokens.
+    pub max_completion_tokens: usize,
+    pub overlong_buffer: usize,
+}
+
+impl Default for RewardConfig {
+    /// The DiffuCoder recipe: code (2.0) + code_format (0.5).
+    fn default() -> Self {
+        RewardConfig {
+            functions: vec![(RewardKind::Code, 2.0), (RewardKind::CodeFormat, 0.5)],
+            max_completion_tokens: 256,
+            overlong_buffer: 64,
+        }
+    }
+}
+
+/// The code of the first fenced block that starts with "```python\n", up to the next
+/// "```"; empty when there is none (SPEC 3).
+pub fn extract_code(completion: &str) -> &str {
+    const OPEN: &str = "```python\n";
+    let Some(start) = completion.find(OPEN) else {
+        return "";
+    };
+    let body = &completion[start + OPEN.len()..];
+    match body.find("```") {
+        Some(end) => &body[..end],
+        None => "",
+    }
+}
+
+/// Whether the completion has the required shape — the reference regex
+/// `^(?:(?!```)[\s\S])*?```python\n(?:(?!```)[\s\S])*?```\n$` under `re.DOTALL |
+/// re.MULTILINE` (so text may follow the closing fence's newline only after another
+/// newline) — and holds exactly one code block (SPEC: two or more blocks get 0.0).
+pub fn format_matches(completion: &str) -> bool {
+    let Some(open) = completion.find("```") else {
+        return false;
+    };
+    let Some(body) = completion[open..].strip_prefix("```python\n") else {
+        return false;
+    };
+    let Some(close) = body.find("```") else {
+        return false;
+    };
+    let Some(after) = body[close..].strip_prefix("```\n") else {
+        return false;
+    };
+    // MULTILINE `$`: end of text, or just before a newline.
+    let end_ok = after.is_empty() || after.starts_with('\n');
+    end_ok && !after.contains("```")
+}
+
+/// DAPO soft overlong penalty for a completion of `length` tokens.
+pub fn soft_overlong(length: usize, max: usize, buffer: usize) -> f64 {
+    let expected = max.saturating_sub(buffer);
+    if length <= expected {
+        0.0
+    } else if length >= max || buffer == 0 {
+        -1.0
+    } else {
+        (expected as f64 - length as f64) / buffer as f64
+    }
+}
+
+/// NaN-skipping sum (numpy `nansum`): 0.0 when every term is NaN.
+pub fn nansum(values: impl IntoIterator<Item = f64>) -> f64 {
+    values.into_iter().filter(|v| !v.is_nan()).sum()
+}
+
+/// Rewards of a batch, per function and in total, with what the logs need.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RewardBatch {
+    /// Per function (in config order): one value per completion.
+    pub per_function: Vec<(RewardKind, Vec<f64>)>,
+    /// Σ weight · reward with NaN terms skipped.
+    pub total: Vec<f64>,
+    /// Mean of each function over non-NaN values.
+    pub means: BTreeMap<String, f64>,
+    /// NaN count of each function.
+    pub nan_counts: BTreeMap<String, usize>,
+    /// Jobs the sandbox failed on (their code rewards are NaN).
+    pub sandbox_failures: usize,
+    /// Sandbox timeouts among executed tests.
+    pub timeouts: usize,
+    pub tests_run: usize,
+    pub sandbox_seconds: f64,
+}
+
+/// Scores `completions[i]` against `tests[i]` (token `lengths[i]`), running all code in
+/// the pool in parallel.
+pub fn score_batch(
+    completions: &[String],
+    lengths: &[usize],
+    tests: &[Vec<String>],
+    config: &RewardConfig,
+    pool: &SandboxPool,
+    limits: Limits,
+) -> RewardBatch {
+    let n = completions.len();
+    let wants = |k: RewardKind| config.functions.iter().any(|(f, _)| *f == k);
+    let needs_sandbox =
+        wants(RewardKind::Code) || wants(RewardKind::BinaryCode) || wants(RewardKind::CodeFormat);
+    let shaped: Vec<bool> = completions.iter().map(|c| format_matches(c)).collect();
+
+    // One job per well-shaped completion: the syntax check and the tests together.
+    let started = std::time::Instant::now();
+    let mut results: Vec<Option<JobResult>> = vec![None; n];
+    if needs_sandbox {
+        let jobs: Vec<(usize, Job)> = (0..n)
+            .filter(|&i| shaped[i])
+            .map(|i| {
+                let run_tests = wants(RewardKind::Code) || wants(RewardKind::BinaryCode);
+                let job = Job {
+                    id: i.to_string(),
+                    solution: extract_code(&completions[i]).to_string(),
+                    tests: if run_tests {
+                        tests[i].clone()
+                    } else {
+                        Vec::new()
+                    },
+                    check_syntax: true,
+                };
+                (i, job)
+            })
+            .collect();
+        let (index, jobs): (Vec<usize>, Vec<Job>) = jobs.into_iter().unzip();
+        for (i, result) in index.into_iter().zip(pool.run_all(jobs, limits)) {
+            results[i] = Some(result);
+        }
+    }
+    let sandbox_seconds = started.elapsed().as_secs_f64();
+
+    let format: Vec<f64> = (0..n)
+        .map(|i| match (&results[i], shaped[i]) {
+            (_, false) => 0.0,
+            (Some(r), true) if r.sandbox_error.is_some() => f64::NAN,
+            (Some(r), true) => match r.syntax_ok {
+                Some(true) => 1.0,
+                Some(false) => 0.5,
+                None => f64::NAN,
+            },
+            (None, true) => f64::NAN,
+        })
+        .collect();
+    let pass_rate: Vec<f64> = (0..n)
+        .map(|i| {
+            if format[i].is_nan() {
+                return f64::NAN;
+            }
+            if format[i] != 1.0 {
+                return 0.0;
+            }
+            results[i]
+                .as_ref()
+                .and_then(|r| r.pass_rate())
+                .unwrap_or(f64::NAN)
+        })
+        .collect();
+
+    let mut per_function = Vec::new();
+    for &(kind, _) in &config.functions {
+        let values: Vec<f64> = match kind {
+            RewardKind::CodeFormat => format.clone(),
+            RewardKind::Code => pass_rate.clone(),
+            RewardKind::BinaryCode => pass_rate
+                .iter()
+                .map(|&p| {
+                    if p.is_nan() {
+                        p
+                    } else {
+                        f64::from(u8::from(p > 0.99))
+                    }
+                })
+                .collect(),
+            RewardKind::SoftOverlong => lengths
+                .iter()
+                .map(|&l| soft_overlong(l, config.max_completion_tokens, config.overlong_buffer))
+                .collect(),
+        };
+        per_function.push((kind, values));
+    }
+    let total = (0..n)
+        .map(|i| {
+            nansum(
+                config
+                    .functions
+                    .iter()
+                    .zip(&per_function)
+                    .map(|((_, w), (_, v))| w * v[i]),
+            )
+        })
+        .collect();
+    let mut means = BTreeMap::new();
+    let mut nan_counts = BTreeMap::new();
+    for (kind, values) in &per_function {
+        let ok: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+        means.insert(
+            kind.name().to_string(),
+            if ok.is_empty() {
+                f64::NAN
+            } else {
+                ok.iter().sum::<f64>() / ok.len() as f64
+            },
+        );
+        nan_counts.insert(kind.name().to_string(), values.len() - ok.len());
+    }
+    let executed = results.iter().flatten();
+    let sandbox_failures = results
+        .iter()
+        .flatten()
+        .filter(|r| r.sandbox_error.is_some())
+        .count();
+    let (mut timeouts, mut tests_run) = (0, 0);
+    for r in executed {
+        tests_run += r.tests.len();
+        timeouts += r
+            .tests
+            .iter()
+            .filter(|t| t.outcome == couplet_sandbox::Outcome::Timeout)
+            .count();
+    }
+    RewardBatch {
+        per_function,
+        total,
+        means,
+        nan_counts,
+        sandbox_failures,
+        timeouts,
+        tests_run,
+        sandbox_seconds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_shapes() {
+        assert!(format_matches("Here:\n```python\nx = 1\n```\n"));
+        assert!(format_matches("```python\nx = 1\n```\n"));
+        assert!(
+            !format_matches("```python\nx = 1\n```"),
+            "needs the final newline"
+        );
+        assert!(!format_matches("```python\nx = 1\n"), "unterminated");
+        assert!(!format_matches("no code"));
+        assert!(
+            !format_matches("```py\nx = 1\n```\n"),
+            "```py is not ```python"
+        );
+        assert!(
+            !format_matches("```python\r\nx = 1\n```\n"),
+            "CRLF after the fence"
+        );
+        assert!(format_matches(
+            "```python\r\nx = 1\r\n```\n"
+                .replacen("\r\n", "\n", 1)
+                .as_str()
+        ));
+        assert!(
+            !format_matches("```python\nx = 1\n```\nThanks!"),
+            "text right after the fence"
+        );
+        assert!(
+            format_matches("```python\nx = 1\n```\n\nThanks!"),
+            "MULTILINE $ before a newline"
+        );
+        assert!(
+            !format_matches("```python\na\n```\n\n```python\nb\n```\n"),
+            "two blocks"
+        );
+        assert!(
+            !format_matches("```python\na\n```\n```python\nb\n```\n"),
+            "two blocks"
+        );
+        assert!(
+            format_matches("```python\n```\n"),
+            "empty block has the shape"
+        );
+        assert!(!format_matches("````python\nx\n```\n"));
+    }
+
+    #[test]
+    fn extraction_takes_the_first_block() {
+        assert_eq!(
+            extract_code("a```python\nx = 1\n```\n```python\ny\n```"),
+            "x = 1\n"
+        );
+        assert_eq!(extract_code("```python\nunterminated"), "");
+        assert_eq!(extract_code("none"), "");
+    }
+
+    #[test]
+    fn overlong_by_hand() {
+        assert_eq!(soft_overlong(192, 256, 64), 0.0);
+        assert_eq!(soft_overlong(224, 256, 64), -0.5);
+        assert_eq!(soft_overlong(256, 256, 64), -1.0);
+        assert_eq!(soft_overlong(300, 256, 64), -1.0);
+    }
+
+    #[test]
+    fn nansum_skips_nan() {
+        assert_eq!(nansum([1.0, f64::NAN, 2.0]), 3.0);
+        assert_eq!(nansum([f64::NAN]), 0.0);
+    }
+}
