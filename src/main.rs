@@ -22,6 +22,9 @@ enum Command {
     InitModel(commands::init_model::Args),
     /// Sample completions from a model with diffusion decoding.
     Generate(Box<commands::generate::Args>),
+    /// Prepare AceCoder data (difficulty split).
+    #[command(subcommand)]
+    Data(commands::data::Command),
     /// Run untrusted Python tests in the sandbox.
     #[command(subcommand)]
     Sandbox(commands::sandbox::Command),
@@ -36,6 +39,7 @@ fn main() {
         Some(Command::InitModel(args)) => commands::init_model::run(args),
         Some(Command::Generate(args)) => commands::generate::run(*args),
         Some(Command::Sandbox(command)) => commands::sandbox::run(command),
+        Some(Command::Data(command)) => commands::data::run(command),
         Some(Command::Devices) => commands::devices(),
     };
     if let Err(err) = result {

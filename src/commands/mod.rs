@@ -1,5 +1,6 @@
 //! One module per subcommand, plus the option parsing they share.
 
+pub mod data;
 pub mod demo;
 pub mod generate;
 pub mod init_model;
