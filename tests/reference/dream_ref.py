@@ -327,6 +327,74 @@ def cmd_forward(model_dir, request, out):
         f.write(tensor_bytes(logits))
 
 
+# ---------------------------------------------------------------------------------------
+# Likelihood estimators (SPEC 5), naive: full logits for every version, then gather.
+
+STREAM_RATIO, STREAM_UNIFORM, STREAM_PROMPT = 0x100, 0x200, 0x300
+
+
+def u01(seed, stream, sample, offset):
+    return uniform(seed, stream, (sample << 20) | offset)
+
+
+def estimate(model, req):
+    seqs = torch.tensor(req["sequences"], dtype=torch.long)
+    pmask = torch.tensor(req["prompt_mask"], dtype=torch.long)
+    P, mask_id, seed, est = req["prompt_width"], req["mask"], req["seed"], req["estimator"]
+    B, L = seqs.shape
+    K = L - P
+    attention = torch.cat([pmask, torch.ones(B, K, dtype=torch.long)], 1) if bool((pmask == 0).any()) else None
+
+    def lp_of(masked):  # masked: [B, L] bool → lp [B, K] of the true tokens
+        x = seqs.masked_fill(masked, mask_id)
+        logp = torch.log_softmax(model.token_logits(x, attention), -1)
+        return logp.gather(-1, seqs[..., None]).squeeze(-1)[:, P:]
+
+    full = torch.zeros(B, L, dtype=torch.bool)
+    full[:, P:] = True
+    kind = est["kind"]
+    out = torch.zeros(B, K, dtype=torch.float64)
+    if kind in ("full_mask", "d1"):
+        m = full.clone()
+        if kind == "d1":
+            for b, sample in enumerate(req["samples"]):
+                real = [i for i in range(P) if pmask[b, i] == 1]
+                for off, pos in enumerate(real):
+                    if u01(seed, STREAM_PROMPT, sample, off) < est["p_mask_prompt"]:
+                        m[b, pos] = True
+        return lp_of(m).double()
+    if kind == "coupled":
+        pairs, with_full = est["pairs"], est["include_full_mask"]
+        denom = pairs + (1 if with_full else 0)
+        if with_full:
+            out += lp_of(full).double()
+        for i in range(pairs):
+            t = torch.tensor([0.2 + 0.6 * u01(seed, STREAM_RATIO + 2 * i, s, 0) for s in req["samples"]], dtype=torch.float64)
+            u = torch.tensor([[u01(seed, STREAM_UNIFORM + 2 * i, s, j) for j in range(K)] for s in req["samples"]], dtype=torch.float64)
+            in_m = u < t[:, None]
+            m1 = torch.zeros(B, L, dtype=torch.bool); m1[:, P:] = in_m
+            m2 = torch.zeros(B, L, dtype=torch.bool); m2[:, P:] = ~in_m
+            out += torch.where(in_m, lp_of(m1).double() / t[:, None], lp_of(m2).double() / (1 - t[:, None]))
+        return out / denom
+    if kind == "decoupled":
+        out = 0.5 * lp_of(full).double()
+        for h in range(2):
+            t = torch.tensor([0.2 + 0.6 * u01(seed, STREAM_RATIO + h, s, 0) for s in req["samples"]], dtype=torch.float64)
+            u = torch.tensor([[u01(seed, STREAM_UNIFORM + h, s, j) for j in range(K)] for s in req["samples"]], dtype=torch.float64)
+            mk = u < t[:, None]
+            m = torch.zeros(B, L, dtype=torch.bool); m[:, P:] = mk
+            out += torch.where(mk, 0.5 * lp_of(m).double() / t[:, None], torch.zeros_like(out))
+        return out
+    raise ValueError(kind)
+
+
+def cmd_estimate(model_dir, request, out):
+    req = json.load(open(request))
+    with torch.no_grad():
+        est = estimate(Dream(model_dir), req)
+    json.dump({"estimates": est.tolist()}, open(out, "w"))
+
+
 def cmd_generate(model_dir, request, out):
     import time
 
@@ -344,4 +412,4 @@ def cmd_generate(model_dir, request, out):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cmd, *rest = sys.argv[1:]
-    {"forward": cmd_forward, "generate": cmd_generate}[cmd](*rest)
+    {"forward": cmd_forward, "generate": cmd_generate, "estimate": cmd_estimate}[cmd](*rest)

@@ -10,5 +10,7 @@
 //! (`sandbox`).
 
 pub mod advantages;
+pub mod estimator;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
+pub use estimator::{build_versions, estimate, Estimator, EstimatorBatch, Versions};

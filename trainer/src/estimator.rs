@@ -1,0 +1,253 @@
+//! Token-likelihood estimators for masked-diffusion GRPO (SPEC section 5).
+//!
+//! Every estimator scores each completion token j of a sequence by log-probabilities
+//! `lp(v)[b, j] = log softmax(shifted logits of version v)[b, P + j, token]` of one or
+//! more *versions* of the input, in which some tokens are replaced by [MASK]:
+//!
+//! * `coupled` (DiffuCoder): v0 masks the whole completion; each of λ pairs draws
+//!   `t ~ U(0.2, 0.8)` and masks the completion tokens with `u < t` in one version and the
+//!   complement in the other, so every token is scored once partially masked:
+//!   `lp_j = (lp(v0)_j + Σ_i [j ∈ M_i] lp(v1_i)_j / t_i + [j ∉ M_i] lp(v2_i)_j / (1 − t_i)) / (λ + 1)`
+//!   (without v0: divided by λ);
+//! * `d1`: one version, whole completion masked and each real prompt token masked with
+//!   probability `p_mask_prompt`;
+//! * `full_mask`: d1 with `p_mask_prompt = 0`;
+//! * `decoupled`: like coupled with λ = 1, but v1 and v2 draw independent ratios and
+//!   uniforms: `lp_j = ½ (lp(v0)_j + [m1_j] lp(v1)_j / t1 + [m2_j] lp(v2)_j / t2)`.
+//!
+//! Masks are a pure function of (seed, global sample index, completion offset) through the
+//! counter RNG — never of the micro-batch split, the device or the prompt padding — and,
+//! unlike the reference, t is drawn per sample. All versions are stacked into one forward
+//! batch; only the masked completion positions that an estimate reads reach the
+//! vocabulary projection.
+
+use couplet_model::random;
+use couplet_rollout::Denoiser;
+use tch::{Device, Kind, Tensor};
+
+/// RNG streams (see `couplet_model::random`); pair i uses `base + 2·i` and `base + 2·i + 1`.
+const STREAM_RATIO: u64 = 0x100;
+const STREAM_UNIFORM: u64 = 0x200;
+const STREAM_PROMPT: u64 = 0x300;
+/// Draw index of (sample, offset): offsets below 2^20 never collide.
+const OFFSET_BITS: u64 = 20;
+
+/// Which estimator, with its knobs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Estimator {
+    Coupled {
+        pairs: usize,
+        include_full_mask: bool,
+    },
+    D1 {
+        p_mask_prompt: f64,
+    },
+    FullMask,
+    Decoupled,
+}
+
+impl Estimator {
+    /// Forward passes (versions) per sample.
+    pub fn versions(&self) -> usize {
+        match self {
+            Estimator::Coupled {
+                pairs,
+                include_full_mask,
+            } => 2 * pairs + usize::from(*include_full_mask),
+            Estimator::D1 { .. } | Estimator::FullMask => 1,
+            Estimator::Decoupled => 3,
+        }
+    }
+}
+
+/// A batch to score: `sequences [B, P + K]` (left-padded prompt, then completion).
+pub struct EstimatorBatch<'a> {
+    pub sequences: &'a Tensor,
+    /// `[B, P]`: 1 for real prompt tokens.
+    pub prompt_mask: &'a Tensor,
+    pub prompt_width: i64,
+    /// Global sample index of each row (the key of its masks).
+    pub samples: &'a [u64],
+}
+
+/// The versions of a batch: what is masked, and how each version's log-probs enter the
+/// estimate.
+#[derive(Debug)]
+pub struct Versions {
+    /// `[V, B, L]` bool: positions replaced by [MASK] in each version.
+    pub masked: Tensor,
+    /// `[V, B, K]` f64 coefficient of `lp(v)[b, j]` in the estimate (0 where unused).
+    pub weights: Tensor,
+    /// Per sample and pair, the mask ratio(s) drawn (for tests and logs).
+    pub ratios: Vec<Vec<f64>>,
+}
+
+fn uniform01(seed: u64, stream: u64, sample: u64, offset: u64) -> f64 {
+    random::uniform(seed, stream, (sample << OFFSET_BITS) | offset)
+}
+
+/// Builds the versions of `batch` for `estimator` with the iteration's mask seed.
+pub fn build_versions(estimator: &Estimator, batch: &EstimatorBatch, seed: u64) -> Versions {
+    let (b, l) = batch.sequences.size2().expect("sequences are [B, L]");
+    let p = batch.prompt_width;
+    let k = l - p;
+    let prompt_real = Vec::<Vec<i64>>::try_from(
+        &batch
+            .prompt_mask
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Int64),
+    )
+    .unwrap_or_default();
+    let nv = estimator.versions();
+    let mut masked = vec![false; nv * (b * l) as usize];
+    let mut weights = vec![0f64; nv * (b * k) as usize];
+    let mut ratios = Vec::with_capacity(b as usize);
+    let at_mask =
+        |v: usize, row: usize, pos: i64| v * (b * l) as usize + row * l as usize + pos as usize;
+    let at_weight =
+        |v: usize, row: usize, j: i64| v * (b * k) as usize + row * k as usize + j as usize;
+    for (row, &sample) in batch.samples.iter().enumerate().take(b as usize) {
+        let mut drawn = Vec::new();
+        let mask_completion = |masked: &mut Vec<bool>, v: usize| {
+            for j in 0..k {
+                masked[at_mask(v, row, p + j)] = true;
+            }
+        };
+        match *estimator {
+            Estimator::FullMask | Estimator::D1 { .. } => {
+                mask_completion(&mut masked, 0);
+                for j in 0..k {
+                    weights[at_weight(0, row, j)] = 1.0;
+                }
+                if let Estimator::D1 { p_mask_prompt } = *estimator {
+                    // Offsets count real prompt tokens from the first one, so padding
+                    // never shifts the draws.
+                    let first_real = prompt_real[row]
+                        .iter()
+                        .position(|&m| m == 1)
+                        .unwrap_or(p as usize);
+                    for pos in first_real..p as usize {
+                        let offset = (pos - first_real) as u64;
+                        if prompt_real[row][pos] == 1
+                            && uniform01(seed, STREAM_PROMPT, sample, offset) < p_mask_prompt
+                        {
+                            masked[at_mask(0, row, pos as i64)] = true;
+                        }
+                    }
+                }
+            }
+            Estimator::Coupled {
+                pairs,
+                include_full_mask,
+            } => {
+                let denom = (pairs + usize::from(include_full_mask)) as f64;
+                let mut v = 0;
+                if include_full_mask {
+                    mask_completion(&mut masked, 0);
+                    for j in 0..k {
+                        weights[at_weight(0, row, j)] = 1.0 / denom;
+                    }
+                    v = 1;
+                }
+                for pair in 0..pairs as u64 {
+                    let t = 0.2 + 0.6 * uniform01(seed, STREAM_RATIO + 2 * pair, sample, 0);
+                    drawn.push(t);
+                    for j in 0..k {
+                        let u = uniform01(seed, STREAM_UNIFORM + 2 * pair, sample, j as u64);
+                        let (version, w) = if u < t {
+                            (v, 1.0 / t)
+                        } else {
+                            (v + 1, 1.0 / (1.0 - t))
+                        };
+                        masked[at_mask(version, row, p + j)] = true;
+                        weights[at_weight(version, row, j)] = w / denom;
+                    }
+                    v += 2;
+                }
+            }
+            Estimator::Decoupled => {
+                mask_completion(&mut masked, 0);
+                for j in 0..k {
+                    weights[at_weight(0, row, j)] = 0.5;
+                }
+                for half in 0..2u64 {
+                    let t = 0.2 + 0.6 * uniform01(seed, STREAM_RATIO + half, sample, 0);
+                    drawn.push(t);
+                    for j in 0..k {
+                        if uniform01(seed, STREAM_UNIFORM + half, sample, j as u64) < t {
+                            masked[at_mask(1 + half as usize, row, p + j)] = true;
+                            weights[at_weight(1 + half as usize, row, j)] = 0.5 / t;
+                        }
+                    }
+                }
+            }
+        }
+        ratios.push(drawn);
+    }
+    let nv = nv as i64;
+    Versions {
+        masked: Tensor::from_slice(&masked).view([nv, b, l]),
+        weights: Tensor::from_slice(&weights).view([nv, b, k]),
+        ratios,
+    }
+}
+
+/// Per-token estimates `[B, K]` (f32) for `batch`: one stacked forward over all versions,
+/// vocabulary logits only at the masked completion positions with a non-zero weight.
+pub fn estimate(
+    model: &dyn Denoiser,
+    mask_id: i64,
+    estimator: &Estimator,
+    batch: &EstimatorBatch,
+    seed: u64,
+) -> (Tensor, Versions) {
+    let versions = build_versions(estimator, batch, seed);
+    let device = model.device();
+    let (b, l) = batch.sequences.size2().expect("sequences are [B, L]");
+    let p = batch.prompt_width;
+    let k = l - p;
+    let nv = estimator.versions() as i64;
+    let masked = versions.masked.to_device(device);
+    let weights = versions.weights.to_device(device);
+    let seqs = batch.sequences.to_device(device);
+    let inputs = seqs
+        .unsqueeze(0)
+        .expand([nv, b, l], false)
+        .masked_fill(&masked, mask_id)
+        .reshape([nv * b, l]);
+    let prompt_mask = batch.prompt_mask.to_device(device).to_kind(Kind::Int64);
+    let padded = bool::try_from(prompt_mask.eq(0).any()).unwrap_or(true);
+    let attention = padded.then(|| {
+        Tensor::cat(
+            &[prompt_mask, Tensor::ones([b, k], (Kind::Int64, device))],
+            1,
+        )
+        .unsqueeze(0)
+        .expand([nv, b, l], false)
+        .reshape([nv * b, l])
+    });
+    // Score only completion positions whose weight is non-zero.
+    let used = weights.ne(0.0); // [V, B, K]
+    let select = Tensor::cat(
+        &[
+            Tensor::zeros([nv, b, p], (Kind::Bool, device)),
+            used.shallow_clone(),
+        ],
+        2,
+    )
+    .reshape([nv * b, l]);
+    let logits = model.score(&inputs, attention.as_ref(), &select); // [N, V]
+    let targets = seqs
+        .unsqueeze(0)
+        .expand([nv, b, l], false)
+        .reshape([nv * b, l])
+        .masked_select(&select);
+    let token_lp = logits
+        .log_softmax(-1, Kind::Float)
+        .gather(1, &targets.unsqueeze(1), false)
+        .squeeze_dim(1); // [N]
+    let lp = Tensor::zeros([nv, b, k], (Kind::Float, device)).masked_scatter(&used, &token_lp);
+    let estimate = (lp * weights.to_kind(Kind::Float)).sum_dim_intlist(0, false, Kind::Float);
+    (estimate, versions)
+}
