@@ -11,6 +11,8 @@
 
 pub mod advantages;
 pub mod estimator;
+pub mod objective;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
 pub use estimator::{build_versions, estimate, Estimator, EstimatorBatch, Versions};
+pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};

@@ -1,0 +1,129 @@
+//! The GRPO objective with clipping and k3 KL (SPEC section 6).
+
+use tch::{Kind, Tensor};
+
+/// Clipping and KL settings.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectiveConfig {
+    pub epsilon_low: f64,
+    pub epsilon_high: f64,
+    /// KL weight; 0 means no reference model is held at all.
+    pub beta: f64,
+}
+
+impl Default for ObjectiveConfig {
+    /// The DiffuCoder recipe: ε = 0.5 on both sides, β = 0.01.
+    fn default() -> Self {
+        ObjectiveConfig { epsilon_low: 0.5, epsilon_high: 0.5, beta: 0.01 }
+    }
+}
+
+/// Scalars of one micro-batch, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct ObjectiveMetrics {
+    pub loss: f64,
+    /// Masked mean of the k3 KL (0 when β = 0).
+    pub kl: f64,
+    /// Share of completion tokens with ρ < 1 − ε_low and A < 0.
+    pub clip_low: f64,
+    /// Share with ρ > 1 + ε_high and A > 0.
+    pub clip_high: f64,
+    pub clip_region: f64,
+    /// Masked mean of the per-token estimate.
+    pub mean_estimate: f64,
+    pub tokens: f64,
+}
+
+/// Micro-batch loss `Σ_j loss_j c_j / max(1, Σ_j c_j)` over all rows.
+///
+/// * `lp [B, K]`: current estimates (with grad);
+/// * `lp_old`: the old policy's estimates with the same masks (`None` when μ = 1: the
+///   detached current estimates, ratio 1);
+/// * `lp_ref`: the reference model's estimates (required when β > 0);
+/// * `advantages [B]`, `completion_mask [B, K]` (1 up to and including the end token).
+pub fn grpo_loss(
+    lp: &Tensor,
+    lp_old: Option<&Tensor>,
+    lp_ref: Option<&Tensor>,
+    advantages: &Tensor,
+    completion_mask: &Tensor,
+    config: &ObjectiveConfig,
+) -> (Tensor, ObjectiveMetrics) {
+    let lp = lp.to_kind(Kind::Float);
+    let mask = completion_mask.to_kind(Kind::Float);
+    let old = lp_old.map(|t| t.to_kind(Kind::Float)).unwrap_or_else(|| lp.detach());
+    let adv = advantages.to_kind(Kind::Float).unsqueeze(1); // [B, 1]
+    let ratio = (&lp - &old).exp();
+    let clipped = ratio.clamp(1.0 - config.epsilon_low, 1.0 + config.epsilon_high);
+    let per_token = -(&ratio * &adv).minimum(&(&clipped * &adv));
+    let tokens = mask.sum(Kind::Float);
+    let denom = tokens.clamp_min(1.0);
+    let mean = |t: &Tensor| (t * &mask).sum(Kind::Float) / &denom;
+    let (per_token, kl_value) = match (config.beta > 0.0, lp_ref) {
+        (true, Some(reference)) => {
+            let diff = reference.to_kind(Kind::Float) - &lp;
+            let kl = diff.exp() - &diff - 1.0;
+            let kl_mean = mean(&kl.detach()).double_value(&[]);
+            (per_token + config.beta * kl, kl_mean)
+        }
+        _ => (per_token, 0.0),
+    };
+    let loss = mean(&per_token);
+    let (low, high) = tch::no_grad(|| {
+        let adv_b = adv.expand_as(&ratio);
+        let low = ratio.lt(1.0 - config.epsilon_low).logical_and(&adv_b.lt(0.0)).to_kind(Kind::Float);
+        let high = ratio.gt(1.0 + config.epsilon_high).logical_and(&adv_b.gt(0.0)).to_kind(Kind::Float);
+        (mean(&low).double_value(&[]), mean(&high).double_value(&[]))
+    });
+    let metrics = ObjectiveMetrics {
+        loss: loss.double_value(&[]),
+        kl: kl_value,
+        clip_low: low,
+        clip_high: high,
+        clip_region: low + high,
+        mean_estimate: tch::no_grad(|| mean(&lp)).double_value(&[]),
+        tokens: tokens.double_value(&[]),
+    };
+    (loss, metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mu_one_gives_ratio_one_and_advantage_weighted_loss() {
+        // ρ = 1: loss_j = −A; two tokens of row 0 (A = 2), one of row 1 (A = −1) → (−4 + 1) / 3.
+        let lp = Tensor::from_slice2(&[[-1.0f32, -2.0, -3.0], [-0.5, -0.1, -9.0]]).set_requires_grad(true);
+        let adv = Tensor::from_slice(&[2.0f32, -1.0]);
+        let mask = Tensor::from_slice2(&[[1i64, 1, 0], [1, 0, 0]]);
+        let cfg = ObjectiveConfig { beta: 0.0, ..Default::default() };
+        let (loss, m) = grpo_loss(&lp, None, None, &adv, &mask, &cfg);
+        assert!((m.loss + 1.0).abs() < 1e-6, "{m:?}");
+        loss.backward();
+        // d/dlp of −ρA with ρ = exp(lp − detach(lp)) is −A per token / 3.
+        let g = Vec::<Vec<f32>>::try_from(&lp.grad()).unwrap();
+        assert!((g[0][0] + 2.0 / 3.0).abs() < 1e-6 && (g[1][0] - 1.0 / 3.0).abs() < 1e-6 && g[0][2] == 0.0);
+    }
+
+    #[test]
+    fn clipping_and_kl_by_hand() {
+        // One token, A = 1, ρ = e^1 > 1.5: clipped to 1.5 → loss −1.5, clip_high = 1.
+        let lp = Tensor::from_slice2(&[[0.0f32]]);
+        let old = Tensor::from_slice2(&[[-1.0f32]]);
+        let reference = Tensor::from_slice2(&[[-0.5f32]]);
+        let cfg = ObjectiveConfig { epsilon_low: 0.5, epsilon_high: 0.5, beta: 0.1 };
+        let (_, m) = grpo_loss(&lp, Some(&old), Some(&reference), &Tensor::from_slice(&[1.0f32]), &Tensor::from_slice2(&[[1i64]]), &cfg);
+        let kl = (-0.5f64).exp() + 0.5 - 1.0;
+        assert!((m.loss - (-1.5 + 0.1 * kl)).abs() < 1e-6, "{m:?}");
+        assert!((m.kl - kl).abs() < 1e-6);
+        assert_eq!((m.clip_high, m.clip_low, m.clip_region), (1.0, 0.0, 1.0));
+    }
+
+    #[test]
+    fn empty_masks_and_zero_advantages_stay_finite() {
+        let lp = Tensor::from_slice2(&[[-1.0f32, -2.0]]);
+        let (loss, m) = grpo_loss(&lp, None, None, &Tensor::from_slice(&[0.0f32]), &Tensor::from_slice2(&[[0i64, 0]]), &ObjectiveConfig::default());
+        assert!(loss.double_value(&[]).is_finite() && m.loss == 0.0);
+    }
+}
