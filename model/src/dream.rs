@@ -411,6 +411,11 @@ impl DreamModel {
         self.forward(ids, attention_mask, None)
     }
 
+    /// The vocabulary projection `[V, H]` (the embedding itself when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        &self.lm_head
+    }
+
     /// Number of parameters (tied weights counted once).
     pub fn num_parameters(&self) -> i64 {
         self.vs

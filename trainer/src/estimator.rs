@@ -21,7 +21,9 @@
 //! batch; only the masked completion positions that an estimate reads reach the
 //! vocabulary projection.
 
-use couplet_model::random;
+use couplet_model::{random, DreamModel};
+
+use crate::lean::{LeanConfig, LeanPass};
 use couplet_rollout::Denoiser;
 use tch::{Device, Kind, Tensor};
 
@@ -193,21 +195,26 @@ pub fn build_versions(estimator: &Estimator, batch: &EstimatorBatch, seed: u64) 
     }
 }
 
-/// Per-token estimates `[B, K]` (f32) for `batch`: one stacked forward over all versions,
-/// vocabulary logits only at the masked completion positions with a non-zero weight.
-pub fn estimate(
-    model: &dyn Denoiser,
-    mask_id: i64,
-    estimator: &Estimator,
+/// The stacked forward batch of all versions.
+struct Stacked {
+    inputs: Tensor,            // [V·B, L]
+    attention: Option<Tensor>, // [V·B, L]
+    select: Tensor,            // [V·B, L]: masked completion positions that are read
+    used: Tensor,              // [V, B, K]
+    weights: Tensor,           // [V, B, K] f32
+    shape: (i64, i64, i64),    // (V, B, K)
+}
+
+fn stack(
+    versions: &Versions,
     batch: &EstimatorBatch,
-    seed: u64,
-) -> (Tensor, Versions) {
-    let versions = build_versions(estimator, batch, seed);
-    let device = model.device();
+    mask_id: i64,
+    device: tch::Device,
+) -> Stacked {
     let (b, l) = batch.sequences.size2().expect("sequences are [B, L]");
     let p = batch.prompt_width;
     let k = l - p;
-    let nv = estimator.versions() as i64;
+    let nv = versions.masked.size()[0];
     let masked = versions.masked.to_device(device);
     let weights = versions.weights.to_device(device);
     let seqs = batch.sequences.to_device(device);
@@ -228,7 +235,7 @@ pub fn estimate(
         .reshape([nv * b, l])
     });
     // Score only completion positions whose weight is non-zero.
-    let used = weights.ne(0.0); // [V, B, K]
+    let used = weights.ne(0.0);
     let select = Tensor::cat(
         &[
             Tensor::zeros([nv, b, p], (Kind::Bool, device)),
@@ -237,17 +244,111 @@ pub fn estimate(
         2,
     )
     .reshape([nv * b, l]);
-    let logits = model.score(&inputs, attention.as_ref(), &select); // [N, V]
-    let targets = seqs
+    Stacked {
+        inputs,
+        attention,
+        select,
+        used,
+        weights: weights.to_kind(Kind::Float),
+        shape: (nv, b, k),
+    }
+}
+
+impl Stacked {
+    /// Σ_v weight · lp(v) from the selected tokens' log-probs `[N]`.
+    fn combine(&self, token_lp: &Tensor) -> Tensor {
+        let (nv, b, k) = self.shape;
+        let lp = Tensor::zeros([nv, b, k], (Kind::Float, token_lp.device()))
+            .masked_scatter(&self.used, token_lp);
+        (lp * &self.weights).sum_dim_intlist(0, false, Kind::Float)
+    }
+}
+
+/// Per-token estimates `[B, K]` (f32) for `batch`, differentiable through the model the
+/// plain way (full `[N, V]` logits of the read positions kept for backward). The
+/// reference path for tests and for scoring without gradients (old / reference policy).
+pub fn estimate(
+    model: &dyn Denoiser,
+    mask_id: i64,
+    estimator: &Estimator,
+    batch: &EstimatorBatch,
+    seed: u64,
+) -> (Tensor, Versions) {
+    let versions = build_versions(estimator, batch, seed);
+    let st = stack(&versions, batch, mask_id, model.device());
+    let logits = model.score(&st.inputs, st.attention.as_ref(), &st.select); // [N, V]
+    let truth = batch
+        .sequences
+        .to_device(model.device())
         .unsqueeze(0)
-        .expand([nv, b, l], false)
-        .reshape([nv * b, l])
-        .masked_select(&select);
+        .expand([st.shape.0, st.shape.1, st.inputs.size()[1]], false)
+        .reshape([-1, st.inputs.size()[1]]);
+    let targets = truth.masked_select(&st.select);
     let token_lp = logits
         .log_softmax(-1, Kind::Float)
         .gather(1, &targets.unsqueeze(1), false)
         .squeeze_dim(1); // [N]
-    let lp = Tensor::zeros([nv, b, k], (Kind::Float, device)).masked_scatter(&used, &token_lp);
-    let estimate = (lp * weights.to_kind(Kind::Float)).sum_dim_intlist(0, false, Kind::Float);
-    (estimate, versions)
+    (st.combine(&token_lp), versions)
+}
+
+/// Estimates `[B, K]` through the memory-lean path: differentiable only up to a leaf of
+/// token log-probs; after `loss.backward()`, call [`LeanEstimate::backward`] to push the
+/// exact gradients into the model.
+pub struct LeanEstimate<'m> {
+    pub estimate: Tensor,
+    pub versions: Versions,
+    leaf: Tensor,
+    pass: LeanPass<'m>,
+}
+
+impl<'m> LeanEstimate<'m> {
+    pub fn new(
+        model: &'m DreamModel,
+        mask_id: i64,
+        estimator: &Estimator,
+        batch: &EstimatorBatch,
+        seed: u64,
+        lean: LeanConfig,
+    ) -> Self {
+        let versions = build_versions(estimator, batch, seed);
+        let st = stack(&versions, batch, mask_id, model.device());
+        let truth = {
+            let (nv, b, _) = st.shape;
+            let l = st.inputs.size()[1];
+            batch
+                .sequences
+                .to_device(model.device())
+                .unsqueeze(0)
+                .expand([nv, b, l], false)
+                .reshape([nv * b, l])
+        };
+        // The pass scores `truth` tokens at the selected positions of the masked inputs.
+        let pass = LeanPass::forward_with_targets(
+            model,
+            &st.inputs,
+            st.attention.as_ref(),
+            &st.select,
+            &truth,
+            lean,
+        );
+        let leaf = pass.logprobs.detach().set_requires_grad(true);
+        let estimate = st.combine(&leaf);
+        LeanEstimate {
+            estimate,
+            versions,
+            leaf,
+            pass,
+        }
+    }
+
+    /// Call after the loss's backward reached the estimates.
+    pub fn backward(self) {
+        let g = self.leaf.grad();
+        let g = if g.defined() {
+            g
+        } else {
+            self.leaf.zeros_like()
+        };
+        self.pass.backward(&g);
+    }
 }

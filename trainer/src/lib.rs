@@ -11,8 +11,10 @@
 
 pub mod advantages;
 pub mod estimator;
+pub mod lean;
 pub mod objective;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
-pub use estimator::{build_versions, estimate, Estimator, EstimatorBatch, Versions};
+pub use estimator::{build_versions, estimate, Estimator, EstimatorBatch, LeanEstimate, Versions};
+pub use lean::{LeanConfig, LeanPass};
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};

@@ -14,7 +14,11 @@ pub struct ObjectiveConfig {
 impl Default for ObjectiveConfig {
     /// The DiffuCoder recipe: ε = 0.5 on both sides, β = 0.01.
     fn default() -> Self {
-        ObjectiveConfig { epsilon_low: 0.5, epsilon_high: 0.5, beta: 0.01 }
+        ObjectiveConfig {
+            epsilon_low: 0.5,
+            epsilon_high: 0.5,
+            beta: 0.01,
+        }
     }
 }
 
@@ -51,7 +55,9 @@ pub fn grpo_loss(
 ) -> (Tensor, ObjectiveMetrics) {
     let lp = lp.to_kind(Kind::Float);
     let mask = completion_mask.to_kind(Kind::Float);
-    let old = lp_old.map(|t| t.to_kind(Kind::Float)).unwrap_or_else(|| lp.detach());
+    let old = lp_old
+        .map(|t| t.to_kind(Kind::Float))
+        .unwrap_or_else(|| lp.detach());
     let adv = advantages.to_kind(Kind::Float).unsqueeze(1); // [B, 1]
     let ratio = (&lp - &old).exp();
     let clipped = ratio.clamp(1.0 - config.epsilon_low, 1.0 + config.epsilon_high);
@@ -71,8 +77,14 @@ pub fn grpo_loss(
     let loss = mean(&per_token);
     let (low, high) = tch::no_grad(|| {
         let adv_b = adv.expand_as(&ratio);
-        let low = ratio.lt(1.0 - config.epsilon_low).logical_and(&adv_b.lt(0.0)).to_kind(Kind::Float);
-        let high = ratio.gt(1.0 + config.epsilon_high).logical_and(&adv_b.gt(0.0)).to_kind(Kind::Float);
+        let low = ratio
+            .lt(1.0 - config.epsilon_low)
+            .logical_and(&adv_b.lt(0.0))
+            .to_kind(Kind::Float);
+        let high = ratio
+            .gt(1.0 + config.epsilon_high)
+            .logical_and(&adv_b.gt(0.0))
+            .to_kind(Kind::Float);
         (mean(&low).double_value(&[]), mean(&high).double_value(&[]))
     });
     let metrics = ObjectiveMetrics {
@@ -94,16 +106,24 @@ mod tests {
     #[test]
     fn mu_one_gives_ratio_one_and_advantage_weighted_loss() {
         // ρ = 1: loss_j = −A; two tokens of row 0 (A = 2), one of row 1 (A = −1) → (−4 + 1) / 3.
-        let lp = Tensor::from_slice2(&[[-1.0f32, -2.0, -3.0], [-0.5, -0.1, -9.0]]).set_requires_grad(true);
+        let lp = Tensor::from_slice2(&[[-1.0f32, -2.0, -3.0], [-0.5, -0.1, -9.0]])
+            .set_requires_grad(true);
         let adv = Tensor::from_slice(&[2.0f32, -1.0]);
         let mask = Tensor::from_slice2(&[[1i64, 1, 0], [1, 0, 0]]);
-        let cfg = ObjectiveConfig { beta: 0.0, ..Default::default() };
+        let cfg = ObjectiveConfig {
+            beta: 0.0,
+            ..Default::default()
+        };
         let (loss, m) = grpo_loss(&lp, None, None, &adv, &mask, &cfg);
         assert!((m.loss + 1.0).abs() < 1e-6, "{m:?}");
         loss.backward();
         // d/dlp of −ρA with ρ = exp(lp − detach(lp)) is −A per token / 3.
         let g = Vec::<Vec<f32>>::try_from(&lp.grad()).unwrap();
-        assert!((g[0][0] + 2.0 / 3.0).abs() < 1e-6 && (g[1][0] - 1.0 / 3.0).abs() < 1e-6 && g[0][2] == 0.0);
+        assert!(
+            (g[0][0] + 2.0 / 3.0).abs() < 1e-6
+                && (g[1][0] - 1.0 / 3.0).abs() < 1e-6
+                && g[0][2] == 0.0
+        );
     }
 
     #[test]
@@ -112,8 +132,19 @@ mod tests {
         let lp = Tensor::from_slice2(&[[0.0f32]]);
         let old = Tensor::from_slice2(&[[-1.0f32]]);
         let reference = Tensor::from_slice2(&[[-0.5f32]]);
-        let cfg = ObjectiveConfig { epsilon_low: 0.5, epsilon_high: 0.5, beta: 0.1 };
-        let (_, m) = grpo_loss(&lp, Some(&old), Some(&reference), &Tensor::from_slice(&[1.0f32]), &Tensor::from_slice2(&[[1i64]]), &cfg);
+        let cfg = ObjectiveConfig {
+            epsilon_low: 0.5,
+            epsilon_high: 0.5,
+            beta: 0.1,
+        };
+        let (_, m) = grpo_loss(
+            &lp,
+            Some(&old),
+            Some(&reference),
+            &Tensor::from_slice(&[1.0f32]),
+            &Tensor::from_slice2(&[[1i64]]),
+            &cfg,
+        );
         let kl = (-0.5f64).exp() + 0.5 - 1.0;
         assert!((m.loss - (-1.5 + 0.1 * kl)).abs() < 1e-6, "{m:?}");
         assert!((m.kl - kl).abs() < 1e-6);
@@ -123,7 +154,14 @@ mod tests {
     #[test]
     fn empty_masks_and_zero_advantages_stay_finite() {
         let lp = Tensor::from_slice2(&[[-1.0f32, -2.0]]);
-        let (loss, m) = grpo_loss(&lp, None, None, &Tensor::from_slice(&[0.0f32]), &Tensor::from_slice2(&[[0i64, 0]]), &ObjectiveConfig::default());
+        let (loss, m) = grpo_loss(
+            &lp,
+            None,
+            None,
+            &Tensor::from_slice(&[0.0f32]),
+            &Tensor::from_slice2(&[[0i64, 0]]),
+            &ObjectiveConfig::default(),
+        );
         assert!(loss.double_value(&[]).is_finite() && m.loss == 0.0);
     }
 }
