@@ -13,8 +13,12 @@ pub mod advantages;
 pub mod estimator;
 pub mod lean;
 pub mod objective;
+pub mod optim;
+pub mod reference;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
 pub use estimator::{build_versions, estimate, Estimator, EstimatorBatch, LeanEstimate, Versions};
 pub use lean::{LeanConfig, LeanPass};
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
+pub use reference::{needs_reference, with_autocast, ReferenceModel};
+pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, StepReport};

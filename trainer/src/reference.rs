@@ -1,0 +1,91 @@
+//! The reference model of the KL term: a frozen copy of the initial policy, optionally
+//! pulled towards the policy every N optimizer steps (`ref ← α·policy + (1 − α)·ref`),
+//! kept on its own device and dtype. With β = 0 none is held at all.
+
+use couplet_model::{DreamModel, Init};
+use tch::{Device, Kind};
+
+pub struct ReferenceModel {
+    pub model: DreamModel,
+    /// Sync every this many optimizer steps (`None`: never).
+    pub sync_every: Option<u64>,
+    pub mixup_alpha: f64,
+    pub syncs: u64,
+}
+
+impl ReferenceModel {
+    /// A frozen copy of `policy` on `device` in `kind`.
+    pub fn from_policy(policy: &DreamModel, device: Device, kind: Kind, sync_every: Option<u64>, mixup_alpha: f64) -> Self {
+        let mut model = DreamModel::new(policy.config(), device, kind, Init::Zeros);
+        let _guard = tch::no_grad_guard();
+        let src = policy.var_store().variables();
+        for (name, mut dst) in model.var_store().variables() {
+            if let Some(s) = src.get(&name) {
+                dst.copy_(&s.to_device(device).to_kind(kind));
+            }
+        }
+        model.var_store_mut().freeze();
+        ReferenceModel { model, sync_every, mixup_alpha, syncs: 0 }
+    }
+
+    /// Applies the mixup sync when `optimizer_step` is a multiple of `sync_every`.
+    /// Returns whether it synced.
+    pub fn maybe_sync(&mut self, policy: &DreamModel, optimizer_step: u64) -> bool {
+        let Some(every) = self.sync_every.filter(|&e| e > 0) else { return false };
+        if optimizer_step == 0 || optimizer_step % every != 0 {
+            return false;
+        }
+        let _guard = tch::no_grad_guard();
+        let src = policy.var_store().variables();
+        let a = self.mixup_alpha;
+        for (name, mut dst) in self.model.var_store().variables() {
+            if let Some(s) = src.get(&name) {
+                let mixed = s.to_device(dst.device()).to_kind(Kind::Float) * a + dst.to_kind(Kind::Float) * (1.0 - a);
+                dst.copy_(&mixed.to_kind(dst.kind()));
+            }
+        }
+        self.syncs += 1;
+        true
+    }
+}
+
+/// Whether the objective needs a reference model (β > 0).
+pub fn needs_reference(beta: f64) -> bool {
+    beta > 0.0
+}
+
+/// Runs `f` under bf16 autocast on CUDA (f32 parameters stay the master weights), plainly
+/// elsewhere.
+pub fn with_autocast<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) -> T {
+    if enabled && device.is_cuda() {
+        tch::autocast(true, f)
+    } else {
+        f()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use couplet_model::Preset;
+
+    #[test]
+    fn copy_is_frozen_and_sync_mixes() {
+        tch::manual_seed(0);
+        let policy = DreamModel::new(&Preset::Tiny.config(64), Device::Cpu, Kind::Float, Init::Random);
+        let mut reference = ReferenceModel::from_policy(&policy, Device::Cpu, Kind::Float, Some(2), 0.6);
+        let name = "model.norm.weight";
+        let r = reference.model.var_store().variables()[name].shallow_clone();
+        assert!(!r.requires_grad());
+        assert_eq!((&r - &policy.var_store().variables()[name]).abs().max().double_value(&[]), 0.0);
+        // Move the policy, then sync at step 2 (not at 1).
+        tch::no_grad(|| {
+            let mut p = policy.var_store().variables()[name].shallow_clone();
+            let _ = p.fill_(2.0);
+        });
+        assert!(!reference.maybe_sync(&policy, 1));
+        assert!(reference.maybe_sync(&policy, 2));
+        // ref = 0.6 · 2 + 0.4 · 1 = 1.6
+        assert!((r.double_value(&[0]) - 1.6).abs() < 1e-6);
+    }
+}
