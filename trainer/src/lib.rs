@@ -20,5 +20,5 @@ pub use advantages::{compute_advantages, Advantages, Baseline};
 pub use estimator::{build_versions, estimate, Estimator, EstimatorBatch, LeanEstimate, Versions};
 pub use lean::{LeanConfig, LeanPass};
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
-pub use reference::{needs_reference, with_autocast, ReferenceModel};
 pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, StepReport};
+pub use reference::{needs_reference, with_autocast, ReferenceModel};

@@ -38,7 +38,10 @@ pub struct ObjectiveMetrics {
     pub tokens: f64,
 }
 
-/// Micro-batch loss `Σ_j loss_j c_j / max(1, Σ_j c_j)` over all rows.
+/// Micro-batch loss `Σ_j loss_j c_j / max(1, Σ_j c_j)` over all rows (the reference's
+/// token mean), or over `global_tokens` when given: dividing every micro-batch by the
+/// completion-token count of the whole optimizer step makes the accumulated gradient
+/// independent of how the batch is split into micro-batches and devices.
 ///
 /// * `lp [B, K]`: current estimates (with grad);
 /// * `lp_old`: the old policy's estimates with the same masks (`None` when μ = 1: the
@@ -52,6 +55,7 @@ pub fn grpo_loss(
     advantages: &Tensor,
     completion_mask: &Tensor,
     config: &ObjectiveConfig,
+    global_tokens: Option<f64>,
 ) -> (Tensor, ObjectiveMetrics) {
     let lp = lp.to_kind(Kind::Float);
     let mask = completion_mask.to_kind(Kind::Float);
@@ -65,6 +69,10 @@ pub fn grpo_loss(
     let tokens = mask.sum(Kind::Float);
     let denom = tokens.clamp_min(1.0);
     let mean = |t: &Tensor| (t * &mask).sum(Kind::Float) / &denom;
+    let loss_denom = match global_tokens {
+        Some(n) => Tensor::from(n.max(1.0) as f32).to_device(lp.device()),
+        None => denom.shallow_clone(),
+    };
     let (per_token, kl_value) = match (config.beta > 0.0, lp_ref) {
         (true, Some(reference)) => {
             let diff = reference.to_kind(Kind::Float) - &lp;
@@ -74,7 +82,7 @@ pub fn grpo_loss(
         }
         _ => (per_token, 0.0),
     };
-    let loss = mean(&per_token);
+    let loss = (&per_token * &mask).sum(Kind::Float) / &loss_denom;
     let (low, high) = tch::no_grad(|| {
         let adv_b = adv.expand_as(&ratio);
         let low = ratio
@@ -114,7 +122,7 @@ mod tests {
             beta: 0.0,
             ..Default::default()
         };
-        let (loss, m) = grpo_loss(&lp, None, None, &adv, &mask, &cfg);
+        let (loss, m) = grpo_loss(&lp, None, None, &adv, &mask, &cfg, None);
         assert!((m.loss + 1.0).abs() < 1e-6, "{m:?}");
         loss.backward();
         // d/dlp of −ρA with ρ = exp(lp − detach(lp)) is −A per token / 3.
@@ -144,6 +152,7 @@ mod tests {
             &Tensor::from_slice(&[1.0f32]),
             &Tensor::from_slice2(&[[1i64]]),
             &cfg,
+            None,
         );
         let kl = (-0.5f64).exp() + 0.5 - 1.0;
         assert!((m.loss - (-1.5 + 0.1 * kl)).abs() < 1e-6, "{m:?}");
@@ -161,6 +170,7 @@ mod tests {
             &Tensor::from_slice(&[0.0f32]),
             &Tensor::from_slice2(&[[0i64, 0]]),
             &ObjectiveConfig::default(),
+            None,
         );
         assert!(loss.double_value(&[]).is_finite() && m.loss == 0.0);
     }

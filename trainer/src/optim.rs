@@ -25,7 +25,15 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// The DiffuCoder recipe: lr 1e-6, betas (0.9, 0.99), weight decay 0.1, clip 0.2.
     fn default() -> Self {
-        AdamWConfig { lr: 1e-6, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, decay_norms_and_biases: false, max_grad_norm: 0.2 }
+        AdamWConfig {
+            lr: 1e-6,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay_norms_and_biases: false,
+            max_grad_norm: 0.2,
+        }
     }
 }
 
@@ -51,7 +59,9 @@ pub fn lr_factor(schedule: Schedule, step: u64, total: u64, warmup: u64) -> f64 
         Schedule::Constant => 1.0,
         Schedule::Linear => (1.0 - progress).max(0.0),
         Schedule::Cosine => 0.5 * (1.0 + (PI * progress).cos()),
-        Schedule::CosineWithMinLr { min_lr_rate } => min_lr_rate + (1.0 - min_lr_rate) * 0.5 * (1.0 + (PI * progress).cos()),
+        Schedule::CosineWithMinLr { min_lr_rate } => {
+            min_lr_rate + (1.0 - min_lr_rate) * 0.5 * (1.0 + (PI * progress).cos())
+        }
     }
 }
 
@@ -93,10 +103,20 @@ impl AdamW {
             .map(|(name, param)| {
                 let decay = config.decay_norms_and_biases || param.dim() > 1;
                 let zeros = || Tensor::zeros(param.size(), (Kind::Float, param.device()));
-                ParamState { exp_avg: zeros(), exp_avg_sq: zeros(), name, param, decay }
+                ParamState {
+                    exp_avg: zeros(),
+                    exp_avg_sq: zeros(),
+                    name,
+                    param,
+                    decay,
+                }
             })
             .collect();
-        AdamW { config, params, step: 0 }
+        AdamW {
+            config,
+            params,
+            step: 0,
+        }
     }
 
     /// Global L2 norm of all gradients (before clipping).
@@ -105,7 +125,11 @@ impl AdamW {
         for p in &self.params {
             let g = p.param.grad();
             if g.defined() {
-                total += g.to_kind(Kind::Double).pow_tensor_scalar(2).sum(Kind::Double).double_value(&[]);
+                total += g
+                    .to_kind(Kind::Double)
+                    .pow_tensor_scalar(2)
+                    .sum(Kind::Double)
+                    .double_value(&[]);
             }
         }
         total.sqrt()
@@ -115,7 +139,11 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) -> StepReport {
         let c = self.config;
         let grad_norm = self.grad_norm();
-        let scale = if c.max_grad_norm > 0.0 && grad_norm > c.max_grad_norm { c.max_grad_norm / (grad_norm + 1e-6) } else { 1.0 };
+        let scale = if c.max_grad_norm > 0.0 && grad_norm > c.max_grad_norm {
+            c.max_grad_norm / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
@@ -139,7 +167,11 @@ impl AdamW {
             p.param.copy_(&new.to_kind(p.param.kind()));
             let _ = grad.zero_();
         }
-        StepReport { grad_norm, lr, clipped: scale < 1.0 }
+        StepReport {
+            grad_norm,
+            lr,
+            clipped: scale < 1.0,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -162,7 +194,10 @@ mod tests {
         assert_eq!(lr_factor(Schedule::Linear, 1, 10, 2), 0.5, "warmup");
         assert_eq!(lr_factor(Schedule::Linear, 6, 10, 2), 0.5);
         assert!((lr_factor(Schedule::Cosine, 6, 10, 2) - 0.5).abs() < 1e-12);
-        assert!((lr_factor(Schedule::CosineWithMinLr { min_lr_rate: 0.1 }, 10, 10, 2) - 0.1).abs() < 1e-12);
+        assert!(
+            (lr_factor(Schedule::CosineWithMinLr { min_lr_rate: 0.1 }, 10, 10, 2) - 0.1).abs()
+                < 1e-12
+        );
         assert_eq!(warmup_steps(10_000, 1e-4), 1);
     }
 
@@ -171,24 +206,51 @@ mod tests {
         let w = Tensor::from_slice2(&[[1.0f32, -2.0]]).set_requires_grad(true);
         let b = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
         let mut opt = AdamW::new(
-            vec![("w".into(), w.shallow_clone()), ("b".into(), b.shallow_clone())],
-            AdamWConfig { lr: 0.1, weight_decay: 0.5, max_grad_norm: 0.0, ..Default::default() },
+            vec![
+                ("w".into(), w.shallow_clone()),
+                ("b".into(), b.shallow_clone()),
+            ],
+            AdamWConfig {
+                lr: 0.1,
+                weight_decay: 0.5,
+                max_grad_norm: 0.0,
+                ..Default::default()
+            },
         );
         (w.sum(Kind::Float) * 2.0 + b.sum(Kind::Float)).backward();
         let report = opt.step(0.1);
         assert!((report.grad_norm - 3.0).abs() < 1e-6); // sqrt(2² + 2² + 1²)
-        // First step: m̂ = g, v̂ = g², update = sign(g) (+ decay for the matrix).
+                                                        // First step: m̂ = g, v̂ = g², update = sign(g) (+ decay for the matrix).
         let w1 = Vec::<f32>::try_from(&w.reshape([-1])).unwrap();
-        assert!((w1[0] - (1.0 - 0.1 * (1.0 + 0.5 * 1.0))).abs() < 1e-5, "{w1:?}");
-        assert!((w1[1] - (-2.0 - 0.1 * (1.0 + 0.5 * -2.0))).abs() < 1e-5, "{w1:?}");
-        assert!((b.double_value(&[0]) - 0.4).abs() < 1e-6, "no decay on a bias");
-        assert_eq!(w.grad().abs().sum(Kind::Float).double_value(&[]), 0.0, "grads zeroed");
+        assert!(
+            (w1[0] - (1.0 - 0.1 * (1.0 + 0.5 * 1.0))).abs() < 1e-5,
+            "{w1:?}"
+        );
+        assert!(
+            (w1[1] - (-2.0 - 0.1 * (1.0 + 0.5 * -2.0))).abs() < 1e-5,
+            "{w1:?}"
+        );
+        assert!(
+            (b.double_value(&[0]) - 0.4).abs() < 1e-6,
+            "no decay on a bias"
+        );
+        assert_eq!(
+            w.grad().abs().sum(Kind::Float).double_value(&[]),
+            0.0,
+            "grads zeroed"
+        );
     }
 
     #[test]
     fn clipping_reports_the_pre_clip_norm() {
         let w = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
-        let mut opt = AdamW::new(vec![("w".into(), w.shallow_clone())], AdamWConfig { max_grad_norm: 1.0, ..Default::default() });
+        let mut opt = AdamW::new(
+            vec![("w".into(), w.shallow_clone())],
+            AdamWConfig {
+                max_grad_norm: 1.0,
+                ..Default::default()
+            },
+        );
         (&w * &w).sum(Kind::Float).backward(); // grad (6, 8), norm 10
         let r = opt.step(1e-3);
         assert!((r.grad_norm - 10.0).abs() < 1e-5 && r.clipped);

@@ -15,7 +15,13 @@ pub struct ReferenceModel {
 
 impl ReferenceModel {
     /// A frozen copy of `policy` on `device` in `kind`.
-    pub fn from_policy(policy: &DreamModel, device: Device, kind: Kind, sync_every: Option<u64>, mixup_alpha: f64) -> Self {
+    pub fn from_policy(
+        policy: &DreamModel,
+        device: Device,
+        kind: Kind,
+        sync_every: Option<u64>,
+        mixup_alpha: f64,
+    ) -> Self {
         let mut model = DreamModel::new(policy.config(), device, kind, Init::Zeros);
         let _guard = tch::no_grad_guard();
         let src = policy.var_store().variables();
@@ -25,13 +31,20 @@ impl ReferenceModel {
             }
         }
         model.var_store_mut().freeze();
-        ReferenceModel { model, sync_every, mixup_alpha, syncs: 0 }
+        ReferenceModel {
+            model,
+            sync_every,
+            mixup_alpha,
+            syncs: 0,
+        }
     }
 
     /// Applies the mixup sync when `optimizer_step` is a multiple of `sync_every`.
     /// Returns whether it synced.
     pub fn maybe_sync(&mut self, policy: &DreamModel, optimizer_step: u64) -> bool {
-        let Some(every) = self.sync_every.filter(|&e| e > 0) else { return false };
+        let Some(every) = self.sync_every.filter(|&e| e > 0) else {
+            return false;
+        };
         if optimizer_step == 0 || optimizer_step % every != 0 {
             return false;
         }
@@ -40,7 +53,8 @@ impl ReferenceModel {
         let a = self.mixup_alpha;
         for (name, mut dst) in self.model.var_store().variables() {
             if let Some(s) = src.get(&name) {
-                let mixed = s.to_device(dst.device()).to_kind(Kind::Float) * a + dst.to_kind(Kind::Float) * (1.0 - a);
+                let mixed = s.to_device(dst.device()).to_kind(Kind::Float) * a
+                    + dst.to_kind(Kind::Float) * (1.0 - a);
                 dst.copy_(&mixed.to_kind(dst.kind()));
             }
         }
@@ -72,12 +86,24 @@ mod tests {
     #[test]
     fn copy_is_frozen_and_sync_mixes() {
         tch::manual_seed(0);
-        let policy = DreamModel::new(&Preset::Tiny.config(64), Device::Cpu, Kind::Float, Init::Random);
-        let mut reference = ReferenceModel::from_policy(&policy, Device::Cpu, Kind::Float, Some(2), 0.6);
+        let policy = DreamModel::new(
+            &Preset::Tiny.config(64),
+            Device::Cpu,
+            Kind::Float,
+            Init::Random,
+        );
+        let mut reference =
+            ReferenceModel::from_policy(&policy, Device::Cpu, Kind::Float, Some(2), 0.6);
         let name = "model.norm.weight";
         let r = reference.model.var_store().variables()[name].shallow_clone();
         assert!(!r.requires_grad());
-        assert_eq!((&r - &policy.var_store().variables()[name]).abs().max().double_value(&[]), 0.0);
+        assert_eq!(
+            (&r - &policy.var_store().variables()[name])
+                .abs()
+                .max()
+                .double_value(&[]),
+            0.0
+        );
         // Move the policy, then sync at step 2 (not at 1).
         tch::no_grad(|| {
             let mut p = policy.var_store().variables()[name].shallow_clone();

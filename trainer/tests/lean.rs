@@ -66,7 +66,15 @@ fn lean_and_checkpointed_gradients_equal_naive() {
         let old = tch::no_grad(|| estimate(&m, 299, &est, &batch, 5).0) - 0.3;
 
         let (naive, _) = estimate(&m, 299, &est, &batch, 5);
-        let (loss, _) = grpo_loss(&naive, Some(&old), Some(&reference), &adv, &cmask, &cfg);
+        let (loss, _) = grpo_loss(
+            &naive,
+            Some(&old),
+            Some(&reference),
+            &adv,
+            &cmask,
+            &cfg,
+            None,
+        );
         loss.backward();
         let want = grads(&m);
         for checkpoint in [false, true] {
@@ -91,6 +99,7 @@ fn lean_and_checkpointed_gradients_equal_naive() {
                 &adv,
                 &cmask,
                 &cfg,
+                None,
             );
             loss.backward();
             lean.backward();
