@@ -4,7 +4,7 @@
 mod common;
 
 use couplet_model::{load_model, LoadOptions};
-use couplet_trainer::{estimate, Estimator, EstimatorBatch};
+use couplet_trainer::{estimate, grpo_loss, Estimator, EstimatorBatch, ObjectiveConfig};
 use serde_json::json;
 use tch::Tensor;
 
@@ -53,12 +53,22 @@ fn estimates_match_reference() {
         (Estimator::Decoupled, json!({"kind": "decoupled"})),
     ] {
         let (got, _) = estimate(&model, mask, &est, &batch, 77);
+        // Pinned old / reference estimates and advantages for the objective.
+        let old = (&got.detach() + Tensor::from_slice2(&[[0.3f32, -0.8, 0.0, 1.2, -0.1, 0.5]; 3])).to_kind(tch::Kind::Float);
+        let reference = (&got.detach() - 0.4).to_kind(tch::Kind::Float);
+        let adv = [1.0f32, -0.5, 0.25];
+        let cmask = [[1i64, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]];
+        let cfg = ObjectiveConfig { epsilon_low: 0.2, epsilon_high: 0.28, beta: 0.04 };
+        let (_, metrics) = grpo_loss(&got, Some(&old), Some(&reference), &Tensor::from_slice(&adv), &Tensor::from_slice2(&cmask), &cfg, None);
         let req = tmp.path().join("est.json");
         let out = tmp.path().join("est-out.json");
         std::fs::write(
             &req,
             json!({"sequences": seqs, "prompt_mask": pmask, "prompt_width": 5, "samples": samples, "seed": 77,
-                   "mask": mask, "estimator": spec})
+                   "mask": mask, "estimator": spec,
+                   "objective": {"advantages": adv, "old": Vec::<Vec<f32>>::try_from(&old).unwrap(),
+                                 "ref": Vec::<Vec<f32>>::try_from(&reference).unwrap(), "completion_mask": cmask,
+                                 "epsilon_low": 0.2, "epsilon_high": 0.28, "beta": 0.04}})
             .to_string(),
         )
         .unwrap();
@@ -82,5 +92,16 @@ fn estimates_match_reference() {
             .fold(0f64, f64::max);
         eprintln!("{est:?}: max |Δ| / max(1, |ref|) = {max:e}");
         assert!(max <= 1e-5, "{est:?}: max relative diff {max}");
+        let o = &v["objective"];
+        for (name, ours, theirs) in [
+            ("loss", metrics.loss, o["loss"].as_f64().unwrap()),
+            ("kl", metrics.kl, o["kl"].as_f64().unwrap()),
+            ("clip_low", metrics.clip_low, o["clip_low"].as_f64().unwrap()),
+            ("clip_high", metrics.clip_high, o["clip_high"].as_f64().unwrap()),
+        ] {
+            let rel = (ours - theirs).abs() / theirs.abs().max(1.0);
+            eprintln!("  {name}: ours {ours:.6} reference {theirs:.6}");
+            assert!(rel <= 1e-5, "{est:?} {name}: {ours} vs {theirs}");
+        }
     }
 }

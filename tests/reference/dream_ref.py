@@ -388,11 +388,35 @@ def estimate(model, req):
     raise ValueError(kind)
 
 
+def grpo(lp, obj):
+    """SPEC 6: clipped ratio objective + k3 KL, token mean over the batch."""
+    adv = torch.tensor(obj["advantages"], dtype=torch.float64)[:, None]
+    old = torch.tensor(obj["old"], dtype=torch.float64) if obj.get("old") is not None else lp
+    c = torch.tensor(obj["completion_mask"], dtype=torch.float64)
+    ratio = torch.exp(lp - old)
+    clipped = torch.clamp(ratio, 1 - obj["epsilon_low"], 1 + obj["epsilon_high"])
+    loss = -torch.minimum(ratio * adv, clipped * adv)
+    n = max(1.0, float(c.sum()))
+    kl_mean = 0.0
+    if obj["beta"] > 0:
+        ref = torch.tensor(obj["ref"], dtype=torch.float64)
+        kl = torch.exp(ref - lp) - (ref - lp) - 1
+        loss = loss + obj["beta"] * kl
+        kl_mean = float((kl * c).sum()) / n
+    low = ((ratio < 1 - obj["epsilon_low"]) & (adv < 0)).double()
+    high = ((ratio > 1 + obj["epsilon_high"]) & (adv > 0)).double()
+    return {"loss": float((loss * c).sum()) / n, "kl": kl_mean, "clip_low": float((low * c).sum()) / n,
+            "clip_high": float((high * c).sum()) / n}
+
+
 def cmd_estimate(model_dir, request, out):
     req = json.load(open(request))
     with torch.no_grad():
         est = estimate(Dream(model_dir), req)
-    json.dump({"estimates": est.tolist()}, open(out, "w"))
+    result = {"estimates": est.tolist()}
+    if req.get("objective"):
+        result["objective"] = grpo(est, req["objective"])
+    json.dump(result, open(out, "w"))
 
 
 def cmd_generate(model_dir, request, out):
