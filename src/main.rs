@@ -22,6 +22,8 @@ enum Command {
     InitModel(commands::init_model::Args),
     /// Sample completions from a model with diffusion decoding.
     Generate(Box<commands::generate::Args>),
+    /// Per-token likelihood estimates (coupled, d1, full_mask, decoupled) of given completions.
+    Logprobs(commands::logprobs::Args),
     /// Prepare AceCoder data (difficulty split).
     #[command(subcommand)]
     Data(commands::data::Command),
@@ -40,6 +42,7 @@ fn main() {
         Some(Command::Generate(args)) => commands::generate::run(*args),
         Some(Command::Sandbox(command)) => commands::sandbox::run(command),
         Some(Command::Data(command)) => commands::data::run(command),
+        Some(Command::Logprobs(args)) => commands::logprobs::run(args),
         Some(Command::Devices) => commands::devices(),
     };
     if let Err(err) = result {

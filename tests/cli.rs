@@ -120,3 +120,113 @@ fn bad_options_are_clear_errors() {
     let out = couplet(&["generate", "--model", "/nonexistent/model", "--prompt", "x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
 }
+
+#[test]
+fn logprobs_estimates_and_pinned_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_model(tmp.path(), false, 0);
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt_ids\": [5, 6, 7], \"completion_ids\": [8, 9, 10, 11]}\n{\"prompt\": \"def f(x):\", \"completion\": \" return x\", \"sample\": 7}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "logprobs",
+            "--model",
+            dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = couplet(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let coupled = run(&["--estimator", "coupled", "--seed", "3"]);
+    assert_eq!(coupled.len(), 2);
+    assert_eq!(coupled[0]["estimates"].as_array().unwrap().len(), 4);
+    assert_eq!(coupled[1]["sample"], 7);
+    assert!(coupled[0]["ratios"][0]
+        .as_f64()
+        .is_some_and(|t| (0.2..0.8).contains(&t)));
+    // Same seed, same estimates; another seed, other masks.
+    assert_eq!(coupled, run(&["--estimator", "coupled", "--seed", "3"]));
+    assert_ne!(
+        coupled[0]["estimates"],
+        run(&["--estimator", "coupled", "--seed", "4"])[0]["estimates"]
+    );
+    // Masks pinned to the full-mask pattern reproduce the full_mask estimator (row 1).
+    let full = run(&["--estimator", "full_mask"]);
+    let masks = tmp.path().join("masks.jsonl");
+    let row1 =
+        serde_json::json!({"masked": [[0, 0, 0, 1, 1, 1, 1]], "weights": [[1.0, 1.0, 1.0, 1.0]]});
+    let k2 = full[1]["completion_ids"].as_array().unwrap().len();
+    let row2_len = coupled[1]["completion_ids"].as_array().unwrap().len();
+    assert_eq!(k2, row2_len);
+    // Row 2: half weights on the full-mask version → half the full-mask estimate.
+    let out = couplet(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "def f(x):",
+        "--steps",
+        "1",
+        "--max-new-tokens",
+        "1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let p2 = v["prompt_ids"].as_array().unwrap().len();
+    let masked2: Vec<i64> = (0..p2 + k2).map(|i| i64::from(i >= p2)).collect();
+    let row2 = serde_json::json!({"masked": [masked2], "weights": [vec![0.5; k2]]});
+    std::fs::write(&masks, format!("{row1}\n{row2}\n")).unwrap();
+    let pinned = run(&["--masks", masks.to_str().unwrap()]);
+    assert_eq!(pinned[0]["estimates"], full[0]["estimates"]);
+    for (a, b) in pinned[1]["estimates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(full[1]["estimates"].as_array().unwrap())
+    {
+        assert!((a.as_f64().unwrap() - 0.5 * b.as_f64().unwrap()).abs() < 1e-5);
+    }
+    // Wrong shapes are clear errors naming the file and line.
+    std::fs::write(
+        &masks,
+        "{\"masked\": [[1]], \"weights\": [[1.0]]}\n{\"masked\": [[1]], \"weights\": [[1.0]]}\n",
+    )
+    .unwrap();
+    let out = couplet(&[
+        "logprobs",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--masks",
+        masks.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("masks.jsonl:1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

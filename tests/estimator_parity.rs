@@ -54,12 +54,29 @@ fn estimates_match_reference() {
     ] {
         let (got, _) = estimate(&model, mask, &est, &batch, 77);
         // Pinned old / reference estimates and advantages for the objective.
-        let old = (&got.detach() + Tensor::from_slice2(&[[0.3f32, -0.8, 0.0, 1.2, -0.1, 0.5]; 3])).to_kind(tch::Kind::Float);
+        let old = (&got.detach() + Tensor::from_slice2(&[[0.3f32, -0.8, 0.0, 1.2, -0.1, 0.5]; 3]))
+            .to_kind(tch::Kind::Float);
         let reference = (&got.detach() - 0.4).to_kind(tch::Kind::Float);
         let adv = [1.0f32, -0.5, 0.25];
-        let cmask = [[1i64, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]];
-        let cfg = ObjectiveConfig { epsilon_low: 0.2, epsilon_high: 0.28, beta: 0.04 };
-        let (_, metrics) = grpo_loss(&got, Some(&old), Some(&reference), &Tensor::from_slice(&adv), &Tensor::from_slice2(&cmask), &cfg, None);
+        let cmask = [
+            [1i64, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 0, 0, 0, 0],
+        ];
+        let cfg = ObjectiveConfig {
+            epsilon_low: 0.2,
+            epsilon_high: 0.28,
+            beta: 0.04,
+        };
+        let (_, metrics) = grpo_loss(
+            &got,
+            Some(&old),
+            Some(&reference),
+            &Tensor::from_slice(&adv),
+            &Tensor::from_slice2(&cmask),
+            &cfg,
+            None,
+        );
         let req = tmp.path().join("est.json");
         let out = tmp.path().join("est-out.json");
         std::fs::write(
@@ -96,8 +113,16 @@ fn estimates_match_reference() {
         for (name, ours, theirs) in [
             ("loss", metrics.loss, o["loss"].as_f64().unwrap()),
             ("kl", metrics.kl, o["kl"].as_f64().unwrap()),
-            ("clip_low", metrics.clip_low, o["clip_low"].as_f64().unwrap()),
-            ("clip_high", metrics.clip_high, o["clip_high"].as_f64().unwrap()),
+            (
+                "clip_low",
+                metrics.clip_low,
+                o["clip_low"].as_f64().unwrap(),
+            ),
+            (
+                "clip_high",
+                metrics.clip_high,
+                o["clip_high"].as_f64().unwrap(),
+            ),
         ] {
             let rel = (ours - theirs).abs() / theirs.abs().max(1.0);
             eprintln!("  {name}: ours {ours:.6} reference {theirs:.6}");

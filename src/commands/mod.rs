@@ -4,6 +4,7 @@ pub mod data;
 pub mod demo;
 pub mod generate;
 pub mod init_model;
+pub mod logprobs;
 pub mod sandbox;
 
 use anyhow::{bail, Result};

@@ -275,20 +275,34 @@ pub fn estimate(
     seed: u64,
 ) -> (Tensor, Versions) {
     let versions = build_versions(estimator, batch, seed);
-    let st = stack(&versions, batch, mask_id, model.device());
+    (
+        estimate_versions(model, mask_id, &versions, batch),
+        versions,
+    )
+}
+
+/// Estimates `[B, K]` for explicitly given versions (e.g. masks pinned by a user).
+pub fn estimate_versions(
+    model: &dyn Denoiser,
+    mask_id: i64,
+    versions: &Versions,
+    batch: &EstimatorBatch,
+) -> Tensor {
+    let st = stack(versions, batch, mask_id, model.device());
     let logits = model.score(&st.inputs, st.attention.as_ref(), &st.select); // [N, V]
+    let l = st.inputs.size()[1];
     let truth = batch
         .sequences
         .to_device(model.device())
         .unsqueeze(0)
-        .expand([st.shape.0, st.shape.1, st.inputs.size()[1]], false)
-        .reshape([-1, st.inputs.size()[1]]);
+        .expand([st.shape.0, st.shape.1, l], false)
+        .reshape([-1, l]);
     let targets = truth.masked_select(&st.select);
     let token_lp = logits
         .log_softmax(-1, Kind::Float)
         .gather(1, &targets.unsqueeze(1), false)
         .squeeze_dim(1); // [N]
-    (st.combine(&token_lp), versions)
+    st.combine(&token_lp)
 }
 
 /// Estimates `[B, K]` through the memory-lean path: differentiable only up to a leaf of

@@ -17,7 +17,9 @@ pub mod optim;
 pub mod reference;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
-pub use estimator::{build_versions, estimate, Estimator, EstimatorBatch, LeanEstimate, Versions};
+pub use estimator::{
+    build_versions, estimate, estimate_versions, Estimator, EstimatorBatch, LeanEstimate, Versions,
+};
 pub use lean::{LeanConfig, LeanPass};
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
 pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, StepReport};
