@@ -10,6 +10,7 @@
 //! (`sandbox`).
 
 pub mod advantages;
+pub mod config;
 pub mod estimator;
 pub mod lean;
 pub mod objective;
@@ -17,6 +18,7 @@ pub mod optim;
 pub mod reference;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
+pub use config::{ConfigError, TrainConfig};
 pub use estimator::{
     build_versions, estimate, estimate_versions, Estimator, EstimatorBatch, LeanEstimate, Versions,
 };
