@@ -609,7 +609,7 @@ impl TrainConfig {
                 "cannot exceed rollout.max_new_tokens",
             ));
         }
-        if !(self.sandbox.timeout_seconds > 0.0) {
+        if self.sandbox.timeout_seconds.is_nan() || self.sandbox.timeout_seconds <= 0.0 {
             return Err(invalid("sandbox.timeout_seconds", "must be positive"));
         }
         if self.sandbox.memory_mb < 32 {
