@@ -16,6 +16,7 @@ pub mod lean;
 pub mod objective;
 pub mod optim;
 pub mod reference;
+pub mod train;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
 pub use config::{ConfigError, TrainConfig};
@@ -26,3 +27,4 @@ pub use lean::{LeanConfig, LeanPass};
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
 pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, StepReport};
 pub use reference::{needs_reference, with_autocast, ReferenceModel};
+pub use train::{latest_checkpoint, StepMetrics, TrainError, Trainer, TrainerState};

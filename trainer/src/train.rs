@@ -1,0 +1,850 @@
+//! The training loop: one GRPO round after another (SPEC sections 4–7, 9).
+//!
+//! A round reads as the algorithm: take the step's prompts → roll out G completions each →
+//! score them in the sandbox → group-relative advantages on the full batch → old (and
+//! reference) estimates per iteration seed, before any update → μ iterations of
+//! micro-batches, one optimizer step each → log → checkpoint.
+//!
+//! Every random draw is keyed by (seed, step, …) — data order, rollouts, masks — so the
+//! run holds no generator state: a checkpoint (weights, AdamW moments, step, the rollout
+//! buffer when saved mid-round) is all that resuming needs, and a resumed run repeats the
+//! uninterrupted one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use couplet_model::{chat_prompt, random, Checkpoint, DreamModel, LoadOptions, SaveOptions};
+use couplet_reward::{load_rows, score_batch, BadRows, RewardConfig, RewardKind, Row};
+use couplet_rollout::{
+    generate_rollout, BlockDecodeConfig, DecoderConfig, DreamAlg, DreamDecodeConfig, Remasking,
+    RolloutConfig, SamplingParams,
+};
+use couplet_sandbox::{Backend, Limits, ProcessBackend, SandboxPool, WasmBackend};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::advantages::compute_advantages;
+use crate::config::TrainConfig;
+use crate::estimator::{estimate, Estimator, EstimatorBatch, LeanEstimate};
+use crate::lean::LeanConfig;
+use crate::objective::{grpo_loss, ObjectiveConfig};
+use crate::optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule};
+use crate::reference::{with_autocast, ReferenceModel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("stopped after {0} consecutive non-finite losses")]
+    NonFinite(u32),
+}
+
+fn setup<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> TrainError + '_ {
+    move |e| TrainError::Setup(format!("{context}: {e}"))
+}
+
+/// Scalars of one optimizer step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub reward: f64,
+    pub reward_std: f64,
+    pub reward_per_function: Vec<(String, f64)>,
+    pub loss: f64,
+    pub kl: f64,
+    pub clip_ratio: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub completion_length: f64,
+    pub zero_std_ratio: f64,
+    pub rollout_seconds: f64,
+    pub reward_seconds: f64,
+    pub update_seconds: f64,
+}
+
+/// What a checkpoint records besides weights and optimizer moments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Iteration of the current round to run next (0 = start a new round).
+    pub next_iteration: usize,
+    pub nonfinite_in_a_row: u32,
+    pub history: Vec<StepMetrics>,
+}
+
+/// The rollout batch of a round, kept until its μ iterations are done.
+struct RoundBuffer {
+    sequences: Tensor,       // [N, P + K]
+    prompt_mask: Tensor,     // [N, P]
+    completion_mask: Tensor, // [N, K]
+    advantages: Tensor,      // [N]
+    /// Per iteration: old-policy estimates [N, K] (μ > 1 only) and reference estimates.
+    old: Vec<Option<Tensor>>,
+    reference: Vec<Option<Tensor>>,
+    metrics: StepMetrics,
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub policy: Checkpoint,
+    reference: Option<ReferenceModel>,
+    optimizer: AdamW,
+    pool: SandboxPool,
+    rows: Vec<Row>,
+    pub state: TrainerState,
+    buffer: Option<RoundBuffer>,
+    total_steps: u64,
+    device: Device,
+}
+
+impl Trainer {
+    /// Loads the policy, data and sandbox for `config`; resumes from `resume` (a
+    /// checkpoint folder) when given.
+    pub fn new(
+        config: TrainConfig,
+        repo_root: &Path,
+        resume: Option<&Path>,
+    ) -> Result<Self, TrainError> {
+        let device = match config.model.device.as_str() {
+            "cpu" => Device::Cpu,
+            "auto" => Device::cuda_if_available(),
+            "cuda" => Device::Cuda(0),
+            other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+                Some(i) => Device::Cuda(i),
+                None => {
+                    return Err(TrainError::Setup(format!(
+                        "model.device: unknown device {other:?}"
+                    )))
+                }
+            },
+        };
+        let source = resume
+            .map(|r| r.join("policy"))
+            .unwrap_or_else(|| config.model.path.clone());
+        let policy = Checkpoint::load(
+            &source,
+            LoadOptions {
+                device,
+                kind: Some(Kind::Float),
+            },
+        )
+        .map_err(|e| TrainError::Setup(format!("loading the policy: {e}")))?;
+        let load = couplet_reward::LoadOptions {
+            prompt_column: config.data.prompt_column.clone(),
+            bad_rows: if config.data.bad_rows == "fatal" {
+                BadRows::Fatal
+            } else {
+                BadRows::Skip
+            },
+            require_inferences: false,
+        };
+        let (rows, _) = load_rows(&config.data.train, &load).map_err(setup("training data"))?;
+        if rows.is_empty() {
+            return Err(TrainError::Setup(format!(
+                "{}: no usable rows",
+                config.data.train.display()
+            )));
+        }
+        let backend: Arc<dyn Backend> = match config.sandbox.backend.as_str() {
+            "process" => Arc::new(
+                ProcessBackend::new(
+                    &config
+                        .sandbox
+                        .python
+                        .clone()
+                        .unwrap_or_else(ProcessBackend::default_python),
+                )
+                .map_err(setup("sandbox"))?,
+            ),
+            _ => Arc::new(WasmBackend::from_repo(repo_root).map_err(setup("sandbox"))?),
+        };
+        let pool =
+            SandboxPool::new(backend, config.sandbox.workers).map_err(setup("sandbox pool"))?;
+        let o = &config.optimizer;
+        let params: Vec<(String, Tensor)> =
+            policy.model.var_store().variables().into_iter().collect();
+        let mut optimizer = AdamW::new(
+            params,
+            AdamWConfig {
+                lr: o.lr,
+                beta1: o.beta1,
+                beta2: o.beta2,
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+                decay_norms_and_biases: o.decay_norms_and_biases,
+                max_grad_norm: o.max_grad_norm,
+            },
+        );
+        let per_epoch = (rows.len() / config.rollout.prompts_per_step).max(1) as u64
+            * config.objective.num_iterations as u64;
+        let total_steps = config
+            .schedule
+            .max_steps
+            .unwrap_or(per_epoch * config.schedule.epochs as u64);
+        // The reference starts as the *base* model, also when resuming (a synced one is
+        // restored from the checkpoint below).
+        let reference = if config.objective.beta > 0.0 {
+            let sync = config
+                .objective
+                .sync_ref_model
+                .then_some(config.objective.ref_model_sync_steps);
+            let base = if resume.is_some() {
+                Some(
+                    couplet_model::load_model(
+                        &config.model.path,
+                        LoadOptions {
+                            device,
+                            kind: Some(Kind::Float),
+                        },
+                    )
+                    .map_err(setup("loading the reference (base) model"))?,
+                )
+            } else {
+                None
+            };
+            let from = base.as_ref().unwrap_or(&policy.model);
+            Some(ReferenceModel::from_policy(
+                from,
+                device,
+                Kind::Float,
+                sync,
+                config.objective.ref_model_mixup_alpha,
+            ))
+        } else {
+            None
+        };
+        let mut trainer = Trainer {
+            config,
+            policy,
+            reference,
+            optimizer: AdamW::new(Vec::new(), AdamWConfig::default()),
+            pool,
+            rows,
+            state: TrainerState::default(),
+            buffer: None,
+            total_steps,
+            device,
+        };
+        if let Some(dir) = resume {
+            trainer.restore(dir, &mut optimizer)?;
+        }
+        trainer.optimizer = optimizer;
+        Ok(trainer)
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+
+    /// Prompt indices of round `round` (global prompt counter → epoch permutation).
+    fn round_rows(&self, round: u64) -> Vec<usize> {
+        let n = self.rows.len() as u64;
+        let pps = self.config.rollout.prompts_per_step as u64;
+        (round * pps..(round + 1) * pps)
+            .map(|g| {
+                let (epoch, pos) = (g / n, g % n);
+                permutation(n as usize, self.config.seed ^ (epoch.wrapping_mul(0x9E37)))
+                    [pos as usize]
+            })
+            .collect()
+    }
+
+    fn estimator(&self) -> Estimator {
+        let e = &self.config.estimator;
+        match e.kind.as_str() {
+            "d1" => Estimator::D1 {
+                p_mask_prompt: e.p_mask_prompt,
+            },
+            "full_mask" => Estimator::FullMask,
+            "decoupled" => Estimator::Decoupled,
+            _ => Estimator::Coupled {
+                pairs: e.pairs,
+                include_full_mask: e.include_full_mask,
+            },
+        }
+    }
+
+    fn mask_seed(&self, round: u64, iteration: usize) -> u64 {
+        if self.config.estimator.random_masking {
+            random::bits(self.config.seed, 0x500 + iteration as u64, round)
+        } else {
+            42
+        }
+    }
+
+    fn decoder(&self) -> DecoderConfig {
+        let r = &self.config.rollout;
+        if r.decoder == "block" {
+            DecoderConfig::Block(BlockDecodeConfig {
+                steps: r.steps,
+                max_new_tokens: r.max_new_tokens,
+                block_length: r.block_length.unwrap_or(r.max_new_tokens),
+                temperature: r.temperature,
+                remasking: if r.remasking == "random" {
+                    Remasking::Random
+                } else {
+                    Remasking::LowConfidence
+                },
+            })
+        } else {
+            DecoderConfig::Dream(DreamDecodeConfig {
+                steps: r.steps,
+                max_new_tokens: r.max_new_tokens,
+                alg: DreamAlg::parse(&r.alg).unwrap_or(DreamAlg::Entropy),
+                alg_temp: r.alg_temp,
+                sampling: SamplingParams {
+                    temperature: r.temperature,
+                    top_p: r.top_p,
+                    top_k: r.top_k,
+                },
+                eps: 1e-3,
+            })
+        }
+    }
+
+    /// Samples, scores and prepares round `round`.
+    fn start_round(&mut self, round: u64) -> Result<RoundBuffer, TrainError> {
+        let cfg = &self.config;
+        let rows = self.round_rows(round);
+        let prompts: Vec<String> = rows
+            .iter()
+            .map(|&i| chat_prompt(&cfg.data.system_prompt, &self.rows[i].question))
+            .collect();
+        let rollout_cfg = RolloutConfig {
+            decoder: self.decoder(),
+            group_size: cfg.rollout.num_generations,
+            generation_batch_size: cfg.rollout.generation_batch_size,
+            max_prompt_length: Some(cfg.data.max_prompt_length),
+            end_tokens: None,
+            progress: false,
+        };
+        let g = cfg.rollout.num_generations;
+        let first_sample = round * self.config.completions_per_step() as u64;
+        let started = Instant::now();
+        let rollout = with_autocast(self.device, cfg.model.dtype == "bf16", || {
+            generate_rollout(
+                &self.policy.model,
+                &self.policy.tokenizer,
+                &prompts,
+                &rollout_cfg,
+                random::bits(cfg.seed, 0x400, round),
+                first_sample,
+            )
+        })
+        .map_err(setup("rollout"))?;
+        let rollout_seconds = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let tests: Vec<Vec<String>> = rollout
+            .prompt_index
+            .iter()
+            .map(|&p| self.rows[rows[p]].test_cases.clone())
+            .collect();
+        let functions: Vec<(RewardKind, f64)> = cfg
+            .reward
+            .functions
+            .iter()
+            .map(|f| {
+                let kind = match f.name.as_str() {
+                    "binary_code" => RewardKind::BinaryCode,
+                    "code_format" => RewardKind::CodeFormat,
+                    "soft_overlong" => RewardKind::SoftOverlong,
+                    _ => RewardKind::Code,
+                };
+                (kind, f.weight)
+            })
+            .collect();
+        let reward_cfg = RewardConfig {
+            functions,
+            max_completion_tokens: cfg.rollout.max_new_tokens as usize,
+            overlong_buffer: cfg.reward.overlong_buffer,
+        };
+        let limits = Limits {
+            per_test: Duration::from_secs_f64(cfg.sandbox.timeout_seconds),
+            memory_bytes: cfg.sandbox.memory_mb << 20,
+            ..Limits::default()
+        };
+        let rewards = score_batch(
+            &rollout.texts,
+            &rollout.completion_lengths,
+            &tests,
+            &reward_cfg,
+            &self.pool,
+            limits,
+        );
+        let reward_seconds = started.elapsed().as_secs_f64();
+
+        let adv = compute_advantages(
+            &rewards.total,
+            g,
+            cfg.objective.baseline,
+            cfg.objective.scale_rewards,
+        )
+        .map_err(setup("advantages"))?;
+        let n = rewards.total.len() as f64;
+        let mean = rewards.total.iter().sum::<f64>() / n;
+        let std = (rewards
+            .total
+            .iter()
+            .map(|r| (r - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        let metrics = StepMetrics {
+            reward: mean,
+            reward_std: std,
+            reward_per_function: rewards.means.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            completion_length: rollout.completion_lengths.iter().sum::<usize>() as f64 / n,
+            zero_std_ratio: adv.zero_std_ratio,
+            rollout_seconds,
+            reward_seconds,
+            ..StepMetrics::default()
+        };
+        let sequences = rollout.sequences();
+        let mut buffer = RoundBuffer {
+            sequences,
+            prompt_mask: rollout.prompt_mask.shallow_clone(),
+            completion_mask: rollout.completion_mask.shallow_clone(),
+            advantages: Tensor::from_slice(&adv.values)
+                .to_kind(Kind::Float)
+                .to_device(self.device),
+            old: Vec::new(),
+            reference: Vec::new(),
+            metrics,
+        };
+        // Old and reference estimates for every iteration, before any update.
+        let mu = cfg.objective.num_iterations;
+        for it in 0..mu {
+            let seed = self.mask_seed(round, it);
+            buffer.old.push(if mu > 1 {
+                Some(self.score_all(&self.policy.model, &buffer, round, seed))
+            } else {
+                None
+            });
+            buffer.reference.push(
+                self.reference
+                    .as_ref()
+                    .map(|r| self.score_all(&r.model, &buffer, round, seed)),
+            );
+        }
+        Ok(buffer)
+    }
+
+    /// No-grad estimates `[N, K]` of the whole buffer under `model`.
+    fn score_all(&self, model: &DreamModel, buffer: &RoundBuffer, round: u64, seed: u64) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let n = buffer.sequences.size()[0];
+        let mb = self.config.schedule.micro_batch_size as i64;
+        let p = buffer.prompt_mask.size()[1];
+        let first = round * self.config.completions_per_step() as u64;
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let len = mb.min(n - start);
+            let samples: Vec<u64> = (start..start + len).map(|i| first + i as u64).collect();
+            let seqs = buffer.sequences.narrow(0, start, len);
+            let pm = buffer.prompt_mask.narrow(0, start, len);
+            let batch = EstimatorBatch {
+                sequences: &seqs,
+                prompt_mask: &pm,
+                prompt_width: p,
+                samples: &samples,
+            };
+            parts.push(
+                estimate(
+                    model,
+                    self.policy.tokenizer.special().mask,
+                    &self.estimator(),
+                    &batch,
+                    seed,
+                )
+                .0,
+            );
+            start += len;
+        }
+        Tensor::cat(&parts, 0)
+    }
+
+    /// One optimizer step: the next iteration of the current round (sampling a new round
+    /// first when none is buffered).
+    pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
+        let mu = self.config.objective.num_iterations;
+        let round = self.state.step / mu as u64;
+        if self.buffer.is_none() {
+            let buffer = self.start_round(round)?;
+            self.buffer = Some(buffer);
+            self.state.next_iteration = 0;
+        }
+        let iteration = self.state.next_iteration;
+        let started = Instant::now();
+        let buffer = self.buffer.as_ref().expect("buffered above");
+        let seed = self.mask_seed(round, iteration);
+        let n = buffer.sequences.size()[0];
+        let mb = self.config.schedule.micro_batch_size as i64;
+        let p = buffer.prompt_mask.size()[1];
+        let first = round * self.config.completions_per_step() as u64;
+        let tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
+        let o = &self.config.objective;
+        let objective = ObjectiveConfig {
+            epsilon_low: o.epsilon_low,
+            epsilon_high: o.epsilon_high,
+            beta: o.beta,
+        };
+        let lean = LeanConfig {
+            chunk_rows: self.config.estimator.logits_chunk_rows,
+            checkpoint: self.config.model.gradient_checkpointing,
+        };
+        let estimator = self.estimator();
+        let mask_id = self.policy.tokenizer.special().mask;
+        let (mut loss_sum, mut kl_sum, mut clip_sum) = (0.0, 0.0, 0.0);
+        let mut start = 0;
+        while start < n {
+            let len = mb.min(n - start);
+            let samples: Vec<u64> = (start..start + len).map(|i| first + i as u64).collect();
+            let seqs = buffer.sequences.narrow(0, start, len);
+            let pm = buffer.prompt_mask.narrow(0, start, len);
+            let batch = EstimatorBatch {
+                sequences: &seqs,
+                prompt_mask: &pm,
+                prompt_width: p,
+                samples: &samples,
+            };
+            let old = buffer.old[iteration]
+                .as_ref()
+                .map(|t| t.narrow(0, start, len));
+            let reference = buffer.reference[iteration]
+                .as_ref()
+                .map(|t| t.narrow(0, start, len));
+            let cm = buffer.completion_mask.narrow(0, start, len);
+            let (loss_value, metrics) =
+                with_autocast(self.device, self.config.model.dtype == "bf16", || {
+                    let le = LeanEstimate::new(
+                        &self.policy.model,
+                        mask_id,
+                        &estimator,
+                        &batch,
+                        seed,
+                        lean,
+                    );
+                    let (loss, metrics) = grpo_loss(
+                        &le.estimate,
+                        old.as_ref(),
+                        reference.as_ref(),
+                        &buffer.advantages.narrow(0, start, len),
+                        &cm,
+                        &objective,
+                        Some(tokens),
+                    );
+                    loss.backward();
+                    le.backward();
+                    (loss.double_value(&[]), metrics)
+                });
+            let weight = metrics.tokens / tokens.max(1.0);
+            loss_sum += loss_value;
+            kl_sum += metrics.kl * weight;
+            clip_sum += metrics.clip_region * weight;
+            start += len;
+        }
+        let s = &self.config.schedule;
+        let schedule = match s.kind.as_str() {
+            "constant" => Schedule::Constant,
+            "linear" => Schedule::Linear,
+            "cosine" => Schedule::Cosine,
+            _ => Schedule::CosineWithMinLr {
+                min_lr_rate: s.min_lr_rate,
+            },
+        };
+        let warmup = s
+            .warmup_steps
+            .unwrap_or_else(|| warmup_steps(self.total_steps, s.warmup_ratio));
+        let lr = self.config.optimizer.lr
+            * lr_factor(schedule, self.state.step, self.total_steps, warmup);
+        let mut metrics = buffer.metrics.clone();
+        if !loss_sum.is_finite() {
+            self.optimizer.zero_grad();
+            self.state.nonfinite_in_a_row += 1;
+            if self.state.nonfinite_in_a_row >= 3 {
+                return Err(TrainError::NonFinite(self.state.nonfinite_in_a_row));
+            }
+        } else {
+            self.state.nonfinite_in_a_row = 0;
+            let report = self.optimizer.step(lr);
+            metrics.grad_norm = report.grad_norm;
+        }
+        self.state.step += 1;
+        if let Some(reference) = self.reference.as_mut() {
+            reference.maybe_sync(&self.policy.model, self.state.step);
+        }
+        metrics.step = self.state.step;
+        metrics.loss = loss_sum;
+        metrics.kl = kl_sum;
+        metrics.clip_ratio = clip_sum;
+        metrics.lr = lr;
+        metrics.update_seconds = started.elapsed().as_secs_f64();
+        self.state.next_iteration = iteration + 1;
+        if self.state.next_iteration >= self.config.objective.num_iterations {
+            self.buffer = None;
+            self.state.next_iteration = 0;
+        }
+        self.state.history.push(metrics.clone());
+        Ok(metrics)
+    }
+
+    /// Writes `run_dir/checkpoint-<step>` atomically (temp dir, fsync, rename), updates
+    /// `latest`, and prunes beyond `save_total_limit` (never the newest).
+    pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        let run = &self.config.checkpointing.run_dir;
+        let final_dir = run.join(format!("checkpoint-{}", self.state.step));
+        let tmp = run.join(format!(
+            ".tmp-checkpoint-{}-{}",
+            self.state.step,
+            std::process::id()
+        ));
+        let err = |path: &Path, message: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e.to_string()))?;
+        let result = (|| -> Result<(), TrainError> {
+            couplet_model::save_model(
+                &self.policy.model,
+                &tmp.join("policy"),
+                &SaveOptions {
+                    assets_from: Some(self.policy.dir.clone()),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| err(&tmp, e.to_string()))?;
+            let mut moments: Vec<(String, Tensor)> = Vec::new();
+            for p in &self.optimizer.params {
+                moments.push((
+                    format!("exp_avg/{}", p.name),
+                    p.exp_avg.to_device(Device::Cpu),
+                ));
+                moments.push((
+                    format!("exp_avg_sq/{}", p.name),
+                    p.exp_avg_sq.to_device(Device::Cpu),
+                ));
+            }
+            Tensor::write_safetensors(&moments, tmp.join("optimizer.safetensors"))
+                .map_err(|e| err(&tmp, e.to_string()))?;
+            if let Some(buffer) = &self.buffer {
+                let mut tensors = vec![
+                    (
+                        "sequences".to_string(),
+                        buffer.sequences.to_device(Device::Cpu),
+                    ),
+                    (
+                        "prompt_mask".to_string(),
+                        buffer.prompt_mask.to_device(Device::Cpu),
+                    ),
+                    (
+                        "completion_mask".to_string(),
+                        buffer.completion_mask.to_device(Device::Cpu),
+                    ),
+                    (
+                        "advantages".to_string(),
+                        buffer.advantages.to_device(Device::Cpu),
+                    ),
+                ];
+                for (i, t) in buffer.old.iter().enumerate() {
+                    if let Some(t) = t {
+                        tensors.push((format!("old/{i}"), t.to_device(Device::Cpu)));
+                    }
+                }
+                for (i, t) in buffer.reference.iter().enumerate() {
+                    if let Some(t) = t {
+                        tensors.push((format!("reference/{i}"), t.to_device(Device::Cpu)));
+                    }
+                }
+                Tensor::write_safetensors(&tensors, tmp.join("round_buffer.safetensors"))
+                    .map_err(|e| err(&tmp, e.to_string()))?;
+                let metrics = serde_json::to_string(&buffer.metrics).unwrap_or_default();
+                std::fs::write(tmp.join("round_metrics.json"), metrics)
+                    .map_err(|e| err(&tmp, e.to_string()))?;
+            }
+            if let Some(reference) = &self.reference {
+                if reference.syncs > 0 {
+                    couplet_model::save_model(
+                        &reference.model,
+                        &tmp.join("reference"),
+                        &SaveOptions::default(),
+                    )
+                    .map_err(|e| err(&tmp, e.to_string()))?;
+                }
+            }
+            let state = serde_json::json!({
+                "optimizer_step": self.optimizer.step,
+                "trainer": self.state,
+                "config": self.config.to_toml(),
+            });
+            std::fs::write(
+                tmp.join("trainer_state.json"),
+                serde_json::to_string_pretty(&state).unwrap_or_default(),
+            )
+            .map_err(|e| err(&tmp, e.to_string()))?;
+            std::fs::write(tmp.join("COMPLETE"), b"ok").map_err(|e| err(&tmp, e.to_string()))?;
+            if let Ok(dir) = std::fs::File::open(&tmp) {
+                let _ = dir.sync_all();
+            }
+            let _ = std::fs::remove_dir_all(&final_dir);
+            std::fs::rename(&tmp, &final_dir).map_err(|e| err(&final_dir, e.to_string()))
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        std::fs::write(
+            run.join("latest"),
+            format!("checkpoint-{}\n", self.state.step),
+        )
+        .map_err(|e| err(run, e.to_string()))?;
+        self.prune();
+        Ok(final_dir)
+    }
+
+    fn prune(&self) {
+        let mut steps = complete_checkpoints(&self.config.checkpointing.run_dir);
+        steps.sort();
+        let keep = self.config.checkpointing.save_total_limit.max(1);
+        while steps.len() > keep {
+            let step = steps.remove(0);
+            let _ = std::fs::remove_dir_all(
+                self.config
+                    .checkpointing
+                    .run_dir
+                    .join(format!("checkpoint-{step}")),
+            );
+        }
+    }
+
+    fn restore(&mut self, dir: &Path, optimizer: &mut AdamW) -> Result<(), TrainError> {
+        let err = |message: String| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            message,
+        };
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("trainer_state.json"))
+                .map_err(|e| err(e.to_string()))?,
+        )
+        .map_err(|e| err(format!("trainer_state.json: {e}")))?;
+        self.state = serde_json::from_value(state["trainer"].clone())
+            .map_err(|e| err(format!("trainer_state.json: {e}")))?;
+        optimizer.step = state["optimizer_step"].as_u64().unwrap_or(0);
+        let moments = Tensor::read_safetensors(dir.join("optimizer.safetensors"))
+            .map_err(|e| err(e.to_string()))?;
+        let moments: std::collections::HashMap<String, Tensor> = moments.into_iter().collect();
+        for p in &mut optimizer.params {
+            let (a, b) = (
+                moments.get(&format!("exp_avg/{}", p.name)),
+                moments.get(&format!("exp_avg_sq/{}", p.name)),
+            );
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    p.exp_avg = a.to_device(self.device);
+                    p.exp_avg_sq = b.to_device(self.device);
+                }
+                _ => {
+                    return Err(err(format!(
+                        "optimizer.safetensors has no moments for {}",
+                        p.name
+                    )))
+                }
+            }
+        }
+        if dir.join("round_buffer.safetensors").exists() {
+            let t: std::collections::HashMap<String, Tensor> =
+                Tensor::read_safetensors(dir.join("round_buffer.safetensors"))
+                    .map_err(|e| err(e.to_string()))?
+                    .into_iter()
+                    .collect();
+            let get = |k: &str| {
+                t.get(k)
+                    .map(|x| x.to_device(self.device))
+                    .ok_or_else(|| err(format!("round buffer lacks {k}")))
+            };
+            let mu = self.config.objective.num_iterations;
+            let metrics = std::fs::read_to_string(dir.join("round_metrics.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
+            self.buffer = Some(RoundBuffer {
+                sequences: get("sequences")?,
+                prompt_mask: get("prompt_mask")?,
+                completion_mask: get("completion_mask")?,
+                advantages: get("advantages")?,
+                old: (0..mu)
+                    .map(|i| t.get(&format!("old/{i}")).map(|x| x.to_device(self.device)))
+                    .collect(),
+                reference: (0..mu)
+                    .map(|i| {
+                        t.get(&format!("reference/{i}"))
+                            .map(|x| x.to_device(self.device))
+                    })
+                    .collect(),
+                metrics,
+            });
+        }
+        if let Some(reference) = self.reference.as_mut() {
+            if dir.join("reference").exists() {
+                couplet_model::checkpoint::load_weights_into(
+                    &reference.model,
+                    &dir.join("reference"),
+                )
+                .map_err(|e| err(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Steps of the complete checkpoints in `run_dir` (half-written ones lack `COMPLETE`).
+pub fn complete_checkpoints(run_dir: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("checkpoint-")?.parse::<u64>().ok()?;
+            e.path().join("COMPLETE").exists().then_some(step)
+        })
+        .collect()
+}
+
+/// The newest complete checkpoint of a run directory, warning about incomplete ones.
+pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    if let Ok(entries) = std::fs::read_dir(run_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if (name.starts_with("checkpoint-") && !e.path().join("COMPLETE").exists())
+                || name.starts_with(".tmp-checkpoint-")
+            {
+                eprintln!(
+                    "warning: ignoring incomplete checkpoint {}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    complete_checkpoints(run_dir)
+        .into_iter()
+        .max()
+        .map(|s| run_dir.join(format!("checkpoint-{s}")))
+}
+
+/// A permutation of `0..n` from `seed` (Fisher–Yates on the counter RNG).
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (random::bits(seed, 0x600, i as u64) % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
