@@ -22,6 +22,8 @@ enum Command {
     InitModel(commands::init_model::Args),
     /// Sample completions from a model with diffusion decoding.
     Generate(Box<commands::generate::Args>),
+    /// Run or resume a coupled-GRPO training job.
+    Train(commands::train::Args),
     /// Per-token likelihood estimates (coupled, d1, full_mask, decoupled) of given completions.
     Logprobs(commands::logprobs::Args),
     /// Prepare AceCoder data (difficulty split).
@@ -43,6 +45,7 @@ fn main() {
         Some(Command::Sandbox(command)) => commands::sandbox::run(command),
         Some(Command::Data(command)) => commands::data::run(command),
         Some(Command::Logprobs(args)) => commands::logprobs::run(args),
+        Some(Command::Train(args)) => commands::train::run(args),
         Some(Command::Devices) => commands::devices(),
     };
     if let Err(err) = result {

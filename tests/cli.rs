@@ -230,3 +230,83 @@ fn logprobs_estimates_and_pinned_masks() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn train_then_resume_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(tmp.path(), false, 0);
+    let run = tmp.path().join("run");
+    let base = |steps: &str| {
+        vec![
+            "train".to_string(),
+            "--config".into(),
+            "configs/tiny_cpu.toml".into(),
+            "--set".into(),
+            format!("model.path=\"{}\"", model.display()),
+            "--set".into(),
+            format!("checkpointing.run_dir=\"{}\"", run.display()),
+            "--set".into(),
+            format!("schedule.max_steps={steps}"),
+            "--set".into(),
+            "checkpointing.save_every=1".into(),
+            "--set".into(),
+            "rollout.max_new_tokens=16".into(),
+            "--set".into(),
+            "rollout.steps=8".into(),
+        ]
+    };
+    let args = base("1");
+    let out = couplet(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("step     1"));
+    assert!(run.join("checkpoint-1/policy/model.safetensors").exists());
+    assert!(run.join("config.toml").exists() && run.join("metrics.jsonl").exists());
+    let mut args = base("2");
+    args.extend(["--resume".into(), run.display().to_string()]);
+    let out = couplet(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at step 1"));
+    // The checkpoint's policy is a model folder `generate` loads directly.
+    let policy = run.join("checkpoint-2/policy");
+    let out = couplet(&[
+        "generate",
+        "--model",
+        policy.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Config errors name the key; unknown keys are rejected.
+    let out = couplet(&[
+        "train",
+        "--config",
+        "configs/tiny_cpu.toml",
+        "--set",
+        "optimizer.lr=-1",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("optimizer.lr"));
+    let out = couplet(&[
+        "train",
+        "--config",
+        "configs/tiny_cpu.toml",
+        "--set",
+        "rollout.temprature=1",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("temprature"));
+}

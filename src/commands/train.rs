@@ -1,0 +1,93 @@
+//! `couplet train`: run (or resume) a coupled-GRPO job from a TOML config.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use couplet_trainer::{latest_checkpoint, TrainConfig, Trainer};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML config (see configs/README.md).
+    #[arg(long, default_value = "configs/tiny_cpu.toml")]
+    config: PathBuf,
+    /// Override a key: --set rollout.temperature=1.2 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Resume from a run directory's newest complete checkpoint (or a checkpoint folder).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = TrainConfig::load(&args.config, &args.overrides)?;
+    let run_dir = config.checkpointing.run_dir.clone();
+    let resume = match &args.resume {
+        None => None,
+        Some(path) if path.join("trainer_state.json").exists() => Some(path.clone()),
+        Some(path) => {
+            let dir = if path.as_os_str() == "latest" {
+                run_dir.clone()
+            } else {
+                path.clone()
+            };
+            match latest_checkpoint(&dir) {
+                Some(c) => Some(c),
+                None => bail!(
+                    "--resume {}: no complete checkpoint in {}",
+                    path.display(),
+                    dir.display()
+                ),
+            }
+        }
+    };
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    std::fs::write(run_dir.join("config.toml"), config.to_toml())
+        .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
+    let repo = std::env::current_dir()?;
+    let mut trainer = Trainer::new(config.clone(), &repo, resume.as_deref())?;
+    if let Some(r) = &resume {
+        eprintln!(
+            "resumed from {} at step {}",
+            r.display(),
+            trainer.state.step
+        );
+    }
+    let total = trainer.total_steps();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "train {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(trainer.state.step);
+    let mut metrics_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join("metrics.jsonl"))
+        .with_context(|| format!("opening {}/metrics.jsonl", run_dir.display()))?;
+    while trainer.state.step < total {
+        let m = trainer.step()?;
+        writeln!(metrics_log, "{}", serde_json::to_string(&m)?)?;
+        bar.set_position(m.step);
+        bar.set_message(format!("reward {:.3} kl {:.4}", m.reward, m.kl));
+        if m.step % config.logging.log_every == 0 {
+            bar.suspend(|| eprintln!(
+                "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5}  clip {:.3}  |g| {:.4}  lr {:.2e}  len {:.1}  rollout {:.1}s reward {:.1}s update {:.1}s",
+                m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.rollout_seconds, m.reward_seconds, m.update_seconds
+            ));
+        }
+        if m.step % config.checkpointing.save_every == 0 || m.step == total {
+            let dir = trainer.save_checkpoint()?;
+            bar.suspend(|| eprintln!("saved {}", dir.display()));
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "done: {} steps; checkpoints in {}",
+        trainer.state.step,
+        run_dir.display()
+    );
+    Ok(())
+}
