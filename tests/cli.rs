@@ -264,7 +264,28 @@ fn train_then_resume_from_the_command_line() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("step     1"));
     assert!(run.join("checkpoint-1/policy/model.safetensors").exists());
-    assert!(run.join("config.toml").exists() && run.join("metrics.jsonl").exists());
+    assert!(
+        run.join("config.toml").exists()
+            && run.join("metrics.jsonl").exists()
+            && run.join("completions.jsonl").exists()
+    );
+    let scalars = common::read_tensorboard_scalars(&run.join("tensorboard"));
+    for tag in [
+        "reward/total",
+        "train/loss",
+        "train/kl",
+        "train/grad_norm",
+        "train/lr",
+        "arness/local@1",
+        "arness/global@4",
+        "sandbox/tests_per_second",
+        "time/rollout",
+    ] {
+        assert!(
+            scalars.iter().any(|(t, step, _)| t == tag && *step == 1),
+            "no {tag} at step 1 in {scalars:?}"
+        );
+    }
     let mut args = base("2");
     args.extend(["--resume".into(), run.display().to_string()]);
     let out = couplet(&args.iter().map(String::as_str).collect::<Vec<_>>());

@@ -1,10 +1,9 @@
 //! `couplet train`: run (or resume) a coupled-GRPO job from a TOML config.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_trainer::{latest_checkpoint, TrainConfig, Trainer};
+use couplet_trainer::{latest_checkpoint, RunLog, TrainConfig, Trainer};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -62,14 +61,15 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(trainer.state.step);
-    let mut metrics_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-        .with_context(|| format!("opening {}/metrics.jsonl", run_dir.display()))?;
+    let mut log = RunLog::open(&run_dir, config.logging.tensorboard)
+        .with_context(|| format!("opening the logs in {}", run_dir.display()))?;
     while trainer.state.step < total {
         let m = trainer.step()?;
-        writeln!(metrics_log, "{}", serde_json::to_string(&m)?)?;
+        log.step(&m)?;
+        let every = config.logging.completions_every;
+        if every > 0 && (m.step % every == 0 || m.step == 1) {
+            log.completions(&trainer.last_samples)?;
+        }
         bar.set_position(m.step);
         bar.set_message(format!("reward {:.3} kl {:.4}", m.reward, m.kl));
         if m.step % config.logging.log_every == 0 {

@@ -67,3 +67,85 @@ pub fn read_f32(path: &Path) -> Vec<f32> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
+
+/// Scalars `(tag, step, value)` of the TensorBoard event files in `dir`: a reader of the
+/// TFRecord framing and of the few protobuf fields involved (Event.step = 2, Event.summary
+/// = 5, Summary.value = 1, Value.tag = 1, Value.simple_value = 2), written here so the test
+/// does not trust the writer's own code.
+pub fn read_tensorboard_scalars(dir: &Path) -> Vec<(String, i64, f32)> {
+    fn varint(buf: &[u8], pos: &mut usize) -> u64 {
+        let mut out = 0u64;
+        let mut shift = 0;
+        while *pos < buf.len() {
+            let b = buf[*pos];
+            *pos += 1;
+            out |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        out
+    }
+    /// (field, wire type, payload) of each field of a message.
+    fn fields(buf: &[u8]) -> Vec<(u64, u64, Vec<u8>)> {
+        let mut pos = 0;
+        let mut out = Vec::new();
+        while pos < buf.len() {
+            let key = varint(buf, &mut pos);
+            let (field, wire) = (key >> 3, key & 7);
+            let payload = match wire {
+                0 => varint(buf, &mut pos).to_le_bytes().to_vec(),
+                1 => {
+                    pos += 8;
+                    buf[pos - 8..pos].to_vec()
+                }
+                2 => {
+                    let len = varint(buf, &mut pos) as usize;
+                    pos += len;
+                    buf[pos - len..pos].to_vec()
+                }
+                5 => {
+                    pos += 4;
+                    buf[pos - 4..pos].to_vec()
+                }
+                _ => break,
+            };
+            out.push((field, wire, payload));
+        }
+        out
+    }
+    let mut scalars = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        let mut pos = 0;
+        while pos + 12 <= data.len() {
+            let len = u64::from_le_bytes(data[pos..pos + 8].try_into().unwrap()) as usize;
+            let record = &data[pos + 12..pos + 12 + len];
+            pos += 12 + len + 4;
+            let event = fields(record);
+            let step = event
+                .iter()
+                .find(|f| f.0 == 2)
+                .map(|f| i64::from_le_bytes(f.2[..8].try_into().unwrap()))
+                .unwrap_or(0);
+            for (_, _, summary) in event.iter().filter(|f| f.0 == 5) {
+                for (_, _, value) in fields(summary).iter().filter(|f| f.0 == 1) {
+                    let v = fields(value);
+                    let tag = v
+                        .iter()
+                        .find(|f| f.0 == 1)
+                        .map(|f| String::from_utf8_lossy(&f.2).into_owned());
+                    let simple = v
+                        .iter()
+                        .find(|f| f.0 == 2 && f.1 == 5)
+                        .map(|f| f32::from_le_bytes(f.2[..4].try_into().unwrap()));
+                    if let (Some(tag), Some(x)) = (tag, simple) {
+                        scalars.push((tag, step, x));
+                    }
+                }
+            }
+        }
+    }
+    scalars
+}

@@ -13,6 +13,7 @@ pub mod advantages;
 pub mod config;
 pub mod estimator;
 pub mod lean;
+pub mod logging;
 pub mod objective;
 pub mod optim;
 pub mod reference;
@@ -24,7 +25,10 @@ pub use estimator::{
     build_versions, estimate, estimate_versions, Estimator, EstimatorBatch, LeanEstimate, Versions,
 };
 pub use lean::{LeanConfig, LeanPass};
+pub use logging::RunLog;
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
 pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, StepReport};
 pub use reference::{needs_reference, with_autocast, ReferenceModel};
-pub use train::{latest_checkpoint, StepMetrics, TrainError, Trainer, TrainerState};
+pub use train::{
+    latest_checkpoint, CompletionSample, StepMetrics, TrainError, Trainer, TrainerState,
+};

@@ -60,9 +60,31 @@ pub struct StepMetrics {
     pub lr: f64,
     pub completion_length: f64,
     pub zero_std_ratio: f64,
+    pub completion_min: f64,
+    pub completion_max: f64,
+    /// Share of completions that hit max_new_tokens without an end token.
+    pub clipped_ratio: f64,
+    pub advantage_mean_abs: f64,
+    /// Local AR-ness@1..9 and global AR-ness@1..4 of the round's decode orders.
+    pub arness_local: Vec<f64>,
+    pub arness_global: Vec<f64>,
+    pub rollout_tokens_per_second: f64,
+    pub sandbox_tests_per_second: f64,
+    pub sandbox_timeouts: usize,
+    pub sandbox_failures: usize,
     pub rollout_seconds: f64,
     pub reward_seconds: f64,
     pub update_seconds: f64,
+}
+
+/// One sampled completion with its rewards, for `completions.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionSample {
+    pub step: u64,
+    pub prompt: String,
+    pub completion: String,
+    pub rewards: Vec<(String, f64)>,
+    pub total: f64,
 }
 
 /// What a checkpoint records besides weights and optimizer moments.
@@ -99,6 +121,8 @@ pub struct Trainer {
     buffer: Option<RoundBuffer>,
     total_steps: u64,
     device: Device,
+    /// Completions of the last sampled round (for `completions.jsonl`).
+    pub last_samples: Vec<CompletionSample>,
 }
 
 impl Trainer {
@@ -228,6 +252,7 @@ impl Trainer {
             buffer: None,
             total_steps,
             device,
+            last_samples: Vec::new(),
         };
         if let Some(dir) = resume {
             trainer.restore(dir, &mut optimizer)?;
@@ -394,7 +419,36 @@ impl Trainer {
             .sum::<f64>()
             / n)
             .sqrt();
+        let lengths: Vec<f64> = rollout
+            .completion_lengths
+            .iter()
+            .map(|&l| l as f64)
+            .collect();
+        let arness = rollout.mean_arness();
+        self.last_samples = (0..rollout.len())
+            .map(|i| CompletionSample {
+                step: self.state.step + 1,
+                prompt: self.rows[rows[rollout.prompt_index[i]]].question.clone(),
+                completion: rollout.texts[i].clone(),
+                rewards: rewards
+                    .per_function
+                    .iter()
+                    .map(|(k, v)| (k.name().to_string(), v[i]))
+                    .collect(),
+                total: rewards.total[i],
+            })
+            .collect();
         let metrics = StepMetrics {
+            completion_min: lengths.iter().cloned().fold(f64::INFINITY, f64::min),
+            completion_max: lengths.iter().cloned().fold(0.0, f64::max),
+            clipped_ratio: rollout.terminated.iter().filter(|t| !**t).count() as f64 / n,
+            advantage_mean_abs: adv.values.iter().map(|a| a.abs()).sum::<f64>() / n,
+            arness_local: arness.local.clone(),
+            arness_global: arness.global.clone(),
+            rollout_tokens_per_second: rollout.tokens_per_second(),
+            sandbox_tests_per_second: rewards.tests_run as f64 / rewards.sandbox_seconds.max(1e-9),
+            sandbox_timeouts: rewards.timeouts,
+            sandbox_failures: rewards.sandbox_failures,
             reward: mean,
             reward_std: std,
             reward_per_function: rewards.means.iter().map(|(k, v)| (k.clone(), *v)).collect(),
