@@ -331,3 +331,111 @@ fn train_then_resume_from_the_command_line() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("temprature"));
 }
+
+/// Starts `couplet train` on a tiny model in the background.
+fn spawn_train(model: &std::path::Path, run: &std::path::Path, steps: u32) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_couplet"))
+        .args([
+            "train",
+            "--config",
+            "configs/tiny_cpu.toml",
+            "--set",
+            &format!("model.path=\"{}\"", model.display()),
+            "--set",
+            &format!("checkpointing.run_dir=\"{}\"", run.display()),
+            "--set",
+            &format!("schedule.max_steps={steps}"),
+            "--set",
+            "checkpointing.save_every=1",
+            "--set",
+            "rollout.max_new_tokens=16",
+            "--set",
+            "rollout.steps=8",
+        ])
+        .current_dir(common::repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_checkpoint(run: &std::path::Path, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if couplet_trainer::latest_checkpoint(run).is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("no checkpoint appeared in {}", run.display());
+}
+
+#[test]
+fn ctrl_c_saves_and_exits_130_and_kill_9_keeps_a_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(tmp.path(), false, 0);
+    // SIGINT: finish the step, save, exit 130.
+    let run = tmp.path().join("int");
+    let mut child = spawn_train(&model, &run, 200);
+    wait_for_checkpoint(&run, 120);
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted at step"));
+    // kill -9 while it saves every step: whatever was half-written, the newest complete
+    // checkpoint loads and training resumes from it.
+    let run = tmp.path().join("kill");
+    let mut child = spawn_train(&model, &run, 200);
+    wait_for_checkpoint(&run, 120);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap();
+    let _ = child.wait();
+    let latest = couplet_trainer::latest_checkpoint(&run).unwrap();
+    let step: u32 = latest
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("checkpoint-")
+        .parse()
+        .unwrap();
+    let out = spawn_train_resume(&model, &run, step + 1);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("at step {step}")));
+}
+
+fn spawn_train_resume(
+    model: &std::path::Path,
+    run: &std::path::Path,
+    steps: u32,
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_couplet"))
+        .args([
+            "train",
+            "--config",
+            "configs/tiny_cpu.toml",
+            "--set",
+            &format!("model.path=\"{}\"", model.display()),
+            "--set",
+            &format!("checkpointing.run_dir=\"{}\"", run.display()),
+            "--set",
+            &format!("schedule.max_steps={steps}"),
+            "--set",
+            "rollout.max_new_tokens=16",
+            "--set",
+            "rollout.steps=8",
+            "--resume",
+            "latest",
+        ])
+        .current_dir(common::repo())
+        .output()
+        .unwrap()
+}

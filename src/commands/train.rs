@@ -1,6 +1,7 @@
 //! `couplet train`: run (or resume) a coupled-GRPO job from a TOML config.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use couplet_trainer::{latest_checkpoint, RunLog, TrainConfig, Trainer};
@@ -16,6 +17,21 @@ pub struct Args {
     /// Resume from a run directory's newest complete checkpoint (or a checkpoint folder).
     #[arg(long)]
     resume: Option<PathBuf>,
+}
+
+/// Set by SIGINT / SIGTERM: finish the current step, save, exit 130.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_stop_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -63,6 +79,7 @@ pub fn run(args: Args) -> Result<()> {
     bar.set_position(trainer.state.step);
     let mut log = RunLog::open(&run_dir, config.logging.tensorboard)
         .with_context(|| format!("opening the logs in {}", run_dir.display()))?;
+    install_stop_handler();
     while trainer.state.step < total {
         let m = trainer.step()?;
         log.step(&m)?;
@@ -78,9 +95,19 @@ pub fn run(args: Args) -> Result<()> {
                 m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.rollout_seconds, m.reward_seconds, m.update_seconds
             ));
         }
-        if m.step % config.checkpointing.save_every == 0 || m.step == total {
+        let stopping = STOP.load(Ordering::SeqCst);
+        if m.step % config.checkpointing.save_every == 0 || m.step == total || stopping {
             let dir = trainer.save_checkpoint()?;
             bar.suspend(|| eprintln!("saved {}", dir.display()));
+        }
+        if stopping {
+            bar.finish_and_clear();
+            eprintln!(
+                "interrupted at step {}: checkpoint saved; resume with --resume {}",
+                m.step,
+                run_dir.display()
+            );
+            std::process::exit(130);
         }
     }
     bar.finish_and_clear();
