@@ -376,7 +376,7 @@ fn ctrl_c_saves_and_exits_130_and_kill_9_keeps_a_good_checkpoint() {
     let model = common::tiny_model(tmp.path(), false, 0);
     // SIGINT: finish the step, save, exit 130.
     let run = tmp.path().join("int");
-    let mut child = spawn_train(&model, &run, 200);
+    let child = spawn_train(&model, &run, 200);
     wait_for_checkpoint(&run, 120);
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
