@@ -332,27 +332,40 @@ fn train_then_resume_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("temprature"));
 }
 
-/// Starts `couplet train` on a tiny model in the background.
+/// `couplet train` on a tiny model (tiny_cpu.toml with short rollouts), optionally resuming.
+fn train_command(
+    model: &std::path::Path,
+    run: &std::path::Path,
+    steps: u32,
+    resume: bool,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_couplet"));
+    cmd.args([
+        "train",
+        "--config",
+        "configs/tiny_cpu.toml",
+        "--set",
+        &format!("model.path=\"{}\"", model.display()),
+        "--set",
+        &format!("checkpointing.run_dir=\"{}\"", run.display()),
+        "--set",
+        &format!("schedule.max_steps={steps}"),
+        "--set",
+        "checkpointing.save_every=1",
+        "--set",
+        "rollout.max_new_tokens=16",
+        "--set",
+        "rollout.steps=8",
+    ])
+    .current_dir(common::repo());
+    if resume {
+        cmd.args(["--resume", "latest"]);
+    }
+    cmd
+}
+
 fn spawn_train(model: &std::path::Path, run: &std::path::Path, steps: u32) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_couplet"))
-        .args([
-            "train",
-            "--config",
-            "configs/tiny_cpu.toml",
-            "--set",
-            &format!("model.path=\"{}\"", model.display()),
-            "--set",
-            &format!("checkpointing.run_dir=\"{}\"", run.display()),
-            "--set",
-            &format!("schedule.max_steps={steps}"),
-            "--set",
-            "checkpointing.save_every=1",
-            "--set",
-            "rollout.max_new_tokens=16",
-            "--set",
-            "rollout.steps=8",
-        ])
-        .current_dir(common::repo())
+    train_command(model, run, steps, false)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -417,25 +430,5 @@ fn spawn_train_resume(
     run: &std::path::Path,
     steps: u32,
 ) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_couplet"))
-        .args([
-            "train",
-            "--config",
-            "configs/tiny_cpu.toml",
-            "--set",
-            &format!("model.path=\"{}\"", model.display()),
-            "--set",
-            &format!("checkpointing.run_dir=\"{}\"", run.display()),
-            "--set",
-            &format!("schedule.max_steps={steps}"),
-            "--set",
-            "rollout.max_new_tokens=16",
-            "--set",
-            "rollout.steps=8",
-            "--resume",
-            "latest",
-        ])
-        .current_dir(common::repo())
-        .output()
-        .unwrap()
+    train_command(model, run, steps, true).output().unwrap()
 }

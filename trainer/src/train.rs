@@ -110,6 +110,46 @@ struct RoundBuffer {
     metrics: StepMetrics,
 }
 
+/// One micro-batch's slice of a round buffer, with the global sample indices of its rows.
+struct MicroBatch {
+    start: i64,
+    len: i64,
+    sequences: Tensor,
+    prompt_mask: Tensor,
+    samples: Vec<u64>,
+}
+
+impl MicroBatch {
+    fn batch(&self) -> EstimatorBatch<'_> {
+        EstimatorBatch {
+            sequences: &self.sequences,
+            prompt_mask: &self.prompt_mask,
+            prompt_width: self.prompt_mask.size()[1],
+            samples: &self.samples,
+        }
+    }
+}
+
+impl RoundBuffer {
+    /// Consecutive micro-batches of `size` rows; row i is global sample `first + i`.
+    fn micro_batches(&self, size: i64, first: u64) -> Vec<MicroBatch> {
+        let n = self.sequences.size()[0];
+        (0..n)
+            .step_by(size.max(1) as usize)
+            .map(|start| {
+                let len = size.min(n - start);
+                MicroBatch {
+                    start,
+                    len,
+                    sequences: self.sequences.narrow(0, start, len),
+                    prompt_mask: self.prompt_mask.narrow(0, start, len),
+                    samples: (start..start + len).map(|i| first + i as u64).collect(),
+                }
+            })
+            .collect()
+    }
+}
+
 pub struct Trainer {
     pub config: TrainConfig,
     pub policy: Checkpoint,
@@ -491,35 +531,13 @@ impl Trainer {
     /// No-grad estimates `[N, K]` of the whole buffer under `model`.
     fn score_all(&self, model: &DreamModel, buffer: &RoundBuffer, round: u64, seed: u64) -> Tensor {
         let _guard = tch::no_grad_guard();
-        let n = buffer.sequences.size()[0];
-        let mb = self.config.schedule.micro_batch_size as i64;
-        let p = buffer.prompt_mask.size()[1];
         let first = round * self.config.completions_per_step() as u64;
-        let mut parts = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let len = mb.min(n - start);
-            let samples: Vec<u64> = (start..start + len).map(|i| first + i as u64).collect();
-            let seqs = buffer.sequences.narrow(0, start, len);
-            let pm = buffer.prompt_mask.narrow(0, start, len);
-            let batch = EstimatorBatch {
-                sequences: &seqs,
-                prompt_mask: &pm,
-                prompt_width: p,
-                samples: &samples,
-            };
-            parts.push(
-                estimate(
-                    model,
-                    self.policy.tokenizer.special().mask,
-                    &self.estimator(),
-                    &batch,
-                    seed,
-                )
-                .0,
-            );
-            start += len;
-        }
+        let mask_id = self.policy.tokenizer.special().mask;
+        let parts: Vec<Tensor> = buffer
+            .micro_batches(self.config.schedule.micro_batch_size as i64, first)
+            .iter()
+            .map(|mb| estimate(model, mask_id, &self.estimator(), &mb.batch(), seed).0)
+            .collect();
         Tensor::cat(&parts, 0)
     }
 
@@ -537,9 +555,7 @@ impl Trainer {
         let started = Instant::now();
         let buffer = self.buffer.as_ref().expect("buffered above");
         let seed = self.mask_seed(round, iteration);
-        let n = buffer.sequences.size()[0];
         let mb = self.config.schedule.micro_batch_size as i64;
-        let p = buffer.prompt_mask.size()[1];
         let first = round * self.config.completions_per_step() as u64;
         let tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
         let o = &self.config.objective;
@@ -555,18 +571,9 @@ impl Trainer {
         let estimator = self.estimator();
         let mask_id = self.policy.tokenizer.special().mask;
         let (mut loss_sum, mut kl_sum, mut clip_sum) = (0.0, 0.0, 0.0);
-        let mut start = 0;
-        while start < n {
-            let len = mb.min(n - start);
-            let samples: Vec<u64> = (start..start + len).map(|i| first + i as u64).collect();
-            let seqs = buffer.sequences.narrow(0, start, len);
-            let pm = buffer.prompt_mask.narrow(0, start, len);
-            let batch = EstimatorBatch {
-                sequences: &seqs,
-                prompt_mask: &pm,
-                prompt_width: p,
-                samples: &samples,
-            };
+        for micro in buffer.micro_batches(mb, first) {
+            let (start, len) = (micro.start, micro.len);
+            let batch = micro.batch();
             let old = buffer.old[iteration]
                 .as_ref()
                 .map(|t| t.narrow(0, start, len));
@@ -601,7 +608,6 @@ impl Trainer {
             loss_sum += loss_value;
             kl_sum += metrics.kl * weight;
             clip_sum += metrics.clip_region * weight;
-            start += len;
         }
         let s = &self.config.schedule;
         let schedule = match s.kind.as_str() {

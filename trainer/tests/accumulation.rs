@@ -1,6 +1,9 @@
 //! One optimizer step's gradient does not depend on the micro-batch split; the edge cases
 //! of the objective (μ = 1 with β > 0, β = 0 without a reference model, equal rewards).
 
+mod common;
+
+use common::{grads, zero};
 use couplet_model::{DreamModel, Init, Preset};
 use couplet_trainer::{
     compute_advantages, estimate, grpo_loss, Baseline, Estimator, EstimatorBatch, LeanConfig,
@@ -16,26 +19,6 @@ fn model() -> DreamModel {
     cfg.mask_token_id = Some(MASK);
     tch::manual_seed(11);
     DreamModel::new(&cfg, Device::Cpu, Kind::Float, Init::Random)
-}
-
-fn grads(m: &DreamModel) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = m
-        .var_store()
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (n, t.grad().copy()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn zero(m: &DreamModel) {
-    for (_, t) in m.var_store().variables() {
-        let mut g = t.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-    }
 }
 
 /// Eight rows (two prompts × G = 4), completion lengths varying.

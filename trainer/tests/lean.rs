@@ -1,5 +1,8 @@
 //! The memory-lean log-prob path and the checkpointed trunk give the naive gradients.
 
+mod common;
+
+use common::{grads, zero};
 use couplet_model::{DreamModel, Init, Preset};
 use couplet_trainer::{
     estimate, grpo_loss, Estimator, EstimatorBatch, LeanConfig, LeanEstimate, ObjectiveConfig,
@@ -13,26 +16,6 @@ fn model(tied: bool) -> DreamModel {
     cfg.mask_token_id = Some(299);
     tch::manual_seed(3);
     DreamModel::new(&cfg, Device::Cpu, Kind::Float, Init::Random)
-}
-
-fn grads(m: &DreamModel) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = m
-        .var_store()
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (n, t.grad().copy()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn zero(m: &DreamModel) {
-    for (_, t) in m.var_store().variables() {
-        let mut g = t.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-    }
 }
 
 #[test]
