@@ -186,6 +186,12 @@ impl Trainer {
                 }
             },
         };
+        if config.distributed.backend != "none" || config.distributed.zero1 {
+            return Err(TrainError::Setup(format!(
+                "distributed.backend = {:?} / zero1 = {}: multi-process training is not implemented yet; set distributed.backend = \"none\" and zero1 = false to train on one device",
+                config.distributed.backend, config.distributed.zero1
+            )));
+        }
         let source = resume
             .map(|r| r.join("policy"))
             .unwrap_or_else(|| config.model.path.clone());
