@@ -128,6 +128,54 @@ pub struct RewardBatch {
     pub sandbox_seconds: f64,
 }
 
+impl RewardBatch {
+    /// Joins the batches of consecutive completion groups (scored separately, e.g. while
+    /// the next group was being generated).
+    pub fn concat(parts: Vec<RewardBatch>) -> RewardBatch {
+        let kinds: Vec<RewardKind> = parts
+            .first()
+            .map(|p| p.per_function.iter().map(|(k, _)| *k).collect())
+            .unwrap_or_default();
+        let per_function: Vec<(RewardKind, Vec<f64>)> = kinds
+            .iter()
+            .enumerate()
+            .map(|(f, &k)| {
+                (
+                    k,
+                    parts
+                        .iter()
+                        .flat_map(|p| p.per_function[f].1.iter().copied())
+                        .collect(),
+                )
+            })
+            .collect();
+        let mut means = BTreeMap::new();
+        let mut nan_counts = BTreeMap::new();
+        for (kind, values) in &per_function {
+            let ok: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+            means.insert(
+                kind.name().to_string(),
+                if ok.is_empty() {
+                    f64::NAN
+                } else {
+                    ok.iter().sum::<f64>() / ok.len() as f64
+                },
+            );
+            nan_counts.insert(kind.name().to_string(), values.len() - ok.len());
+        }
+        RewardBatch {
+            total: parts.iter().flat_map(|p| p.total.iter().copied()).collect(),
+            per_function,
+            means,
+            nan_counts,
+            sandbox_failures: parts.iter().map(|p| p.sandbox_failures).sum(),
+            timeouts: parts.iter().map(|p| p.timeouts).sum(),
+            tests_run: parts.iter().map(|p| p.tests_run).sum(),
+            sandbox_seconds: parts.iter().map(|p| p.sandbox_seconds).sum(),
+        }
+    }
+}
+
 /// Scores `completions[i]` against `tests[i]` (token `lengths[i]`), running all code in
 /// the pool in parallel.
 pub fn score_batch(

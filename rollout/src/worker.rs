@@ -135,6 +135,85 @@ impl Rollout {
     pub fn mean_arness(&self) -> ArNess {
         ArNess::mean(&self.arness)
     }
+
+    /// Joins rollouts of consecutive prompt groups (e.g. decoded while the previous
+    /// group's rewards ran) into one, left-padding prompts to the widest with `pad`.
+    pub fn concat(parts: Vec<Rollout>, pad: i64) -> Rollout {
+        let width = parts
+            .iter()
+            .map(|r| r.prompt_ids.size()[1])
+            .max()
+            .unwrap_or(0);
+        let left_pad = |t: &Tensor, value: i64| {
+            let (n, p) = t.size2().expect("[N, P]");
+            if p == width {
+                t.shallow_clone()
+            } else {
+                Tensor::cat(
+                    &[
+                        Tensor::full([n, width - p], value, (t.kind(), t.device())),
+                        t.shallow_clone(),
+                    ],
+                    1,
+                )
+            }
+        };
+        let mut out = Rollout {
+            prompt_ids: Tensor::cat(
+                &parts
+                    .iter()
+                    .map(|r| left_pad(&r.prompt_ids, pad))
+                    .collect::<Vec<_>>(),
+                0,
+            ),
+            prompt_mask: Tensor::cat(
+                &parts
+                    .iter()
+                    .map(|r| left_pad(&r.prompt_mask, 0))
+                    .collect::<Vec<_>>(),
+                0,
+            ),
+            completion_ids: Tensor::cat(
+                &parts
+                    .iter()
+                    .map(|r| r.completion_ids.shallow_clone())
+                    .collect::<Vec<_>>(),
+                0,
+            ),
+            completion_mask: Tensor::cat(
+                &parts
+                    .iter()
+                    .map(|r| r.completion_mask.shallow_clone())
+                    .collect::<Vec<_>>(),
+                0,
+            ),
+            texts: Vec::new(),
+            completion_lengths: Vec::new(),
+            terminated: Vec::new(),
+            prompt_index: Vec::new(),
+            decode_orders: Vec::new(),
+            arness: Vec::new(),
+            truncated_prompts: 0,
+            forward_passes: 0,
+            seconds: 0.0,
+        };
+        let mut prompts_before = 0;
+        for part in parts {
+            let count = part.prompt_index.iter().max().map_or(0, |m| m + 1);
+            out.prompt_index
+                .extend(part.prompt_index.iter().map(|i| i + prompts_before));
+            prompts_before += count;
+            out.texts.extend(part.texts);
+            out.completion_lengths.extend(part.completion_lengths);
+            out.terminated.extend(part.terminated);
+            out.decode_orders.extend(part.decode_orders);
+            out.arness.extend(part.arness);
+            out.truncated_prompts += part.truncated_prompts;
+            out.forward_passes += part.forward_passes;
+            out.seconds += part.seconds;
+        }
+        out
+    }
 }
 
 /// Samples `group_size` completions for every prompt (already chat-formatted text).

@@ -395,26 +395,6 @@ impl Trainer {
         };
         let g = cfg.rollout.num_generations;
         let first_sample = round * self.config.completions_per_step() as u64;
-        let started = Instant::now();
-        let rollout = with_autocast(self.device, cfg.model.dtype == "bf16", || {
-            generate_rollout(
-                &self.policy.model,
-                &self.policy.tokenizer,
-                &prompts,
-                &rollout_cfg,
-                random::bits(cfg.seed, 0x400, round),
-                first_sample,
-            )
-        })
-        .map_err(setup("rollout"))?;
-        let rollout_seconds = started.elapsed().as_secs_f64();
-
-        let started = Instant::now();
-        let tests: Vec<Vec<String>> = rollout
-            .prompt_index
-            .iter()
-            .map(|&p| self.rows[rows[p]].test_cases.clone())
-            .collect();
         let functions: Vec<(RewardKind, f64)> = cfg
             .reward
             .functions
@@ -439,15 +419,63 @@ impl Trainer {
             memory_bytes: cfg.sandbox.memory_mb << 20,
             ..Limits::default()
         };
-        let rewards = score_batch(
-            &rollout.texts,
-            &rollout.completion_lengths,
-            &tests,
-            &reward_cfg,
-            &self.pool,
-            limits,
-        );
-        let reward_seconds = started.elapsed().as_secs_f64();
+        // Decode prompt groups one after another; each group's rewards run in the sandbox
+        // pool on a helper thread while the next group decodes. Draws are keyed by sample
+        // index and every group is scored in full, so nothing depends on timing.
+        let group = (cfg.rollout.generation_batch_size / g).max(1);
+        let rollout_seed = random::bits(cfg.seed, 0x400, round);
+        let started = Instant::now();
+        let (parts, scored) = std::thread::scope(
+            |scope| -> Result<
+                (
+                    Vec<couplet_rollout::Rollout>,
+                    Vec<couplet_reward::RewardBatch>,
+                ),
+                TrainError,
+            > {
+                let mut parts = Vec::new();
+                let mut handles = Vec::new();
+                for (c, chunk) in prompts.chunks(group).enumerate() {
+                    let first = first_sample + (c * group * g) as u64;
+                    let part = with_autocast(self.device, cfg.model.dtype == "bf16", || {
+                        generate_rollout(
+                            &self.policy.model,
+                            &self.policy.tokenizer,
+                            chunk,
+                            &rollout_cfg,
+                            rollout_seed,
+                            first,
+                        )
+                    })
+                    .map_err(setup("rollout"))?;
+                    let tests: Vec<Vec<String>> = part
+                        .prompt_index
+                        .iter()
+                        .map(|&p| self.rows[rows[c * group + p]].test_cases.clone())
+                        .collect();
+                    let (texts, lengths) = (part.texts.clone(), part.completion_lengths.clone());
+                    let (reward_cfg, pool) = (&reward_cfg, &self.pool);
+                    handles.push(scope.spawn(move || {
+                        score_batch(&texts, &lengths, &tests, reward_cfg, pool, limits)
+                    }));
+                    parts.push(part);
+                }
+                let scored = handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .map_err(|_| TrainError::Setup("a reward thread panicked".into()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((parts, scored))
+            },
+        )?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let rollout = couplet_rollout::Rollout::concat(parts, self.policy.tokenizer.special().pad);
+        let rewards = couplet_reward::RewardBatch::concat(scored);
+        let rollout_seconds = rollout.seconds;
+        // Reward time not hidden behind decoding.
+        let reward_seconds = (elapsed - rollout_seconds).max(0.0);
 
         let adv = compute_advantages(
             &rewards.total,
