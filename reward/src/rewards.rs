@@ -104,6 +104,25 @@ pub fn soft_overlong(length: usize, max: usize, buffer: usize) -> f64 {
     }
 }
 
+/// Per-function means over non-NaN values, and NaN counts, keyed by function name.
+fn summarize(
+    per_function: &[(RewardKind, Vec<f64>)],
+) -> (BTreeMap<String, f64>, BTreeMap<String, usize>) {
+    let mut means = BTreeMap::new();
+    let mut nan_counts = BTreeMap::new();
+    for (kind, values) in per_function {
+        let ok: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+        let mean = if ok.is_empty() {
+            f64::NAN
+        } else {
+            ok.iter().sum::<f64>() / ok.len() as f64
+        };
+        means.insert(kind.name().to_string(), mean);
+        nan_counts.insert(kind.name().to_string(), values.len() - ok.len());
+    }
+    (means, nan_counts)
+}
+
 /// NaN-skipping sum (numpy `nansum`): 0.0 when every term is NaN.
 pub fn nansum(values: impl IntoIterator<Item = f64>) -> f64 {
     values.into_iter().filter(|v| !v.is_nan()).sum()
@@ -149,20 +168,7 @@ impl RewardBatch {
                 )
             })
             .collect();
-        let mut means = BTreeMap::new();
-        let mut nan_counts = BTreeMap::new();
-        for (kind, values) in &per_function {
-            let ok: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-            means.insert(
-                kind.name().to_string(),
-                if ok.is_empty() {
-                    f64::NAN
-                } else {
-                    ok.iter().sum::<f64>() / ok.len() as f64
-                },
-            );
-            nan_counts.insert(kind.name().to_string(), values.len() - ok.len());
-        }
+        let (means, nan_counts) = summarize(&per_function);
         RewardBatch {
             total: parts.iter().flat_map(|p| p.total.iter().copied()).collect(),
             per_function,
@@ -280,20 +286,7 @@ pub fn score_batch(
             )
         })
         .collect();
-    let mut means = BTreeMap::new();
-    let mut nan_counts = BTreeMap::new();
-    for (kind, values) in &per_function {
-        let ok: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-        means.insert(
-            kind.name().to_string(),
-            if ok.is_empty() {
-                f64::NAN
-            } else {
-                ok.iter().sum::<f64>() / ok.len() as f64
-            },
-        );
-        nan_counts.insert(kind.name().to_string(), values.len() - ok.len());
-    }
+    let (means, nan_counts) = summarize(&per_function);
     let executed = results.iter().flatten();
     let sandbox_failures = results
         .iter()
