@@ -22,6 +22,8 @@ enum Command {
     InitModel(commands::init_model::Args),
     /// Sample completions from a model with diffusion decoding.
     Generate(Box<commands::generate::Args>),
+    /// Supervised fine-tuning with the masked-diffusion objective.
+    Sft(commands::sft::Args),
     /// Run or resume a coupled-GRPO training job.
     Train(commands::train::Args),
     /// Per-token likelihood estimates (coupled, d1, full_mask, decoupled) of given completions.
@@ -46,6 +48,7 @@ fn main() {
         Some(Command::Data(command)) => commands::data::run(command),
         Some(Command::Logprobs(args)) => commands::logprobs::run(args),
         Some(Command::Train(args)) => commands::train::run(args),
+        Some(Command::Sft(args)) => commands::sft::run(args),
         Some(Command::Devices) => commands::devices(),
     };
     if let Err(err) = result {

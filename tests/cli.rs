@@ -432,3 +432,50 @@ fn spawn_train_resume(
 ) -> std::process::Output {
     train_command(model, run, steps, true).output().unwrap()
 }
+
+#[test]
+fn sft_writes_a_model_that_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(tmp.path(), false, 0);
+    let out = tmp.path().join("sft");
+    let o = couplet(&[
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "data/tasks/val.jsonl",
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--log-every",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sft step     4/4"));
+    let g = couplet(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    // Rows without the solution column are named.
+    let o = couplet(&[
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "data/acecoder/sample.jsonl",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("field `solution`"));
+}

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod init_model;
 pub mod logprobs;
 pub mod sandbox;
+pub mod sft;
 pub mod train;
 
 use anyhow::{bail, Result};

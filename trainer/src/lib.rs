@@ -17,6 +17,7 @@ pub mod logging;
 pub mod objective;
 pub mod optim;
 pub mod reference;
+pub mod sft;
 pub mod train;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
@@ -29,6 +30,7 @@ pub use logging::RunLog;
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
 pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, StepReport};
 pub use reference::{needs_reference, with_autocast, ReferenceModel};
+pub use sft::{build_example, sft_loss, sft_step, SftExample, SftSettings};
 pub use train::{
     latest_checkpoint, CompletionSample, StepMetrics, TrainError, Trainer, TrainerState,
 };

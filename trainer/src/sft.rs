@@ -1,0 +1,139 @@
+//! Supervised fine-tuning with the masked-diffusion objective (stage III of DiffuCoder's
+//! pipeline; how the CPU demo model is made).
+//!
+//! Each example is a chat prompt followed by the answer "```python\n<solution>```\n" and the
+//! end token. Per example, draw t ~ U(eps, 1) and mask each answer token independently with
+//! probability t (the prompt is never masked); the loss is the cross-entropy of the masked
+//! answer tokens weighted by 1/t, divided by the answer length, averaged over the batch —
+//! the evidence bound the diffusion model is trained on. Logits follow the model's shift
+//! convention. Masks come from the counter RNG keyed by (seed, step, example).
+
+use couplet_model::{chat_prompt, random, PromptBatch, TextTokenizer};
+use tch::{Kind, Tensor};
+
+use crate::optim::AdamW;
+use couplet_model::DreamModel;
+
+const STREAM_T: u64 = 0x700;
+const STREAM_MASK: u64 = 0x701;
+
+/// Token ids and mask settings shared by every SFT step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SftSettings {
+    pub mask_id: i64,
+    pub pad: i64,
+    /// Lower bound of t ~ U(eps, 1).
+    pub eps: f64,
+    /// Seed of the masks.
+    pub seed: u64,
+}
+
+/// One supervised example, tokenised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftExample {
+    pub prompt: Vec<i64>,
+    pub answer: Vec<i64>,
+}
+
+/// Formats and tokenises (question, solution) pairs: the chat prompt, then the fenced
+/// solution and the chat end token (or eos).
+pub fn build_example(
+    tokenizer: &TextTokenizer,
+    system: &str,
+    question: &str,
+    solution: &str,
+    max_prompt: usize,
+) -> couplet_model::Result<SftExample> {
+    let mut prompt = tokenizer.encode(&chat_prompt(system, question))?;
+    if prompt.len() > max_prompt {
+        prompt.drain(..prompt.len() - max_prompt);
+    }
+    let body = if solution.ends_with('\n') {
+        solution.to_string()
+    } else {
+        format!("{solution}\n")
+    };
+    let mut answer = tokenizer.encode(&format!("```python\n{body}```\n"))?;
+    let special = tokenizer.special();
+    answer.push(special.im_end.unwrap_or(special.eos[0]));
+    Ok(SftExample { prompt, answer })
+}
+
+/// The masked-diffusion loss of a batch (scalar, with grad) and the number of masked
+/// tokens. `step` and `first` (global index of the first example) key the masks.
+pub fn sft_loss(
+    model: &DreamModel,
+    settings: &SftSettings,
+    examples: &[SftExample],
+    step: u64,
+    first: u64,
+) -> (Tensor, i64) {
+    let SftSettings {
+        mask_id,
+        pad,
+        eps,
+        seed,
+    } = *settings;
+    let rows: Vec<Vec<i64>> = examples
+        .iter()
+        .map(|e| e.prompt.iter().chain(&e.answer).copied().collect())
+        .collect();
+    let batch = PromptBatch::left_padded(&rows, pad, 0);
+    let width = batch.ids.size()[1] as usize;
+    let mut ids = Vec::<Vec<i64>>::try_from(&batch.ids).unwrap_or_default();
+    let mut select = vec![vec![false; width]; rows.len()];
+    let mut weight = vec![vec![0f32; width]; rows.len()];
+    let mut masked = 0;
+    for (r, e) in examples.iter().enumerate() {
+        let key = (step << 32) ^ (first + r as u64);
+        let t = eps + (1.0 - eps) * random::uniform(seed, STREAM_T, key);
+        let start = width - e.answer.len();
+        for j in 0..e.answer.len() {
+            if random::uniform(seed, STREAM_MASK, (key << 12) ^ j as u64) < t {
+                select[r][start + j] = true;
+                weight[r][start + j] = (1.0 / t / e.answer.len() as f64) as f32;
+                ids[r][start + j] = mask_id;
+                masked += 1;
+            }
+        }
+    }
+    let device = model.device();
+    let inputs = Tensor::from_slice2(&ids).to_device(device);
+    let select = Tensor::from_slice2(&select).to_device(device);
+    let targets = batch.ids.to_device(device).masked_select(&select);
+    let weights = Tensor::from_slice2(&weight)
+        .to_device(device)
+        .masked_select(&select);
+    let attention = batch.attention_mask.to_device(device);
+    if masked == 0 {
+        return (
+            Tensor::zeros([], (Kind::Float, device)).set_requires_grad(true),
+            0,
+        );
+    }
+    let logits = model.forward(&inputs, Some(&attention), Some(&select)); // [N, V]
+    let nll = -logits
+        .log_softmax(-1, Kind::Float)
+        .gather(1, &targets.unsqueeze(1), false)
+        .squeeze_dim(1);
+    (
+        (nll * weights).sum(Kind::Float) / examples.len() as f64,
+        masked,
+    )
+}
+
+/// One optimizer step on `examples`; returns the loss.
+pub fn sft_step(
+    model: &DreamModel,
+    optimizer: &mut AdamW,
+    lr: f64,
+    settings: &SftSettings,
+    examples: &[SftExample],
+    step: u64,
+    first: u64,
+) -> f64 {
+    let (loss, _) = sft_loss(model, settings, examples, step, first);
+    loss.backward();
+    optimizer.step(lr);
+    loss.double_value(&[])
+}
