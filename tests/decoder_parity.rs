@@ -52,6 +52,9 @@ fn ours(
 }
 
 fn setup(tmp: &std::path::Path) -> (std::path::PathBuf, DreamModel, i64) {
+    // One intra-op thread, like the reference: the kernels then reduce in one fixed order
+    // whatever else the machine is running, so greedy near-ties cannot flip between runs.
+    tch::set_num_threads(1);
     let dir = common::tiny_model(tmp, false, 11);
     let model = load_model(&dir, LoadOptions::default()).unwrap();
     let mask = model.config().mask_token_id.unwrap();
