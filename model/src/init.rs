@@ -124,8 +124,14 @@ pub fn init_model_folder(
     }
     write_generation_config(out, &generation)?;
 
-    tch::manual_seed(seed);
-    let model = DreamModel::new(&config, Device::Cpu, Kind::Float, Init::Random);
+    // torch's generator is process-global: hold a lock from seeding to the last draw so
+    // that models initialised on several threads at once are still a function of `seed`.
+    static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let model = {
+        let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(seed);
+        DreamModel::new(&config, Device::Cpu, Kind::Float, Init::Random)
+    };
     save_model(&model, out, &SaveOptions::default())?;
     Ok(model)
 }
