@@ -236,27 +236,7 @@ fn train_then_resume_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model(tmp.path(), false, 0);
     let run = tmp.path().join("run");
-    let base = |steps: &str| {
-        vec![
-            "train".to_string(),
-            "--config".into(),
-            "configs/tiny_cpu.toml".into(),
-            "--set".into(),
-            format!("model.path=\"{}\"", model.display()),
-            "--set".into(),
-            format!("checkpointing.run_dir=\"{}\"", run.display()),
-            "--set".into(),
-            format!("schedule.max_steps={steps}"),
-            "--set".into(),
-            "checkpointing.save_every=1".into(),
-            "--set".into(),
-            "rollout.max_new_tokens=16".into(),
-            "--set".into(),
-            "rollout.steps=8".into(),
-        ]
-    };
-    let args = base("1");
-    let out = couplet(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = train_command(&model, &run, 1, false).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -286,9 +266,10 @@ fn train_then_resume_from_the_command_line() {
             "no {tag} at step 1 in {scalars:?}"
         );
     }
-    let mut args = base("2");
-    args.extend(["--resume".into(), run.display().to_string()]);
-    let out = couplet(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = train_command(&model, &run, 2, false)
+        .args(["--resume", run.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -478,4 +459,59 @@ fn sft_writes_a_model_that_loads() {
         out.to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("field `solution`"));
+}
+
+#[test]
+fn a_failed_save_keeps_the_previous_checkpoint() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(tmp.path(), false, 0);
+    let run = tmp.path().join("run");
+    let out = train_command(&model, &run, 1, false).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Resume with every file capped at 64 KiB: the logs still fit, the next checkpoint's
+    // weights do not, so its save fails part-way, as on a full disk.
+    let mut cmd = train_command(&model, &run, 3, true);
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: 64 << 10,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("saving the checkpoint of step 2 failed")
+            && stderr.contains("checkpoint-1 is intact"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("latest")).unwrap().trim(),
+        "checkpoint-1"
+    );
+    let names: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("checkpoint-"))
+        .collect();
+    assert_eq!(names, vec!["checkpoint-1".to_string()], "{names:?}");
+    // With space back, the run resumes from the kept checkpoint.
+    let out = train_command(&model, &run, 2, true).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("at step 1"),
+        "{stderr}"
+    );
 }

@@ -97,7 +97,17 @@ pub fn run(args: Args) -> Result<()> {
         }
         let stopping = STOP.load(Ordering::SeqCst);
         if m.step % config.checkpointing.save_every == 0 || m.step == total || stopping {
-            let dir = trainer.save_checkpoint()?;
+            let dir = trainer.save_checkpoint().map_err(|e| {
+                let kept = latest_checkpoint(&run_dir).map_or_else(
+                    || "no earlier checkpoint exists".to_string(),
+                    |c| format!("the previous checkpoint {} is intact", c.display()),
+                );
+                anyhow::anyhow!(
+                    "saving the checkpoint of step {} failed (disk full?): {e}\n{kept}; free space and resume with --resume {}",
+                    m.step,
+                    run_dir.display()
+                )
+            })?;
             bar.suspend(|| eprintln!("saved {}", dir.display()));
         }
         if stopping {

@@ -343,6 +343,9 @@ pub struct ScheduleSection {
     pub micro_batch_size: usize,
     /// Micro-batches per optimizer step.
     pub gradient_accumulation_steps: usize,
+    /// A step whose loss or gradient norm is NaN/inf is skipped (no update); this many in
+    /// a row stop the run with an error instead of silently burning compute.
+    pub max_nonfinite_in_a_row: u32,
 }
 
 impl Default for ScheduleSection {
@@ -356,6 +359,7 @@ impl Default for ScheduleSection {
             max_steps: None,
             micro_batch_size: 40,
             gradient_accumulation_steps: 2,
+            max_nonfinite_in_a_row: 3,
         }
     }
 }
@@ -685,6 +689,12 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&s.warmup_ratio) {
             return Err(invalid("schedule.warmup_ratio", "must be in [0, 1]"));
+        }
+        if s.max_nonfinite_in_a_row == 0 {
+            return Err(invalid(
+                "schedule.max_nonfinite_in_a_row",
+                "must be at least 1",
+            ));
         }
         if s.epochs == 0 && s.max_steps.is_none() {
             return Err(invalid(

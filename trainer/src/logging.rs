@@ -64,6 +64,7 @@ impl RunLog {
         put("train/lr", m.lr);
         put("train/advantage_mean_abs", m.advantage_mean_abs);
         put("train/zero_std_ratio", m.zero_std_ratio);
+        put("train/skipped_nonfinite", m.skipped_nonfinite as f64);
         put("completion/mean_length", m.completion_length);
         put("completion/min_length", m.completion_min);
         put("completion/max_length", m.completion_max);

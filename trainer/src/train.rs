@@ -38,8 +38,8 @@ pub enum TrainError {
     Setup(String),
     #[error("{path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
-    #[error("stopped after {0} consecutive non-finite losses")]
-    NonFinite(u32),
+    #[error("stopped at step {step}: the loss or gradient norm was NaN/inf in {count} optimizer steps in a row (those steps were skipped, no weights were updated by them). The last checkpoint before them is intact; lower optimizer.lr, raise optimizer.eps or check the model, or raise schedule.max_nonfinite_in_a_row")]
+    NonFinite { step: u64, count: u32 },
 }
 
 fn setup<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> TrainError + '_ {
@@ -75,6 +75,9 @@ pub struct StepMetrics {
     pub rollout_seconds: f64,
     pub reward_seconds: f64,
     pub update_seconds: f64,
+    /// Steps skipped so far because the loss or gradient norm was NaN/inf.
+    #[serde(default)]
+    pub skipped_nonfinite: u64,
 }
 
 /// One sampled completion with its rewards, for `completions.jsonl`.
@@ -95,6 +98,8 @@ pub struct TrainerState {
     /// Iteration of the current round to run next (0 = start a new round).
     pub next_iteration: usize,
     pub nonfinite_in_a_row: u32,
+    #[serde(default)]
+    pub skipped_nonfinite: u64,
     pub history: Vec<StepMetrics>,
 }
 
@@ -658,17 +663,31 @@ impl Trainer {
         let lr = self.config.optimizer.lr
             * lr_factor(schedule, self.state.step, self.total_steps, warmup);
         let mut metrics = buffer.metrics.clone();
-        if !loss_sum.is_finite() {
+        // A non-finite loss or gradient norm skips the update (AdamW moments untouched),
+        // so one bad batch cannot poison the weights; K such steps in a row stop the run.
+        let grad_norm = if loss_sum.is_finite() {
+            self.optimizer.grad_norm()
+        } else {
+            f64::NAN
+        };
+        if !grad_norm.is_finite() {
             self.optimizer.zero_grad();
             self.state.nonfinite_in_a_row += 1;
-            if self.state.nonfinite_in_a_row >= 3 {
-                return Err(TrainError::NonFinite(self.state.nonfinite_in_a_row));
+            self.state.skipped_nonfinite += 1;
+            metrics.grad_norm = grad_norm;
+            let limit = self.config.schedule.max_nonfinite_in_a_row;
+            if self.state.nonfinite_in_a_row >= limit {
+                return Err(TrainError::NonFinite {
+                    step: self.state.step + 1,
+                    count: self.state.nonfinite_in_a_row,
+                });
             }
         } else {
             self.state.nonfinite_in_a_row = 0;
             let report = self.optimizer.step(lr);
             metrics.grad_norm = report.grad_norm;
         }
+        metrics.skipped_nonfinite = self.state.skipped_nonfinite;
         self.state.step += 1;
         if let Some(reference) = self.reference.as_mut() {
             reference.maybe_sync(&self.policy.model, self.state.step);

@@ -164,3 +164,39 @@ fn resume_is_exact_even_mid_round() {
         .collect();
     assert_eq!(kept.len(), 2, "{kept:?}");
 }
+
+#[test]
+fn nonfinite_steps_are_skipped_then_stop_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let mut cfg = config(&model, &tmp.path().join("run"), "coupled");
+    cfg.schedule.max_nonfinite_in_a_row = 2;
+    cfg.schedule.max_steps = Some(10);
+    let mut trainer = Trainer::new(cfg, &repo(), None).unwrap();
+    let m = trainer.step().unwrap();
+    assert!(m.loss.is_finite() && m.skipped_nonfinite == 0, "{m:?}");
+    // A diverged model: one NaN weight makes every logit, hence every loss, NaN.
+    tch::no_grad(|| {
+        let norm =
+            trainer.policy.model.var_store().variables()["model.norm.weight"].shallow_clone();
+        let mut first = norm.get(0);
+        let _ = first.fill_(f64::NAN);
+    });
+    let poisoned = weights(&trainer);
+    let m = trainer.step().unwrap();
+    assert!(!m.loss.is_finite(), "{m:?}");
+    assert_eq!((m.step, m.skipped_nonfinite), (2, 1));
+    // The skipped step left the weights (and so the NaN) exactly as they were.
+    for ((name, a), (_, b)) in poisoned.iter().zip(weights(&trainer)) {
+        let same = a.isnan().equal(&b.isnan())
+            && a.nan_to_num(0.0, None, None)
+                .equal(&b.nan_to_num(0.0, None, None));
+        assert!(same, "{name} changed in a skipped step");
+    }
+    let err = trainer.step().unwrap_err().to_string();
+    assert!(
+        err.contains("NaN/inf in 2 optimizer steps in a row")
+            && err.contains("max_nonfinite_in_a_row"),
+        "{err}"
+    );
+}
