@@ -24,8 +24,14 @@ enum Command {
     Generate(Box<commands::generate::Args>),
     /// Supervised fine-tuning with the masked-diffusion objective.
     Sft(commands::sft::Args),
+    /// pass@k of a model on HumanEval or a task file (tests in the sandbox).
+    Eval(Box<commands::eval::Args>),
     /// Run or resume a coupled-GRPO training job.
     Train(commands::train::Args),
+    /// Run the same config once per estimator and seed, then write a report.
+    Ablate(commands::ablate::AblateArgs),
+    /// Make report.md and PNG plots from existing run directories.
+    Report(commands::ablate::ReportArgs),
     /// Per-token likelihood estimates (coupled, d1, full_mask, decoupled) of given completions.
     Logprobs(commands::logprobs::Args),
     /// Prepare AceCoder data (difficulty split).
@@ -49,6 +55,9 @@ fn main() {
         Some(Command::Logprobs(args)) => commands::logprobs::run(args),
         Some(Command::Train(args)) => commands::train::run(args),
         Some(Command::Sft(args)) => commands::sft::run(args),
+        Some(Command::Eval(args)) => commands::eval::run(*args),
+        Some(Command::Ablate(args)) => commands::ablate::ablate(args),
+        Some(Command::Report(args)) => commands::ablate::report(args),
         Some(Command::Devices) => commands::devices(),
     };
     if let Err(err) = result {

@@ -515,3 +515,93 @@ fn a_failed_save_keeps_the_previous_checkpoint() {
         "{stderr}"
     );
 }
+
+#[test]
+fn eval_canonical_solutions_pass_and_model_samples_are_judged() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Wiring: HumanEval's canonical solutions fed as completions pass every problem.
+    let out_dir = tmp.path().join("he");
+    let out = couplet(&[
+        "eval",
+        "--canonical",
+        "--benchmark",
+        "humaneval",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("problems 164") && stdout.contains("pass@1   100.00%"),
+        "{stdout}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 164);
+    assert!(lines
+        .iter()
+        .all(|l| l["correct"] == 1 && l["passed"][0] == true));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["pass_at_k"]["pass@1"], 1.0);
+    // A random tiny model's samples on the bundled tasks: judged, per-problem lines, AR-ness.
+    let model = common::tiny_model(tmp.path(), false, 0);
+    let out_dir = tmp.path().join("tiny");
+    let out = couplet(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--benchmark",
+        "data/tasks/val.jsonl",
+        "--limit",
+        "5",
+        "--samples",
+        "4",
+        "--k",
+        "1,4",
+        "--temperature",
+        "1.0",
+        "--steps",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("problems 5  samples/problem 4")
+            && stdout.contains("pass@1 ")
+            && stdout.contains("pass@4 ")
+            && stdout.contains("AR-ness local@1..9"),
+        "{stdout}"
+    );
+    let results = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 5);
+    // k larger than n is refused by name.
+    let out = couplet(&[
+        "eval",
+        "--canonical",
+        "--benchmark",
+        "data/tasks/val.jsonl",
+        "--samples",
+        "2",
+        "--k",
+        "5",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--k 5"));
+}

@@ -3,7 +3,7 @@
 //! Here live code extraction and the DiffuCoder rewards (`code` pass rate, `binary_code`,
 //! `code_format`, `soft_overlong`) with their weights and NaN-skipping sum (SPEC section 3,
 //! [`rewards`]), the AceCoder dataset reader ([`data`]) and difficulty split ([`split`],
-//! SPEC section 8), HumanEval ([`humaneval`]) and the bundled task set. Test execution
+//! SPEC section 8), HumanEval ([`humaneval`]), the bundled task set and the pass@k estimator ([`pass_at_k`]). Test execution
 //! itself is delegated to the `sandbox` crate.
 //!
 //! Not for: sampling completions (`rollout`), tokenising prompts (`model`), or advantages
@@ -11,12 +11,14 @@
 
 pub mod data;
 pub mod humaneval;
+pub mod pass_at_k;
 pub mod rewards;
 pub mod split;
 
 pub use data::{
     for_each_row, load_rows, BadRows, DataError, LoadOptions, LoadSummary, Row, RowError,
 };
+pub use pass_at_k::pass_at_k;
 pub use rewards::{
     extract_code, format_matches, score_batch, RewardBatch, RewardConfig, RewardKind,
 };

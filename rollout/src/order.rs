@@ -67,7 +67,7 @@ pub fn global_arness(order: &[usize], k: usize) -> f64 {
 }
 
 /// AR-ness@1..k of one sequence, or averaged over many.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, Default)]
 pub struct ArNess {
     /// Local AR-ness@k for k = 1..=9.
     pub local: Vec<f64>,

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use couplet_model::{chat_prompt, Checkpoint, LoadOptions};
-use couplet_rollout::{
-    generate_rollout, BlockDecodeConfig, DecoderConfig, DreamAlg, DreamDecodeConfig, Remasking,
-    RolloutConfig, SamplingParams,
-};
+use couplet_rollout::{generate_rollout, RolloutConfig};
+
+use super::decode_args::DecodeArgs;
 use serde_json::json;
 
 #[derive(clap::Args, Clone)]
@@ -28,45 +27,11 @@ pub struct Args {
     /// System prompt used with --chat.
     #[arg(long, default_value = couplet_model::tokenizer::DEFAULT_SYSTEM_PROMPT)]
     pub system: String,
-    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
-    pub steps: i64,
-    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
-    pub max_new_tokens: i64,
-    /// origin, maskgit_plus, topk_margin or entropy.
-    #[arg(long, default_value = "entropy")]
-    pub alg: String,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub temperature: f64,
-    #[arg(long, allow_negative_numbers = true)]
-    pub top_p: Option<f64>,
-    #[arg(long, allow_negative_numbers = true)]
-    pub top_k: Option<i64>,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub alg_temp: f64,
-    /// Use the LLaDA/d1 block decoder with blocks of this many tokens (must divide
-    /// --max-new-tokens; --steps must be a multiple of the number of blocks).
-    #[arg(long, allow_negative_numbers = true)]
-    pub block_length: Option<i64>,
-    /// Block decoder only: low_confidence or random.
-    #[arg(long, default_value = "low_confidence")]
-    pub remasking: String,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Completions per prompt.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
-    /// Sequences decoded together.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Keep only the last N prompt tokens.
-    #[arg(long)]
-    pub max_prompt_length: Option<usize>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
     /// Print one JSON object per completion (text, token ids, reveal order) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -108,40 +73,12 @@ fn read_prompts(args: &Args) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-fn decoder(args: &Args) -> Result<DecoderConfig> {
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        top_k: args.top_k,
-    };
-    couplet_rollout::validate_sampling(&sampling)?;
-    let decoder = match args.block_length {
-        Some(block_length) => DecoderConfig::Block(BlockDecodeConfig {
-            steps: args.steps,
-            max_new_tokens: args.max_new_tokens,
-            block_length,
-            temperature: args.temperature,
-            remasking: Remasking::parse(&args.remasking)?,
-        }),
-        None => DecoderConfig::Dream(DreamDecodeConfig {
-            steps: args.steps,
-            max_new_tokens: args.max_new_tokens,
-            alg: DreamAlg::parse(&args.alg)?,
-            alg_temp: args.alg_temp,
-            sampling,
-            eps: 1e-3,
-        }),
-    };
-    decoder.validate()?;
-    Ok(decoder)
-}
-
 pub fn run(args: Args) -> Result<()> {
-    let decoder = decoder(&args)?;
+    let decoder = args.decode.decoder()?;
     let prompts = read_prompts(&args)?;
     let options = LoadOptions {
-        device: super::parse_device(&args.device)?,
-        kind: Some(super::parse_kind(&args.dtype)?),
+        device: super::parse_device(&args.decode.device)?,
+        kind: Some(super::parse_kind(&args.decode.dtype)?),
     };
     let ckpt = Checkpoint::load(&args.model, options)
         .with_context(|| format!("loading model {}", args.model.display()))?;
@@ -156,12 +93,19 @@ pub fn run(args: Args) -> Result<()> {
     let config = RolloutConfig {
         decoder,
         group_size: args.samples.max(1),
-        generation_batch_size: args.batch_size.max(1),
-        max_prompt_length: args.max_prompt_length,
+        generation_batch_size: args.decode.batch_size.max(1),
+        max_prompt_length: args.decode.max_prompt_length,
         end_tokens: None,
         progress: !args.json,
     };
-    let rollout = generate_rollout(&ckpt.model, &ckpt.tokenizer, &texts, &config, args.seed, 0)?;
+    let rollout = generate_rollout(
+        &ckpt.model,
+        &ckpt.tokenizer,
+        &texts,
+        &config,
+        args.decode.seed,
+        0,
+    )?;
 
     let ids = Vec::<Vec<i64>>::try_from(&rollout.completion_ids.to_device(tch::Device::Cpu))?;
     let prompt_ids = Vec::<Vec<i64>>::try_from(&rollout.prompt_ids.to_device(tch::Device::Cpu))?;
@@ -208,7 +152,7 @@ pub fn run(args: Args) -> Result<()> {
     eprintln!(
         "decoded {} completions × {} tokens, {} forward passes, {:.2}s ({:.0} tokens/s); AR-ness local@1 {:.3} global@1 {:.3}",
         rollout.len(),
-        args.max_new_tokens,
+        args.decode.max_new_tokens,
         rollout.forward_passes,
         rollout.seconds,
         rollout.tokens_per_second(),

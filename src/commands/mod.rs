@@ -1,7 +1,10 @@
 //! One module per subcommand, plus the option parsing they share.
 
+pub mod ablate;
 pub mod data;
+pub mod decode_args;
 pub mod demo;
+pub mod eval;
 pub mod generate;
 pub mod init_model;
 pub mod logprobs;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use couplet_model::{save_model, Checkpoint, LoadOptions, SaveOptions};
 use couplet_reward::{load_rows, LoadOptions as RowOptions};
-use couplet_trainer::{build_example, sft_step, AdamW, AdamWConfig, SftSettings};
+use couplet_trainer::{
+    build_example, lr_factor, sft_step, AdamW, AdamWConfig, Schedule, SftSettings,
+};
 use tch::Kind;
 
 #[derive(clap::Args)]
@@ -26,8 +28,17 @@ pub struct Args {
     steps: u64,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// constant, linear, cosine or cosine_with_min_lr (floor 0.1 · lr).
+    #[arg(long, default_value = "cosine")]
+    schedule: String,
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u64,
+    /// Also write the model to OUT/checkpoint-<step> every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    save_every: u64,
     /// Lower bound of the mask ratio t ~ U(eps, 1).
     #[arg(long, default_value_t = 1e-3)]
     eps: f64,
@@ -37,6 +48,11 @@ pub struct Args {
     system: String,
     #[arg(long, default_value_t = 200)]
     max_prompt_length: usize,
+    /// Pad answers with end tokens to this many tokens — the decoding length you will
+    /// generate with (`max_new_tokens`), so the model learns to fill the canvas past the
+    /// answer with end tokens (0: no padding).
+    #[arg(long, default_value_t = 256)]
+    answer_length: usize,
     #[arg(long, default_value_t = 10)]
     log_every: u64,
     #[arg(long, default_value = "cpu")]
@@ -50,6 +66,12 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.lr >= 0.0 && args.lr.is_finite() && args.eps > 0.0 && args.eps < 1.0) {
         bail!("--lr must be ≥ 0 and --eps in (0, 1)");
     }
+    let Some(schedule) = Schedule::parse(&args.schedule, 0.1) else {
+        bail!(
+            "--schedule: expected constant, linear, cosine or cosine_with_min_lr, got {:?}",
+            args.schedule
+        );
+    };
     let device = super::parse_device(&args.device)?;
     let ckpt = Checkpoint::load(
         &args.model,
@@ -80,6 +102,7 @@ pub fn run(args: Args) -> Result<()> {
             &row.question,
             solution,
             args.max_prompt_length,
+            args.answer_length,
         )?);
     }
     if examples.is_empty() {
@@ -101,6 +124,10 @@ pub fn run(args: Args) -> Result<()> {
             ..Default::default()
         },
     );
+    let save_options = SaveOptions {
+        assets_from: Some(args.model.clone()),
+        ..Default::default()
+    };
     let n = examples.len();
     let mut recent = Vec::new();
     for step in 0..args.steps {
@@ -109,10 +136,11 @@ pub fn run(args: Args) -> Result<()> {
         let batch: Vec<_> = (0..args.batch_size.min(n))
             .map(|i| examples[(first + i) % n].clone())
             .collect();
+        let lr = args.lr * lr_factor(schedule, step, args.steps, args.warmup_steps);
         let loss = sft_step(
             &ckpt.model,
             &mut optimizer,
-            args.lr,
+            lr,
             &settings,
             &batch,
             step,
@@ -124,19 +152,21 @@ pub fn run(args: Args) -> Result<()> {
         recent.push(loss);
         if (step + 1) % args.log_every == 0 || step + 1 == args.steps {
             let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-            eprintln!("sft step {:>5}/{}  loss {mean:.4}", step + 1, args.steps);
+            eprintln!(
+                "sft step {:>5}/{}  loss {mean:.4}  lr {lr:.2e}",
+                step + 1,
+                args.steps
+            );
             recent.clear();
         }
+        if args.save_every > 0 && (step + 1) % args.save_every == 0 && step + 1 < args.steps {
+            let dir = args.out.join(format!("checkpoint-{}", step + 1));
+            save_model(&ckpt.model, &dir, &save_options)
+                .with_context(|| format!("saving {}", dir.display()))?;
+        }
     }
-    save_model(
-        &ckpt.model,
-        &args.out,
-        &SaveOptions {
-            assets_from: Some(args.model.clone()),
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("saving {}", args.out.display()))?;
+    save_model(&ckpt.model, &args.out, &save_options)
+        .with_context(|| format!("saving {}", args.out.display()))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `couplet train`: run (or resume) a coupled-GRPO job from a TOML config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -26,7 +26,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn install_stop_handler() {
+pub fn install_stop_handler() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -56,12 +56,31 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     };
+    install_stop_handler();
+    match run_job(&config, resume.as_deref(), "train")? {
+        JobEnd::Finished => Ok(()),
+        JobEnd::Interrupted => std::process::exit(130),
+    }
+}
+
+/// How a job ended.
+pub enum JobEnd {
+    Finished,
+    /// Stopped by SIGINT/SIGTERM after saving a checkpoint.
+    Interrupted,
+}
+
+/// Runs (or resumes from the checkpoint `resume`) one training job to its last step:
+/// logs, periodic evaluation and checkpoints. `name` prefixes the progress bar. Call
+/// [`install_stop_handler`] first for Ctrl-C to save and stop cleanly.
+pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Result<JobEnd> {
+    let run_dir = config.checkpointing.run_dir.clone();
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     std::fs::write(run_dir.join("config.toml"), config.to_toml())
         .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
     let repo = std::env::current_dir()?;
-    let mut trainer = Trainer::new(config.clone(), &repo, resume.as_deref())?;
-    if let Some(r) = &resume {
+    let mut trainer = Trainer::new(config.clone(), &repo, resume)?;
+    if let Some(r) = resume {
         eprintln!(
             "resumed from {} at step {}",
             r.display(),
@@ -72,14 +91,35 @@ pub fn run(args: Args) -> Result<()> {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "train {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+            "{prefix} {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    bar.set_prefix(name.to_string());
     bar.set_position(trainer.state.step);
     let mut log = RunLog::open(&run_dir, config.logging.tensorboard)
         .with_context(|| format!("opening the logs in {}", run_dir.display()))?;
-    install_stop_handler();
+    let evaluate =
+        |trainer: &Trainer, log: &mut RunLog, bar: &indicatif::ProgressBar| -> Result<()> {
+            if let Some(report) = trainer.evaluate_validation()? {
+                log.eval(trainer.state.step, &report)?;
+                let pass = report.pass_at(1).unwrap_or(f64::NAN);
+                bar.suspend(|| {
+                    eprintln!(
+                        "eval  step {:>5}  validation pass@1 {:.1}% ({} problems, {:.1}s)",
+                        trainer.state.step,
+                        100.0 * pass,
+                        report.problems.len(),
+                        report.seconds
+                    )
+                });
+            }
+            Ok(())
+        };
+    let eval_every = config.eval.every;
+    if eval_every > 0 && trainer.state.step == 0 {
+        evaluate(&trainer, &mut log, &bar)?;
+    }
     while trainer.state.step < total {
         let m = trainer.step()?;
         log.step(&m)?;
@@ -94,6 +134,9 @@ pub fn run(args: Args) -> Result<()> {
                 "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5}  clip {:.3}  |g| {:.4}  lr {:.2e}  len {:.1}  rollout {:.1}s reward {:.1}s update {:.1}s",
                 m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.rollout_seconds, m.reward_seconds, m.update_seconds
             ));
+        }
+        if eval_every > 0 && (m.step % eval_every == 0 || m.step == total) {
+            evaluate(&trainer, &mut log, &bar)?;
         }
         let stopping = STOP.load(Ordering::SeqCst);
         if m.step % config.checkpointing.save_every == 0 || m.step == total || stopping {
@@ -117,7 +160,7 @@ pub fn run(args: Args) -> Result<()> {
                 m.step,
                 run_dir.display()
             );
-            std::process::exit(130);
+            return Ok(JobEnd::Interrupted);
         }
     }
     bar.finish_and_clear();
@@ -126,5 +169,5 @@ pub fn run(args: Args) -> Result<()> {
         trainer.state.step,
         run_dir.display()
     );
-    Ok(())
+    Ok(JobEnd::Finished)
 }

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use couplet_rollout::{
+    BlockDecodeConfig, DecoderConfig, DreamAlg, DreamDecodeConfig, Remasking, SamplingParams,
+};
+
 use crate::advantages::Baseline;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,7 @@ pub struct TrainConfig {
     pub schedule: ScheduleSection,
     pub checkpointing: CheckpointSection,
     pub logging: LoggingSection,
+    pub eval: EvalSection,
     pub distributed: DistributedSection,
 }
 
@@ -68,6 +73,7 @@ impl Default for TrainConfig {
             schedule: ScheduleSection::default(),
             checkpointing: CheckpointSection::default(),
             logging: LoggingSection::default(),
+            eval: EvalSection::default(),
             distributed: DistributedSection::default(),
         }
     }
@@ -151,6 +157,38 @@ pub struct RolloutSection {
     pub block_length: Option<i64>,
     /// Block decoder: low_confidence or random.
     pub remasking: String,
+}
+
+impl RolloutSection {
+    /// The decoder these settings describe (validated by [`TrainConfig::validate`]).
+    pub fn decoder_config(&self) -> DecoderConfig {
+        if self.decoder == "block" {
+            DecoderConfig::Block(BlockDecodeConfig {
+                steps: self.steps,
+                max_new_tokens: self.max_new_tokens,
+                block_length: self.block_length.unwrap_or(self.max_new_tokens),
+                temperature: self.temperature,
+                remasking: if self.remasking == "random" {
+                    Remasking::Random
+                } else {
+                    Remasking::LowConfidence
+                },
+            })
+        } else {
+            DecoderConfig::Dream(DreamDecodeConfig {
+                steps: self.steps,
+                max_new_tokens: self.max_new_tokens,
+                alg: DreamAlg::parse(&self.alg).unwrap_or(DreamAlg::Entropy),
+                alg_temp: self.alg_temp,
+                sampling: SamplingParams {
+                    temperature: self.temperature,
+                    top_p: self.top_p,
+                    top_k: self.top_k,
+                },
+                eps: 1e-3,
+            })
+        }
+    }
 }
 
 impl Default for RolloutSection {
@@ -394,8 +432,6 @@ pub struct LoggingSection {
     pub log_every: u64,
     /// Sample completions to completions.jsonl every N steps (0: never).
     pub completions_every: u64,
-    /// Evaluate pass@1 on the validation rows every N steps (0: never).
-    pub eval_every: u64,
 }
 
 impl Default for LoggingSection {
@@ -404,7 +440,32 @@ impl Default for LoggingSection {
             tensorboard: true,
             log_every: 1,
             completions_every: 10,
-            eval_every: 0,
+        }
+    }
+}
+
+/// Periodic evaluation on `data.validation` (pass@k in the sandbox, see `couplet eval`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Evaluate every N optimizer steps, before the first and after the last (0: never).
+    pub every: u64,
+    /// Samples per problem (n of pass@k; pass@1 is reported).
+    pub samples: usize,
+    /// Decoding temperature of the evaluation (0: greedy); the other decoder settings are
+    /// the rollout's.
+    pub temperature: f64,
+    /// Evaluate only the first N validation rows (default: all).
+    pub max_problems: Option<usize>,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection {
+            every: 0,
+            samples: 1,
+            temperature: 0.0,
+            max_problems: None,
         }
     }
 }
@@ -689,6 +750,20 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&s.warmup_ratio) {
             return Err(invalid("schedule.warmup_ratio", "must be in [0, 1]"));
+        }
+        if self.eval.every > 0 {
+            if self.data.validation.is_none() {
+                return Err(invalid(
+                    "eval.every",
+                    "needs data.validation (the rows to evaluate on)",
+                ));
+            }
+            if self.eval.samples == 0 {
+                return Err(invalid("eval.samples", "must be at least 1"));
+            }
+            if !(self.eval.temperature >= 0.0 && self.eval.temperature.is_finite()) {
+                return Err(invalid("eval.temperature", "must be ≥ 0 (0: greedy)"));
+            }
         }
         if s.max_nonfinite_in_a_row == 0 {
             return Err(invalid(

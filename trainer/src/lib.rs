@@ -12,6 +12,7 @@
 pub mod advantages;
 pub mod config;
 pub mod estimator;
+pub mod eval;
 pub mod lean;
 pub mod logging;
 pub mod objective;
@@ -24,6 +25,10 @@ pub use advantages::{compute_advantages, Advantages, Baseline};
 pub use config::{ConfigError, TrainConfig};
 pub use estimator::{
     build_versions, estimate, estimate_versions, Estimator, EstimatorBatch, LeanEstimate, Versions,
+};
+pub use eval::{
+    check_completions, evaluate, load_benchmark, EvalProblem, EvalReport, EvalSettings,
+    ProblemResult,
 };
 pub use lean::{LeanConfig, LeanPass};
 pub use logging::RunLog;

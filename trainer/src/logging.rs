@@ -7,12 +7,14 @@ use std::path::Path;
 
 use tensorboard_rs::summary_writer::SummaryWriter;
 
+use crate::eval::EvalReport;
 use crate::train::{CompletionSample, StepMetrics};
 
 pub struct RunLog {
     tensorboard: Option<SummaryWriter>,
     metrics: File,
     completions: File,
+    eval: File,
 }
 
 fn append(path: &Path) -> std::io::Result<File> {
@@ -34,6 +36,7 @@ impl RunLog {
             tensorboard,
             metrics: append(&run_dir.join("metrics.jsonl"))?,
             completions: append(&run_dir.join("completions.jsonl"))?,
+            eval: append(&run_dir.join("eval.jsonl"))?,
         })
     }
 
@@ -83,6 +86,35 @@ impl RunLog {
         put("time/reward", m.reward_seconds);
         put("time/update", m.update_seconds);
         tb.flush();
+        Ok(())
+    }
+
+    /// One validation evaluation at optimizer step `step` (0 = the starting model):
+    /// `eval.jsonl` gets the summary and per-problem counts, TensorBoard `eval/pass@k` and
+    /// the samples' AR-ness.
+    pub fn eval(&mut self, step: u64, report: &EvalReport) -> std::io::Result<()> {
+        let line = serde_json::json!({
+            "step": step,
+            "pass_at_k": report.pass_at_k,
+            "arness": report.arness,
+            "sandbox_errors": report.sandbox_errors,
+            "seconds": report.seconds,
+            "correct": report.problems.iter().map(|p| (p.id.clone(), p.correct)).collect::<Vec<_>>(),
+        });
+        writeln!(self.eval, "{line}")?;
+        if let Some(tb) = self.tensorboard.as_mut() {
+            for (k, v) in &report.pass_at_k {
+                tb.add_scalar(&format!("eval/pass@{k}"), *v as f32, step as usize);
+            }
+            if let Some(a) = &report.arness {
+                if let (Some(l), Some(g)) = (a.local.first(), a.global.first()) {
+                    tb.add_scalar("eval/arness_local@1", *l as f32, step as usize);
+                    tb.add_scalar("eval/arness_global@1", *g as f32, step as usize);
+                }
+            }
+            tb.add_scalar("eval/seconds", report.seconds as f32, step as usize);
+            tb.flush();
+        }
         Ok(())
     }
 

@@ -47,6 +47,19 @@ pub enum Schedule {
     CosineWithMinLr { min_lr_rate: f64 },
 }
 
+impl Schedule {
+    /// constant, linear, cosine or cosine_with_min_lr (the floor `min_lr_rate` · lr).
+    pub fn parse(name: &str, min_lr_rate: f64) -> Option<Schedule> {
+        Some(match name {
+            "constant" => Schedule::Constant,
+            "linear" => Schedule::Linear,
+            "cosine" => Schedule::Cosine,
+            "cosine_with_min_lr" => Schedule::CosineWithMinLr { min_lr_rate },
+            _ => return None,
+        })
+    }
+}
+
 /// `lr · factor(step)` for a run of `total` optimizer steps with `warmup` warmup steps
 /// (transformers' definitions).
 pub fn lr_factor(schedule: Schedule, step: u64, total: u64, warmup: u64) -> f64 {

@@ -36,13 +36,19 @@ pub struct SftExample {
 }
 
 /// Formats and tokenises (question, solution) pairs: the chat prompt, then the fenced
-/// solution and the chat end token (or eos).
+/// solution and the chat end token (or eos), then eos padding up to `answer_length` tokens.
+///
+/// The padding is what teaches a diffusion model where an answer ends: at decoding time the
+/// canvas has a fixed number of masked positions, and every one past the answer must be
+/// filled with end tokens (LLaDA and Dream pad SFT answers with EOS the same way and score
+/// the padding like any other token). Answers longer than `answer_length` are kept whole.
 pub fn build_example(
     tokenizer: &TextTokenizer,
     system: &str,
     question: &str,
     solution: &str,
     max_prompt: usize,
+    answer_length: usize,
 ) -> couplet_model::Result<SftExample> {
     let mut prompt = tokenizer.encode(&chat_prompt(system, question))?;
     if prompt.len() > max_prompt {
@@ -56,6 +62,9 @@ pub fn build_example(
     let mut answer = tokenizer.encode(&format!("```python\n{body}```\n"))?;
     let special = tokenizer.special();
     answer.push(special.im_end.unwrap_or(special.eos[0]));
+    if answer.len() < answer_length {
+        answer.resize(answer_length, special.eos[0]);
+    }
     Ok(SftExample { prompt, answer })
 }
 

@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 
 use couplet_model::{chat_prompt, random, Checkpoint, DreamModel, LoadOptions, SaveOptions};
 use couplet_reward::{load_rows, score_batch, BadRows, RewardConfig, RewardKind, Row};
-use couplet_rollout::{
-    generate_rollout, BlockDecodeConfig, DecoderConfig, DreamAlg, DreamDecodeConfig, Remasking,
-    RolloutConfig, SamplingParams,
-};
+use couplet_rollout::{generate_rollout, RolloutConfig};
 use couplet_sandbox::{Backend, Limits, ProcessBackend, SandboxPool, WasmBackend};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -27,6 +24,7 @@ use tch::{Device, Kind, Tensor};
 use crate::advantages::compute_advantages;
 use crate::config::TrainConfig;
 use crate::estimator::{estimate, Estimator, EstimatorBatch, LeanEstimate};
+use crate::eval::{evaluate, load_benchmark, EvalProblem, EvalReport, EvalSettings};
 use crate::lean::LeanConfig;
 use crate::objective::{grpo_loss, ObjectiveConfig};
 use crate::optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule};
@@ -162,6 +160,8 @@ pub struct Trainer {
     optimizer: AdamW,
     pool: SandboxPool,
     rows: Vec<Row>,
+    /// `data.validation` problems when `eval.every > 0`.
+    validation: Vec<EvalProblem>,
     pub state: TrainerState,
     buffer: Option<RoundBuffer>,
     total_steps: u64,
@@ -223,6 +223,14 @@ impl Trainer {
                 "{}: no usable rows",
                 config.data.train.display()
             )));
+        }
+        let mut validation = match (&config.data.validation, config.eval.every) {
+            (Some(path), every) if every > 0 => load_benchmark(&path.to_string_lossy(), repo_root)
+                .map_err(|e| TrainError::Setup(format!("data.validation: {e}")))?,
+            _ => Vec::new(),
+        };
+        if let Some(max) = config.eval.max_problems {
+            validation.truncate(max);
         }
         let backend: Arc<dyn Backend> = match config.sandbox.backend.as_str() {
             "process" => Arc::new(
@@ -299,6 +307,7 @@ impl Trainer {
             optimizer: AdamW::new(Vec::new(), AdamWConfig::default()),
             pool,
             rows,
+            validation,
             state: TrainerState::default(),
             buffer: None,
             total_steps,
@@ -352,33 +361,48 @@ impl Trainer {
         }
     }
 
-    fn decoder(&self) -> DecoderConfig {
-        let r = &self.config.rollout;
-        if r.decoder == "block" {
-            DecoderConfig::Block(BlockDecodeConfig {
-                steps: r.steps,
-                max_new_tokens: r.max_new_tokens,
-                block_length: r.block_length.unwrap_or(r.max_new_tokens),
-                temperature: r.temperature,
-                remasking: if r.remasking == "random" {
-                    Remasking::Random
-                } else {
-                    Remasking::LowConfidence
-                },
-            })
-        } else {
-            DecoderConfig::Dream(DreamDecodeConfig {
-                steps: r.steps,
-                max_new_tokens: r.max_new_tokens,
-                alg: DreamAlg::parse(&r.alg).unwrap_or(DreamAlg::Entropy),
-                alg_temp: r.alg_temp,
-                sampling: SamplingParams {
-                    temperature: r.temperature,
-                    top_p: r.top_p,
-                    top_k: r.top_k,
-                },
-                eps: 1e-3,
-            })
+    /// Evaluates the policy on `data.validation` (`None` when evaluation is off): pass@1
+    /// over `eval.samples` samples per problem, decoded like the rollouts but at
+    /// `eval.temperature`, with the same seed at every evaluation so runs compare.
+    pub fn evaluate_validation(&self) -> Result<Option<EvalReport>, TrainError> {
+        if self.validation.is_empty() {
+            return Ok(None);
+        }
+        let cfg = &self.config;
+        let mut rollout = cfg.rollout.clone();
+        rollout.temperature = cfg.eval.temperature;
+        let settings = EvalSettings {
+            samples: cfg.eval.samples,
+            ks: vec![1],
+            rollout: RolloutConfig {
+                decoder: rollout.decoder_config(),
+                group_size: cfg.eval.samples,
+                generation_batch_size: cfg.rollout.generation_batch_size,
+                max_prompt_length: Some(cfg.data.max_prompt_length),
+                end_tokens: None,
+                progress: false,
+            },
+            seed: random::bits(cfg.seed, 0x800, 0),
+            system_prompt: cfg.data.system_prompt.clone(),
+            limits: self.limits(),
+            bf16: cfg.model.dtype == "bf16",
+        };
+        evaluate(
+            &self.policy,
+            &self.validation,
+            &settings,
+            &self.pool,
+            |_, _| {},
+        )
+        .map(Some)
+        .map_err(setup("evaluation"))
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            per_test: Duration::from_secs_f64(self.config.sandbox.timeout_seconds),
+            memory_bytes: self.config.sandbox.memory_mb << 20,
+            ..Limits::default()
         }
     }
 
@@ -391,7 +415,7 @@ impl Trainer {
             .map(|&i| chat_prompt(&cfg.data.system_prompt, &self.rows[i].question))
             .collect();
         let rollout_cfg = RolloutConfig {
-            decoder: self.decoder(),
+            decoder: cfg.rollout.decoder_config(),
             group_size: cfg.rollout.num_generations,
             generation_batch_size: cfg.rollout.generation_batch_size,
             max_prompt_length: Some(cfg.data.max_prompt_length),
@@ -419,11 +443,7 @@ impl Trainer {
             max_completion_tokens: cfg.rollout.max_new_tokens as usize,
             overlong_buffer: cfg.reward.overlong_buffer,
         };
-        let limits = Limits {
-            per_test: Duration::from_secs_f64(cfg.sandbox.timeout_seconds),
-            memory_bytes: cfg.sandbox.memory_mb << 20,
-            ..Limits::default()
-        };
+        let limits = self.limits();
         // Decode prompt groups one after another; each group's rewards run in the sandbox
         // pool on a helper thread while the next group decodes. Draws are keyed by sample
         // index and every group is scored in full, so nothing depends on timing.
@@ -649,14 +669,7 @@ impl Trainer {
             clip_sum += metrics.clip_region * weight;
         }
         let s = &self.config.schedule;
-        let schedule = match s.kind.as_str() {
-            "constant" => Schedule::Constant,
-            "linear" => Schedule::Linear,
-            "cosine" => Schedule::Cosine,
-            _ => Schedule::CosineWithMinLr {
-                min_lr_rate: s.min_lr_rate,
-            },
-        };
+        let schedule = Schedule::parse(&s.kind, s.min_lr_rate).unwrap_or(Schedule::Constant);
         let warmup = s
             .warmup_steps
             .unwrap_or_else(|| warmup_steps(self.total_steps, s.warmup_ratio));

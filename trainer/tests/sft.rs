@@ -28,7 +28,7 @@ fn sft_reduces_the_masked_diffusion_loss() {
         ),
     ]
     .iter()
-    .map(|(q, s)| build_example(tok, "You are a helpful assistant.", q, s, 64).unwrap())
+    .map(|(q, s)| build_example(tok, "You are a helpful assistant.", q, s, 64, 0).unwrap())
     .collect();
     assert!(examples
         .iter()

@@ -1,0 +1,108 @@
+//! `couplet ablate` and `couplet report`: the same training budget per estimator and seed,
+//! then a table and plots comparing them.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use couplet_trainer::TrainConfig;
+
+use super::train::{install_stop_handler, run_job, JobEnd};
+
+#[derive(clap::Args)]
+pub struct AblateArgs {
+    /// The base config; every variant runs it with only the estimator (and seed) changed.
+    #[arg(long, default_value = "configs/tiny_cpu.toml")]
+    config: PathBuf,
+    /// Estimators to compare: coupled, d1, full_mask, decoupled (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "coupled,d1,full_mask,decoupled"
+    )]
+    estimators: Vec<String>,
+    /// Seeds per estimator: the config's seed, +1, +2, …
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Override a key of the base config for every run (repeatable), e.g.
+    /// --set schedule.max_steps=20.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Where the runs (OUT/<estimator>-seed<N>/) and the report go.
+    #[arg(long, default_value = "runs/ablate")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Run directories (each with config.toml and metrics.jsonl).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Where report.md and the PNGs go.
+    #[arg(long, default_value = "report")]
+    out: PathBuf,
+}
+
+pub fn ablate(args: AblateArgs) -> Result<()> {
+    if args.seeds == 0 || args.estimators.is_empty() {
+        bail!("--seeds and --estimators must not be empty");
+    }
+    for e in &args.estimators {
+        if !["coupled", "d1", "full_mask", "decoupled"].contains(&e.as_str()) {
+            bail!("--estimators: unknown estimator {e:?} (expected coupled, d1, full_mask or decoupled)");
+        }
+    }
+    // Validate the base config (and every override) before any run starts.
+    let base = TrainConfig::load(&args.config, &args.overrides)?;
+    install_stop_handler();
+    let mut dirs = Vec::new();
+    for e in &args.estimators {
+        for s in 0..args.seeds {
+            let dir = args.out.join(format!("{e}-seed{s}"));
+            let mut overrides = args.overrides.clone();
+            overrides.extend([
+                format!("estimator.kind=\"{e}\""),
+                format!("seed={}", base.seed + s),
+                format!("checkpointing.run_dir=\"{}\"", dir.display()),
+            ]);
+            let config = TrainConfig::load(&args.config, &overrides)?;
+            if couplet_trainer::latest_checkpoint(&dir).is_some_and(|c| {
+                c.ends_with(format!(
+                    "checkpoint-{}",
+                    config.schedule.max_steps.unwrap_or(0)
+                ))
+            }) {
+                eprintln!("{}: already finished, kept", dir.display());
+            } else {
+                // A half-done run resumes from its newest checkpoint.
+                let resume = couplet_trainer::latest_checkpoint(&dir);
+                if let Some(r) = &resume {
+                    eprintln!("{}: resuming from {}", dir.display(), r.display());
+                } else if dir.join("metrics.jsonl").exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("clearing {}", dir.display()))?;
+                }
+                let name = format!("{e} seed {}", base.seed + s);
+                if let JobEnd::Interrupted = run_job(&config, resume.as_deref(), &name)? {
+                    eprintln!(
+                        "interrupted: run the same `couplet ablate` command again to continue"
+                    );
+                    std::process::exit(130);
+                }
+            }
+            dirs.push(dir);
+        }
+    }
+    let files = couplet_report::write_report(&dirs, &args.out)?;
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
+pub fn report(args: ReportArgs) -> Result<()> {
+    let files = couplet_report::write_report(&args.runs, &args.out)?;
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}

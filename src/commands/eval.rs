@@ -1,0 +1,163 @@
+//! `couplet eval`: pass@k of a model on HumanEval or a task file, tests in the sandbox.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use couplet_model::{Checkpoint, LoadOptions};
+use couplet_rollout::RolloutConfig;
+use couplet_sandbox::{Backend, Limits, ProcessBackend, SandboxPool, WasmBackend};
+use couplet_trainer::{check_completions, evaluate, load_benchmark, EvalSettings};
+
+use super::decode_args::DecodeArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model folder (not needed with --canonical).
+    #[arg(long, required_unless_present = "canonical")]
+    model: Option<PathBuf>,
+    /// `humaneval`, or a JSONL file in HumanEval or AceCoder format.
+    #[arg(long, default_value = "humaneval")]
+    benchmark: String,
+    /// n: samples per problem.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// The k of pass@k, comma-separated (each ≤ --samples).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    k: Vec<usize>,
+    /// Evaluate only the first N problems.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Judge the benchmark's own reference solutions instead of samples (checks the
+    /// benchmark file, the wiring and the sandbox: pass@1 should be 1.0).
+    #[arg(long)]
+    canonical: bool,
+    /// System prompt of the chat template.
+    #[arg(long, default_value = couplet_model::tokenizer::DEFAULT_SYSTEM_PROMPT)]
+    system: String,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Sandbox: wasm or process.
+    #[arg(long, default_value = "wasm")]
+    backend: String,
+    /// Sandbox workers (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Seconds per test.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Write per-problem results (`results.jsonl`) and `summary.json` here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let repo = std::env::current_dir()?;
+    let mut problems = load_benchmark(&args.benchmark, &repo).map_err(anyhow::Error::msg)?;
+    if let Some(n) = args.limit {
+        problems.truncate(n);
+    }
+    if args.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    if let Some(k) = args.k.iter().find(|&&k| k == 0 || k > args.samples) {
+        bail!("--k {k}: pass@k needs 1 ≤ k ≤ --samples ({})", args.samples);
+    }
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let backend: Arc<dyn Backend> = match args.backend.as_str() {
+        "wasm" => Arc::new(WasmBackend::from_repo(&repo)?),
+        "process" => Arc::new(ProcessBackend::new(&ProcessBackend::default_python())?),
+        other => bail!("--backend: expected wasm or process, got {other:?}"),
+    };
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let pool = SandboxPool::new(backend, workers)?;
+    let limits = Limits {
+        per_test: Duration::from_secs_f64(args.timeout),
+        ..Limits::default()
+    };
+    let report = if args.canonical {
+        let mut completions = Vec::with_capacity(problems.len());
+        for p in &problems {
+            let Some(reference) = &p.reference else {
+                bail!(
+                    "{}: problem {} has no reference solution (`solution` column or HumanEval's canonical_solution)",
+                    args.benchmark,
+                    p.id
+                );
+            };
+            completions.push(vec![format!("```python\n{reference}\n```\n"); args.samples]);
+        }
+        check_completions(&problems, &completions, &args.k, &pool, limits)
+    } else {
+        let model = args.model.as_ref().expect("clap requires --model");
+        let options = LoadOptions {
+            device: super::parse_device(&args.decode.device)?,
+            kind: Some(super::parse_kind(&args.decode.dtype)?),
+        };
+        let ckpt = Checkpoint::load(model, options)
+            .with_context(|| format!("loading model {}", model.display()))?;
+        let settings = EvalSettings {
+            samples: args.samples,
+            ks: args.k.clone(),
+            rollout: RolloutConfig {
+                decoder: args.decode.decoder()?,
+                group_size: args.samples,
+                generation_batch_size: args.decode.batch_size.max(1),
+                max_prompt_length: args.decode.max_prompt_length,
+                end_tokens: None,
+                progress: false,
+            },
+            seed: args.decode.seed,
+            system_prompt: args.system.clone(),
+            limits,
+            bf16: false,
+        };
+        let bar = indicatif::ProgressBar::new(problems.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "eval {bar:30} {pos}/{len} problems [{elapsed_precise} < {eta_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let report = evaluate(&ckpt, &problems, &settings, &pool, |done, _| {
+            bar.set_position(done as u64)
+        })
+        .map_err(anyhow::Error::msg)?;
+        bar.finish_and_clear();
+        report
+    };
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("results.jsonl");
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        for p in &report.problems {
+            writeln!(f, "{}", serde_json::to_string(p)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let summary = serde_json::json!({
+            "benchmark": args.benchmark,
+            "model": args.model,
+            "canonical": args.canonical,
+            "problems": report.problems.len(),
+            "samples": args.samples,
+            "pass_at_k": report.pass_at_k.iter().map(|(k, v)| (format!("pass@{k}"), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "arness": report.arness,
+            "sandbox_errors": report.sandbox_errors,
+            "generation_seconds": report.generation_seconds,
+            "tokens_per_second": report.tokens_per_second,
+            "seconds": report.seconds,
+        });
+        let path = dir.join("summary.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    print!("{}", report.summary_table());
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! Evaluation: n samples per problem with the chosen decoder, the tests in the sandbox,
+//! pass@k with the unbiased estimator, and the AR-ness of the samples' decode orders.
+//!
+//! A sample is correct when every test passes on the code of its first ```python block
+//! (the whole completion when it has none — EvalPlus-style leniency: an evaluation
+//! measures the code, the `code_format` reward measures the shape). Sandbox failures are
+//! counted apart and never counted as passes.
+
+use std::path::Path;
+
+use couplet_model::{chat_prompt, Checkpoint};
+use couplet_reward::{humaneval, load_rows, pass_at_k, LoadOptions};
+use couplet_rollout::{generate_rollout, ArNess, RolloutConfig};
+use couplet_sandbox::{Job, Limits, SandboxPool};
+use serde::{Deserialize, Serialize};
+
+use crate::reference::with_autocast;
+
+/// One problem: the question the model sees and the tests its code must pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalProblem {
+    pub id: String,
+    pub question: String,
+    pub tests: Vec<String>,
+    /// A known-good full solution, when the benchmark has one (`--canonical` checks the
+    /// wiring and the sandbox with it).
+    pub reference: Option<String>,
+}
+
+/// Loads `humaneval` (the wheel's 164 problems, fetched by setup) or a JSONL file in
+/// HumanEval format (`task_id`, `prompt`, `test`, `entry_point`) or AceCoder format
+/// (`id`, `question`, `test_cases`, optionally `solution`).
+pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProblem>, String> {
+    let path = if benchmark == "humaneval" {
+        repo_root.join(humaneval::DEFAULT_PATH)
+    } else {
+        repo_root.join(benchmark)
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let hint = if benchmark == "humaneval" {
+            " (run scripts/setup.sh to fetch it)"
+        } else {
+            ""
+        };
+        format!("{}: {e}{hint}", path.display())
+    })?;
+    let first: serde_json::Value = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| format!("{}: line 1: {e}", path.display()))?
+        .ok_or_else(|| format!("{}: no problems", path.display()))?;
+    let problems: Vec<EvalProblem> = if first.get("entry_point").is_some() {
+        humaneval::load(&path)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|p| EvalProblem {
+                id: p.task_id.clone(),
+                question: p.instruct_question(),
+                tests: vec![p.test_program()],
+                reference: Some(p.completed_source(&p.canonical_solution)),
+            })
+            .collect()
+    } else {
+        let (rows, _) = load_rows(&path, &LoadOptions::default()).map_err(|e| e.to_string())?;
+        rows.into_iter()
+            .map(|r| EvalProblem {
+                reference: r
+                    .extra
+                    .get("solution")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+                id: r.id,
+                question: r.question,
+                tests: r.test_cases,
+            })
+            .collect()
+    };
+    if problems.is_empty() {
+        return Err(format!("{}: no usable problems", path.display()));
+    }
+    Ok(problems)
+}
+
+/// How to sample and judge.
+#[derive(Debug, Clone)]
+pub struct EvalSettings {
+    /// n: samples per problem.
+    pub samples: usize,
+    /// The k of pass@k (each ≤ n).
+    pub ks: Vec<usize>,
+    /// Decoder, batch size and prompt limit (`group_size` is set to `samples`).
+    pub rollout: RolloutConfig,
+    pub seed: u64,
+    pub system_prompt: String,
+    pub limits: Limits,
+    /// Autocast the decoder to bf16 (CUDA only).
+    pub bf16: bool,
+}
+
+/// One problem's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProblemResult {
+    pub id: String,
+    pub samples: usize,
+    pub correct: usize,
+    pub pass_at_k: Vec<(usize, f64)>,
+    /// Samples whose tests could not run (sandbox failure; not counted as correct).
+    pub sandbox_errors: usize,
+    pub completions: Vec<String>,
+    pub passed: Vec<bool>,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub problems: Vec<ProblemResult>,
+    /// Mean over problems.
+    pub pass_at_k: Vec<(usize, f64)>,
+    /// Mean AR-ness of the samples' decode orders (absent for given completions).
+    pub arness: Option<ArNess>,
+    pub sandbox_errors: usize,
+    pub generation_seconds: f64,
+    pub tokens_per_second: f64,
+    pub seconds: f64,
+}
+
+impl EvalReport {
+    /// pass@k for one k, when it was computed.
+    pub fn pass_at(&self, k: usize) -> Option<f64> {
+        self.pass_at_k
+            .iter()
+            .find(|(x, _)| *x == k)
+            .map(|(_, v)| *v)
+    }
+
+    /// A plain-text summary table.
+    pub fn summary_table(&self) -> String {
+        let n = self.problems.first().map_or(0, |p| p.samples);
+        let mut s = format!(
+            "problems {}  samples/problem {}  sandbox errors {}\n",
+            self.problems.len(),
+            n,
+            self.sandbox_errors
+        );
+        for (k, v) in &self.pass_at_k {
+            s += &format!("pass@{k:<3} {:6.2}%\n", 100.0 * v);
+        }
+        if let Some(a) = &self.arness {
+            let fmt = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            s += &format!("AR-ness local@1..{}  {}\n", a.local.len(), fmt(&a.local));
+            s += &format!("AR-ness global@1..{} {}\n", a.global.len(), fmt(&a.global));
+        }
+        if self.generation_seconds > 0.0 {
+            s += &format!(
+                "generation {:.1} s ({:.1} tok/s), total {:.1} s\n",
+                self.generation_seconds, self.tokens_per_second, self.seconds
+            );
+        }
+        s
+    }
+}
+
+/// Judges given completions (`completions[i]` are problem i's samples).
+pub fn check_completions(
+    problems: &[EvalProblem],
+    completions: &[Vec<String>],
+    ks: &[usize],
+    pool: &SandboxPool,
+    limits: Limits,
+) -> EvalReport {
+    let started = std::time::Instant::now();
+    let mut jobs = Vec::new();
+    for (p, samples) in problems.iter().zip(completions) {
+        for (j, c) in samples.iter().enumerate() {
+            jobs.push(Job {
+                id: format!("{}#{j}", p.id),
+                solution: solution_code(c).to_string(),
+                tests: p.tests.clone(),
+                check_syntax: false,
+            });
+        }
+    }
+    let mut results = pool.run_all(jobs, limits).into_iter();
+    let mut out = Vec::with_capacity(problems.len());
+    let mut sandbox_errors = 0;
+    for (p, samples) in problems.iter().zip(completions) {
+        let mut passed = Vec::with_capacity(samples.len());
+        let mut errors = 0;
+        for _ in samples {
+            let r = results.next();
+            let rate = r.as_ref().and_then(|r| r.pass_rate());
+            if rate.is_none() {
+                errors += 1;
+            }
+            passed.push(!p.tests.is_empty() && rate.is_some_and(|x| x >= 1.0));
+        }
+        let n = samples.len();
+        let correct = passed.iter().filter(|x| **x).count();
+        sandbox_errors += errors;
+        out.push(ProblemResult {
+            id: p.id.clone(),
+            samples: n,
+            correct,
+            pass_at_k: ks
+                .iter()
+                .filter_map(|&k| pass_at_k(n, correct, k).map(|v| (k, v)))
+                .collect(),
+            sandbox_errors: errors,
+            completions: samples.clone(),
+            passed,
+        });
+    }
+    let pass_at_k = ks
+        .iter()
+        .filter_map(|&k| {
+            let values: Vec<f64> = out
+                .iter()
+                .filter_map(|r| r.pass_at_k.iter().find(|(x, _)| *x == k).map(|v| v.1))
+                .collect();
+            (!values.is_empty() && values.len() == out.len())
+                .then(|| (k, values.iter().sum::<f64>() / values.len() as f64))
+        })
+        .collect();
+    EvalReport {
+        problems: out,
+        pass_at_k,
+        arness: None,
+        sandbox_errors,
+        generation_seconds: 0.0,
+        tokens_per_second: 0.0,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// The code a sample is judged on: its first ```python block, else the whole text.
+fn solution_code(completion: &str) -> &str {
+    if completion.contains("```python\n") {
+        couplet_reward::extract_code(completion)
+    } else {
+        completion
+    }
+}
+
+/// Samples `settings.samples` completions per problem from `model` and judges them.
+/// `progress(done, total)` is called after each batch of prompts.
+pub fn evaluate(
+    model: &Checkpoint,
+    problems: &[EvalProblem],
+    settings: &EvalSettings,
+    pool: &SandboxPool,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<EvalReport, String> {
+    if settings.samples == 0 {
+        return Err("samples must be at least 1".into());
+    }
+    if let Some(k) = settings
+        .ks
+        .iter()
+        .find(|&&k| k == 0 || k > settings.samples)
+    {
+        return Err(format!(
+            "pass@{k} needs 1 ≤ k ≤ samples ({})",
+            settings.samples
+        ));
+    }
+    let started = std::time::Instant::now();
+    let mut cfg = settings.rollout.clone();
+    cfg.group_size = settings.samples;
+    let per_batch = (cfg.generation_batch_size / settings.samples).max(1);
+    cfg.generation_batch_size = per_batch * settings.samples;
+    let mut completions: Vec<Vec<String>> = Vec::with_capacity(problems.len());
+    let mut arness = Vec::new();
+    let (mut generation_seconds, mut tokens) = (0.0, 0.0);
+    for (b, chunk) in problems.chunks(per_batch).enumerate() {
+        let prompts: Vec<String> = chunk
+            .iter()
+            .map(|p| chat_prompt(&settings.system_prompt, &p.question))
+            .collect();
+        let first = (b * per_batch * settings.samples) as u64;
+        let rollout = with_autocast(model.model.device(), settings.bf16, || {
+            generate_rollout(
+                &model.model,
+                &model.tokenizer,
+                &prompts,
+                &cfg,
+                settings.seed,
+                first,
+            )
+        })
+        .map_err(|e| e.to_string())?;
+        generation_seconds += rollout.seconds;
+        tokens += rollout.tokens_per_second() * rollout.seconds;
+        for (i, _) in chunk.iter().enumerate() {
+            completions.push(
+                (0..rollout.len())
+                    .filter(|&r| rollout.prompt_index[r] == i)
+                    .map(|r| rollout.texts[r].clone())
+                    .collect(),
+            );
+        }
+        arness.extend(rollout.arness);
+        progress(
+            (b * per_batch + chunk.len()).min(problems.len()),
+            problems.len(),
+        );
+    }
+    let mut report = check_completions(problems, &completions, &settings.ks, pool, settings.limits);
+    report.arness = Some(ArNess::mean(&arness));
+    report.generation_seconds = generation_seconds;
+    report.tokens_per_second = tokens / generation_seconds.max(1e-9);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
