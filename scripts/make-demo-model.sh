@@ -9,7 +9,7 @@
 #     scripts/make-demo-model.sh [--steps N] [--seed S] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=700
+steps=1200
 seed=1
 out=data/demo-model
 while [ $# -gt 0 ]; do
@@ -27,7 +27,7 @@ trap 'rm -rf "$work"' EXIT
 "$bin" init-model --preset small --tokenizer data/tokenizer-cpu/tokenizer.json \
   --out "$work/init" --seed "$seed" --tie-embeddings
 "$bin" sft --model "$work/init" --data data/tasks/train.jsonl --out "$work/model" \
-  --steps "$steps" --answer-length 48 --batch-size 16 --lr 1e-3 --schedule cosine --warmup-steps 20 \
+  --steps "$steps" --answer-length 48 --batch-size 16 --lr 1.5e-3 --schedule cosine --warmup-steps 20 \
   --seed "$seed" --log-every 100
 # Validation pass@1: greedy, and at the demo's rollout temperature (what RL starts from).
 "$bin" eval --model "$work/model" --benchmark data/tasks/val.jsonl --samples 1 \

@@ -107,4 +107,22 @@ fi
 source scripts/env.sh
 say "building target/release/couplet (first build takes a few minutes)"
 cargo build --release --quiet
+
+# 4. A TrueType font for the report plots (`couplet ablate` / `couplet report`).
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && [ -z "${COUPLET_FONT:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing fonts-dejavu-core (for the report plots)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null
+  else
+    say "warning: no DejaVu Sans font; install fonts-dejavu-core or set COUPLET_FONT for report plots"
+  fi
+fi
+
+# 5. The demo model (data/demo-model): small Dream model fine-tuned on the bundled tasks.
+if [ -s data/demo-model/model.safetensors ]; then
+  say "demo model already in data/demo-model"
+else
+  say "building the demo model data/demo-model (scripts/make-demo-model.sh, a few minutes)"
+  scripts/make-demo-model.sh
+fi
 say "done: target/release/couplet is ready"

@@ -605,3 +605,81 @@ fn eval_canonical_solutions_pass_and_model_samples_are_judged() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--k 5"));
 }
+
+#[test]
+fn ablate_runs_each_estimator_and_report_remakes_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(tmp.path(), false, 0);
+    let out_dir = tmp.path().join("ablate");
+    let out = couplet(&[
+        "ablate",
+        "--config",
+        "configs/tiny_cpu.toml",
+        "--estimators",
+        "coupled,d1,full_mask,decoupled",
+        "--seeds",
+        "1",
+        "--set",
+        &format!("model.path=\"{}\"", model.display()),
+        "--set",
+        "schedule.max_steps=2",
+        "--set",
+        "eval.every=1",
+        "--set",
+        "eval.max_problems=2",
+        "--set",
+        "rollout.max_new_tokens=16",
+        "--set",
+        "rollout.steps=8",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    for e in ["coupled", "d1", "full_mask", "decoupled"] {
+        assert!(
+            report.contains(&format!("| {e} | 1 | 2 |")),
+            "{e}:\n{report}"
+        );
+        let evals = std::fs::read_to_string(out_dir.join(format!("{e}-seed0/eval.jsonl"))).unwrap();
+        assert_eq!(evals.lines().count(), 3, "evaluations at steps 0, 1, 2");
+    }
+    let is_png = |p: &std::path::Path| {
+        let bytes = std::fs::read(p).unwrap();
+        bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n")
+    };
+    for png in ["reward.png", "pass_at_1.png", "arness.png"] {
+        assert!(is_png(&out_dir.join(png)), "{png}");
+    }
+    // `report` remakes the same files from existing runs.
+    let again = tmp.path().join("again");
+    let out = couplet(&[
+        "report",
+        out_dir.join("coupled-seed0").to_str().unwrap(),
+        out_dir.join("d1-seed0").to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(again.join("report.md"))
+        .unwrap()
+        .contains("2 runs in 2 variants: coupled, d1"));
+    assert!(is_png(&again.join("reward.png")));
+    // Something that is not a run directory is named.
+    let out = couplet(&[
+        "report",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.toml"));
+}
