@@ -12,6 +12,15 @@ fn couplet(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Fails the test with the command's stderr unless it exited 0.
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn init_model_then_generate_json() {
     let tmp = tempfile::tempdir().unwrap();
@@ -26,11 +35,7 @@ fn init_model_then_generate_json() {
         "--out",
         dir.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     for f in [
         "config.json",
         "model.safetensors",
@@ -53,11 +58,7 @@ fn init_model_then_generate_json() {
         "8",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -237,11 +238,7 @@ fn train_then_resume_from_the_command_line() {
     let model = common::tiny_model(tmp.path(), false, 0);
     let run = tmp.path().join("run");
     let out = train_command(&model, &run, 1, false).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("step     1"));
     assert!(run.join("checkpoint-1/policy/model.safetensors").exists());
     assert!(
@@ -270,11 +267,7 @@ fn train_then_resume_from_the_command_line() {
         .args(["--resume", run.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("at step 1"));
     // The checkpoint's policy is a model folder `generate` loads directly.
     let policy = run.join("checkpoint-2/policy");
@@ -289,11 +282,7 @@ fn train_then_resume_from_the_command_line() {
         "--max-new-tokens",
         "2",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // Config errors name the key; unknown keys are rejected.
     let out = couplet(&[
         "train",
@@ -398,11 +387,7 @@ fn ctrl_c_saves_and_exits_130_and_kill_9_keeps_a_good_checkpoint() {
         .parse()
         .unwrap();
     let out = spawn_train_resume(&model, &run, step + 1);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("at step {step}")));
 }
 
@@ -468,11 +453,7 @@ fn a_failed_save_keeps_the_previous_checkpoint() {
     let model = common::tiny_model(tmp.path(), false, 0);
     let run = tmp.path().join("run");
     let out = train_command(&model, &run, 1, false).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // Resume with every file capped at 64 KiB: the logs still fit, the next checkpoint's
     // weights do not, so its save fails part-way, as on a full disk.
     let mut cmd = train_command(&model, &run, 3, true);
@@ -530,11 +511,7 @@ fn eval_canonical_solutions_pass_and_model_samples_are_judged() {
         out_dir.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(
         stdout.contains("problems 164") && stdout.contains("pass@1   100.00%"),
         "{stdout}"
@@ -577,11 +554,7 @@ fn eval_canonical_solutions_pass_and_model_samples_are_judged() {
         out_dir.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(
         stdout.contains("problems 5  samples/problem 4")
             && stdout.contains("pass@1 ")
@@ -634,11 +607,7 @@ fn ablate_runs_each_estimator_and_report_remakes_the_files() {
         "--out",
         out_dir.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     for e in ["coupled", "d1", "full_mask", "decoupled"] {
         assert!(
@@ -664,11 +633,7 @@ fn ablate_runs_each_estimator_and_report_remakes_the_files() {
         "--out",
         again.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(std::fs::read_to_string(again.join("report.md"))
         .unwrap()
         .contains("2 runs in 2 variants: coupled, d1"));

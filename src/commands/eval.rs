@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use couplet_model::{Checkpoint, LoadOptions};
+
 use couplet_rollout::RolloutConfig;
 use couplet_sandbox::{Backend, Limits, ProcessBackend, SandboxPool, WasmBackend};
 use couplet_trainer::{check_completions, evaluate, load_benchmark, EvalSettings};
@@ -96,12 +96,7 @@ pub fn run(args: Args) -> Result<()> {
         check_completions(&problems, &completions, &args.k, &pool, limits)
     } else {
         let model = args.model.as_ref().expect("clap requires --model");
-        let options = LoadOptions {
-            device: super::parse_device(&args.decode.device)?,
-            kind: Some(super::parse_kind(&args.decode.dtype)?),
-        };
-        let ckpt = Checkpoint::load(model, options)
-            .with_context(|| format!("loading model {}", model.display()))?;
+        let ckpt = super::load_checkpoint(model, &args.decode.device, &args.decode.dtype)?;
         let settings = EvalSettings {
             samples: args.samples,
             ks: args.k.clone(),

@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_model::{chat_prompt, Checkpoint, LoadOptions};
+use couplet_model::chat_prompt;
 use couplet_rollout::{generate_rollout, RolloutConfig};
 
 use super::decode_args::DecodeArgs;
@@ -76,12 +76,7 @@ fn read_prompts(args: &Args) -> Result<Vec<String>> {
 pub fn run(args: Args) -> Result<()> {
     let decoder = args.decode.decoder()?;
     let prompts = read_prompts(&args)?;
-    let options = LoadOptions {
-        device: super::parse_device(&args.decode.device)?,
-        kind: Some(super::parse_kind(&args.decode.dtype)?),
-    };
-    let ckpt = Checkpoint::load(&args.model, options)
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let ckpt = super::load_checkpoint(&args.model, &args.decode.device, &args.decode.dtype)?;
     let texts: Vec<String> = if args.chat {
         prompts
             .iter()

@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_model::{Checkpoint, LoadOptions};
+use couplet_model::Checkpoint;
 use couplet_trainer::{estimate, estimate_versions, Estimator, EstimatorBatch, Versions};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -105,15 +105,7 @@ fn pinned(value: &Value, l: usize, k: usize, at: &str) -> Result<Versions> {
 
 pub fn run(args: Args) -> Result<()> {
     let est = estimator(&args)?;
-    let device = super::parse_device(&args.device)?;
-    let ckpt = Checkpoint::load(
-        &args.model,
-        LoadOptions {
-            device,
-            kind: Some(Kind::Float),
-        },
-    )
-    .with_context(|| format!("loading model {}", args.model.display()))?;
+    let ckpt = super::load_checkpoint(&args.model, &args.device, "f32")?;
     let mask_id = ckpt.tokenizer.special().mask;
     let read = |path: &PathBuf| -> Result<Vec<Value>> {
         let file =
@@ -160,7 +152,9 @@ pub fn run(args: Args) -> Result<()> {
             .and_then(Value::as_u64)
             .unwrap_or(i as u64);
         let seq: Vec<i64> = prompt.iter().chain(&completion).copied().collect();
-        let sequences = Tensor::from_slice(&seq).view([1, -1]).to_device(device);
+        let sequences = Tensor::from_slice(&seq)
+            .view([1, -1])
+            .to_device(ckpt.model.device());
         let prompt_mask = Tensor::ones([1, prompt.len() as i64], (Kind::Int64, Device::Cpu));
         let samples = [sample];
         let batch = EstimatorBatch {

@@ -37,6 +37,22 @@ pub fn parse_kind(name: &str) -> Result<Kind> {
     }
 }
 
+/// Loads a model folder onto `device` (a `--device` string) in `dtype` (a `--dtype` string),
+/// with an error that names the folder.
+pub fn load_checkpoint(
+    path: &std::path::Path,
+    device: &str,
+    dtype: &str,
+) -> Result<couplet_model::Checkpoint> {
+    use anyhow::Context;
+    let options = couplet_model::LoadOptions {
+        device: parse_device(device)?,
+        kind: Some(parse_kind(dtype)?),
+    };
+    couplet_model::Checkpoint::load(path, options)
+        .with_context(|| format!("loading model {}", path.display()))
+}
+
 pub fn devices() -> Result<()> {
     let cuda = tch::Cuda::is_available();
     println!("cuda available: {cuda}");

@@ -3,12 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_model::{save_model, Checkpoint, LoadOptions, SaveOptions};
+use couplet_model::{save_model, SaveOptions};
 use couplet_reward::{load_rows, LoadOptions as RowOptions};
 use couplet_trainer::{
     build_example, lr_factor, sft_step, AdamW, AdamWConfig, Schedule, SftSettings,
 };
-use tch::Kind;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -72,15 +71,7 @@ pub fn run(args: Args) -> Result<()> {
             args.schedule
         );
     };
-    let device = super::parse_device(&args.device)?;
-    let ckpt = Checkpoint::load(
-        &args.model,
-        LoadOptions {
-            device,
-            kind: Some(Kind::Float),
-        },
-    )
-    .with_context(|| format!("loading model {}", args.model.display()))?;
+    let ckpt = super::load_checkpoint(&args.model, &args.device, "f32")?;
     let (rows, summary) = load_rows(&args.data, &RowOptions::default())?;
     let mut examples = Vec::with_capacity(rows.len());
     for row in &rows {
