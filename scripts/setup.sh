@@ -103,12 +103,24 @@ PY
   rm -rf "$tmp"
 fi
 
-# 3. Release binary.
+# 3. Build-time system headers: Gloo's (Debian libgloo-dev) for the c10d shim of the
+#    `dist` crate (the Gloo code itself is inside libtorch).
+if [ ! -f /usr/include/gloo/config.h ] && [ -z "${GLOO_INCLUDE_DIR:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing libgloo-dev (headers for the c10d shim)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgloo-dev >/dev/null
+  else
+    echo "setup: Gloo headers missing: run 'sudo apt-get install libgloo-dev' or set GLOO_INCLUDE_DIR" >&2
+    exit 1
+  fi
+fi
+
+# 4. Release binary.
 source scripts/env.sh
 say "building target/release/couplet (first build takes a few minutes)"
 cargo build --release --quiet
 
-# 4. A TrueType font for the report plots (`couplet ablate` / `couplet report`).
+# 5. A TrueType font for the report plots (`couplet ablate` / `couplet report`).
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && [ -z "${COUPLET_FONT:-}" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing fonts-dejavu-core (for the report plots)"
@@ -118,7 +130,7 @@ if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && [ -z "${COUPLET_F
   fi
 fi
 
-# 5. The demo model (data/demo-model): small Dream model fine-tuned on the bundled tasks.
+# 6. The demo model (data/demo-model): small Dream model fine-tuned on the bundled tasks.
 if [ -s data/demo-model/model.safetensors ]; then
   say "demo model already in data/demo-model"
 else
