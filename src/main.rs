@@ -28,6 +28,8 @@ enum Command {
     Eval(Box<commands::eval::Args>),
     /// Run or resume a coupled-GRPO training job.
     Train(commands::train::Args),
+    /// Start N ranks of a couplet command on this machine (torchrun's variables).
+    Launch(commands::launch::Args),
     /// Run the same config once per estimator and seed, then write a report.
     Ablate(commands::ablate::AblateArgs),
     /// Make report.md and PNG plots from existing run directories.
@@ -56,6 +58,7 @@ fn main() {
         Some(Command::Train(args)) => commands::train::run(args),
         Some(Command::Sft(args)) => commands::sft::run(args),
         Some(Command::Eval(args)) => commands::eval::run(*args),
+        Some(Command::Launch(args)) => commands::launch::run(args),
         Some(Command::Ablate(args)) => commands::ablate::ablate(args),
         Some(Command::Report(args)) => commands::ablate::report(args),
         Some(Command::Devices) => commands::devices(),

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod init_model;
+pub mod launch;
 pub mod logprobs;
 pub mod sandbox;
 pub mod sft;

@@ -75,20 +75,34 @@ pub enum JobEnd {
 /// [`install_stop_handler`] first for Ctrl-C to save and stop cleanly.
 pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Result<JobEnd> {
     let run_dir = config.checkpointing.run_dir.clone();
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    std::fs::write(run_dir.join("config.toml"), config.to_toml())
-        .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
     let repo = std::env::current_dir()?;
     let mut trainer = Trainer::new(config.clone(), &repo, resume)?;
+    // With several ranks, rank 0 alone talks: progress, logs, evaluation, the config copy.
+    let lead = trainer.rank() == 0;
+    if lead {
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::write(run_dir.join("config.toml"), config.to_toml())
+            .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
+    }
+    let say = |message: String| {
+        if lead {
+            eprintln!("{message}");
+        }
+    };
     if let Some(r) = resume {
-        eprintln!(
+        say(format!(
             "resumed from {} at step {}",
             r.display(),
             trainer.state.step
-        );
+        ));
     }
     let total = trainer.total_steps();
-    let bar = indicatif::ProgressBar::new(total);
+    let bar = if lead {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{prefix} {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
@@ -97,10 +111,19 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
     );
     bar.set_prefix(name.to_string());
     bar.set_position(trainer.state.step);
-    let mut log = RunLog::open(&run_dir, config.logging.tensorboard)
-        .with_context(|| format!("opening the logs in {}", run_dir.display()))?;
+    let mut log = if lead {
+        Some(
+            RunLog::open(&run_dir, config.logging.tensorboard)
+                .with_context(|| format!("opening the logs in {}", run_dir.display()))?,
+        )
+    } else {
+        None
+    };
     let evaluate =
-        |trainer: &Trainer, log: &mut RunLog, bar: &indicatif::ProgressBar| -> Result<()> {
+        |trainer: &Trainer, log: &mut Option<RunLog>, bar: &indicatif::ProgressBar| -> Result<()> {
+            let Some(log) = log.as_mut() else {
+                return Ok(());
+            };
             if let Some(report) = trainer.evaluate_validation()? {
                 log.eval(trainer.state.step, &report)?;
                 let pass = report.pass_at(1).unwrap_or(f64::NAN);
@@ -122,14 +145,16 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
     }
     while trainer.state.step < total {
         let m = trainer.step()?;
-        log.step(&m)?;
-        let every = config.logging.completions_every;
-        if every > 0 && (m.step % every == 0 || m.step == 1) {
-            log.completions(&trainer.last_samples)?;
+        if let Some(log) = log.as_mut() {
+            log.step(&m)?;
+            let every = config.logging.completions_every;
+            if every > 0 && (m.step % every == 0 || m.step == 1) {
+                log.completions(&trainer.last_samples)?;
+            }
         }
         bar.set_position(m.step);
         bar.set_message(format!("reward {:.3} kl {:.4}", m.reward, m.kl));
-        if m.step % config.logging.log_every == 0 {
+        if lead && m.step % config.logging.log_every == 0 {
             bar.suspend(|| eprintln!(
                 "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5}  clip {:.3}  |g| {:.4}  lr {:.2e}  len {:.1}  rollout {:.1}s reward {:.1}s update {:.1}s",
                 m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.rollout_seconds, m.reward_seconds, m.update_seconds
@@ -138,7 +163,7 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
         if eval_every > 0 && (m.step % eval_every == 0 || m.step == total) {
             evaluate(&trainer, &mut log, &bar)?;
         }
-        let stopping = STOP.load(Ordering::SeqCst);
+        let stopping = trainer.agree_stop(STOP.load(Ordering::SeqCst))?;
         if m.step % config.checkpointing.save_every == 0 || m.step == total || stopping {
             let dir = trainer.save_checkpoint().map_err(|e| {
                 let kept = latest_checkpoint(&run_dir).map_or_else(
@@ -151,23 +176,23 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
                     run_dir.display()
                 )
             })?;
-            bar.suspend(|| eprintln!("saved {}", dir.display()));
+            bar.suspend(|| say(format!("saved {}", dir.display())));
         }
         if stopping {
             bar.finish_and_clear();
-            eprintln!(
+            say(format!(
                 "interrupted at step {}: checkpoint saved; resume with --resume {}",
                 m.step,
                 run_dir.display()
-            );
+            ));
             return Ok(JobEnd::Interrupted);
         }
     }
     bar.finish_and_clear();
-    eprintln!(
+    say(format!(
         "done: {} steps; checkpoints in {}",
         trainer.state.step,
         run_dir.display()
-    );
+    ));
     Ok(JobEnd::Finished)
 }

@@ -477,6 +477,10 @@ pub struct DistributedSection {
     pub backend: String,
     /// Shard AdamW state across ranks (ZeRO-1).
     pub zero1: bool,
+    /// Rendezvous and collective timeout.
+    pub timeout_seconds: f64,
+    /// Gradient all-reduce bucket size.
+    pub bucket_mb: usize,
 }
 
 impl Default for DistributedSection {
@@ -484,6 +488,8 @@ impl Default for DistributedSection {
         DistributedSection {
             backend: "none".into(),
             zero1: false,
+            timeout_seconds: 1800.0,
+            bucket_mb: 25,
         }
     }
 }
@@ -577,6 +583,19 @@ impl TrainConfig {
             &self.distributed.backend,
             &["none", "gloo", "nccl"],
         )?;
+        let d = &self.distributed;
+        if d.zero1 && d.backend == "none" {
+            return Err(invalid(
+                "distributed.zero1",
+                "shards optimizer state across ranks: needs distributed.backend = \"gloo\" or \"nccl\"",
+            ));
+        }
+        if !(d.timeout_seconds > 0.0 && d.timeout_seconds.is_finite()) {
+            return Err(invalid("distributed.timeout_seconds", "must be > 0"));
+        }
+        if d.bucket_mb == 0 {
+            return Err(invalid("distributed.bucket_mb", "must be at least 1"));
+        }
         if r.num_generations == 0 {
             return Err(invalid("rollout.num_generations", "must be at least 1"));
         }
@@ -783,12 +802,12 @@ impl TrainConfig {
                 "micro_batch_size and gradient_accumulation_steps must be at least 1",
             ));
         }
-        if s.micro_batch_size * s.gradient_accumulation_steps != per_step {
+        let per_rank_step = s.micro_batch_size * s.gradient_accumulation_steps;
+        if per_step % per_rank_step != 0 {
             return Err(invalid(
                 "schedule.gradient_accumulation_steps",
                 format!(
-                    "micro_batch_size × gradient_accumulation_steps = {} must equal the completions per step (num_generations × prompts_per_step = {per_step})",
-                    s.micro_batch_size * s.gradient_accumulation_steps
+                    "micro_batch_size × gradient_accumulation_steps = {per_rank_step} (per rank) × the number of ranks must equal the completions per step (num_generations × prompts_per_step = {per_step})"
                 ),
             ));
         }

@@ -90,6 +90,9 @@ pub struct ParamState {
     pub exp_avg: Tensor,
     pub exp_avg_sq: Tensor,
     pub decay: bool,
+    /// This rank updates the parameter (always, except under ZeRO-1 sharding, where the
+    /// moments of parameters owned by other ranks are not even allocated).
+    pub owned: bool,
 }
 
 pub struct AdamW {
@@ -122,6 +125,7 @@ impl AdamW {
                     name,
                     param,
                     decay,
+                    owned: true,
                 }
             })
             .collect();
@@ -130,6 +134,26 @@ impl AdamW {
             params,
             step: 0,
         }
+    }
+
+    /// ZeRO-1: assigns each parameter to one of `world` ranks (greedy by size, in name
+    /// order, so every rank computes the same owners), frees the moments of the parameters
+    /// this `rank` does not own, and returns the owner of every parameter.
+    pub fn shard(&mut self, rank: usize, world: usize) -> Vec<usize> {
+        let mut load = vec![0i64; world.max(1)];
+        let mut owners = Vec::with_capacity(self.params.len());
+        for p in &mut self.params {
+            let owner = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+            load[owner] += p.param.numel() as i64;
+            owners.push(owner);
+            p.owned = owner == rank;
+            if !p.owned {
+                let empty = || Tensor::zeros([0], (Kind::Float, p.param.device()));
+                p.exp_avg = empty();
+                p.exp_avg_sq = empty();
+            }
+        }
+        owners
     }
 
     /// Global L2 norm of all gradients (before clipping).
@@ -165,6 +189,10 @@ impl AdamW {
         for p in &mut self.params {
             let mut grad = p.param.grad();
             if !grad.defined() {
+                continue;
+            }
+            if !p.owned {
+                let _ = grad.zero_();
                 continue;
             }
             let g = grad.to_kind(Kind::Float) * scale;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use couplet_dist::{Backend as DistBackend, ProcessGroup, Rendezvous};
 use couplet_model::{chat_prompt, random, Checkpoint, DreamModel, LoadOptions, SaveOptions};
 use couplet_reward::{load_rows, score_batch, BadRows, RewardConfig, RewardKind, Row};
 use couplet_rollout::{generate_rollout, RolloutConfig};
@@ -134,6 +135,28 @@ impl MicroBatch {
 }
 
 impl RoundBuffer {
+    /// The tensors a checkpoint keeps (on the CPU), by name.
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+        let mut out = vec![
+            ("sequences".to_string(), cpu(&self.sequences)),
+            ("prompt_mask".to_string(), cpu(&self.prompt_mask)),
+            ("completion_mask".to_string(), cpu(&self.completion_mask)),
+            ("advantages".to_string(), cpu(&self.advantages)),
+        ];
+        for (i, t) in self.old.iter().enumerate() {
+            if let Some(t) = t {
+                out.push((format!("old/{i}"), cpu(t)));
+            }
+        }
+        for (i, t) in self.reference.iter().enumerate() {
+            if let Some(t) = t {
+                out.push((format!("reference/{i}"), cpu(t)));
+            }
+        }
+        out
+    }
+
     /// Consecutive micro-batches of `size` rows; row i is global sample `first + i`.
     fn micro_batches(&self, size: i64, first: u64) -> Vec<MicroBatch> {
         let n = self.sequences.size()[0];
@@ -166,8 +189,12 @@ pub struct Trainer {
     buffer: Option<RoundBuffer>,
     total_steps: u64,
     device: Device,
-    /// Completions of the last sampled round (for `completions.jsonl`).
+    /// Completions of the last sampled round (for `completions.jsonl`; this rank's).
     pub last_samples: Vec<CompletionSample>,
+    /// The data-parallel group (`distributed.backend` ≠ none), and under ZeRO-1 the rank
+    /// that owns (updates) each optimizer parameter.
+    dist: Option<ProcessGroup>,
+    owners: Option<Vec<usize>>,
 }
 
 impl Trainer {
@@ -191,11 +218,28 @@ impl Trainer {
                 }
             },
         };
-        if config.distributed.backend != "none" || config.distributed.zero1 {
+        let dist = join_group(&config)?;
+        let device = match &dist {
+            Some(pg) if pg.backend == DistBackend::Nccl => pg.device(),
+            _ => device,
+        };
+        let world = dist.as_ref().map_or(1, |pg| pg.world_size);
+        let per_rank_step =
+            config.schedule.micro_batch_size * config.schedule.gradient_accumulation_steps;
+        if per_rank_step * world != config.completions_per_step() {
             return Err(TrainError::Setup(format!(
-                "distributed.backend = {:?} / zero1 = {}: multi-process training is not implemented yet; set distributed.backend = \"none\" and zero1 = false to train on one device",
-                config.distributed.backend, config.distributed.zero1
+                "schedule.micro_batch_size × gradient_accumulation_steps = {per_rank_step} per rank × {world} rank(s) must equal the completions per step ({}); set gradient_accumulation_steps = {}",
+                config.completions_per_step(),
+                config.completions_per_step() / world / config.schedule.micro_batch_size.max(1)
             )));
+        }
+        if let Some(pg) = &dist {
+            if config.rollout.prompts_per_step % pg.world_size != 0 {
+                return Err(TrainError::Setup(format!(
+                    "rollout.prompts_per_step = {} must be a multiple of the world size {} (each rank rolls out whole prompt groups)",
+                    config.rollout.prompts_per_step, pg.world_size
+                )));
+            }
         }
         let source = resume
             .map(|r| r.join("policy"))
@@ -208,6 +252,9 @@ impl Trainer {
             },
         )
         .map_err(|e| TrainError::Setup(format!("loading the policy: {e}")))?;
+        if let Some(pg) = &dist {
+            sync_weights(pg, &policy.model)?;
+        }
         let load = couplet_reward::LoadOptions {
             prompt_column: config.data.prompt_column.clone(),
             bad_rows: if config.data.bad_rows == "fatal" {
@@ -313,7 +360,14 @@ impl Trainer {
             total_steps,
             device,
             last_samples: Vec::new(),
+            dist,
+            owners: None,
         };
+        if trainer.config.distributed.zero1 {
+            if let Some(pg) = &trainer.dist {
+                trainer.owners = Some(optimizer.shard(pg.rank, pg.world_size));
+            }
+        }
         if let Some(dir) = resume {
             trainer.restore(dir, &mut optimizer)?;
         }
@@ -323,6 +377,69 @@ impl Trainer {
 
     pub fn total_steps(&self) -> u64 {
         self.total_steps
+    }
+
+    /// This process's rank (0 without a group): rank 0 alone logs, evaluates and writes
+    /// checkpoints.
+    pub fn rank(&self) -> usize {
+        self.dist.as_ref().map_or(0, |pg| pg.rank)
+    }
+
+    fn rank_and_world(&self) -> (usize, usize) {
+        self.dist
+            .as_ref()
+            .map_or((0, 1), |pg| (pg.rank, pg.world_size))
+    }
+
+    /// Global index of this rank's first sample in round `round`: samples are numbered
+    /// across ranks, so masks and draws do not depend on the world size.
+    fn first_local_sample(&self, round: u64) -> u64 {
+        let (rank, world) = self.rank_and_world();
+        round * self.config.completions_per_step() as u64
+            + (rank * self.config.completions_per_step() / world) as u64
+    }
+
+    /// Whether any rank was asked to stop (SIGINT/SIGTERM reach ranks at different
+    /// times; every rank must make the same decision or the collectives would diverge).
+    pub fn agree_stop(&self, local: bool) -> Result<bool, TrainError> {
+        match &self.dist {
+            Some(pg) => Ok(all_reduce_scalars(pg, &[f64::from(u8::from(local))])?[0] > 0.0),
+            None => Ok(local),
+        }
+    }
+
+    /// Under ZeRO-1, gathers every parameter's moments from its owner (one parameter at a
+    /// time) so rank 0 can write the same optimizer file a single process would; without
+    /// sharding, this rank's own moments. Collective under ZeRO-1.
+    fn full_moments(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
+        let mut out = Vec::new();
+        for (i, p) in self.optimizer.params.iter().enumerate() {
+            let (a, b) = match (&self.dist, &self.owners) {
+                (Some(pg), Some(owners)) => {
+                    let mut a = if p.owned {
+                        p.exp_avg.shallow_clone()
+                    } else {
+                        Tensor::zeros(p.param.size(), (Kind::Float, p.param.device()))
+                    };
+                    let mut b = if p.owned {
+                        p.exp_avg_sq.shallow_clone()
+                    } else {
+                        Tensor::zeros(p.param.size(), (Kind::Float, p.param.device()))
+                    };
+                    pg.broadcast(&mut a, owners[i])
+                        .map_err(setup("gathering optimizer state"))?;
+                    pg.broadcast(&mut b, owners[i])
+                        .map_err(setup("gathering optimizer state"))?;
+                    (a, b)
+                }
+                _ => (p.exp_avg.shallow_clone(), p.exp_avg_sq.shallow_clone()),
+            };
+            if self.rank() == 0 {
+                out.push((format!("exp_avg/{}", p.name), a.to_device(Device::Cpu)));
+                out.push((format!("exp_avg_sq/{}", p.name), b.to_device(Device::Cpu)));
+            }
+        }
+        Ok(out)
     }
 
     /// Prompt indices of round `round` (global prompt counter → epoch permutation).
@@ -409,7 +526,10 @@ impl Trainer {
     /// Samples, scores and prepares round `round`.
     fn start_round(&mut self, round: u64) -> Result<RoundBuffer, TrainError> {
         let cfg = &self.config;
-        let rows = self.round_rows(round);
+        let (rank, world) = self.rank_and_world();
+        let all_rows = self.round_rows(round);
+        let per_rank = all_rows.len() / world;
+        let rows: Vec<usize> = all_rows[rank * per_rank..(rank + 1) * per_rank].to_vec();
         let prompts: Vec<String> = rows
             .iter()
             .map(|&i| chat_prompt(&cfg.data.system_prompt, &self.rows[i].question))
@@ -423,7 +543,8 @@ impl Trainer {
             progress: false,
         };
         let g = cfg.rollout.num_generations;
-        let first_sample = round * self.config.completions_per_step() as u64;
+        let first_sample = round * self.config.completions_per_step() as u64
+            + (rank * per_rank * cfg.rollout.num_generations) as u64;
         let functions: Vec<(RewardKind, f64)> = cfg
             .reward
             .functions
@@ -557,6 +678,20 @@ impl Trainer {
             reward_seconds,
             ..StepMetrics::default()
         };
+        let metrics = match &self.dist {
+            Some(pg) => {
+                let mine = serde_json::to_vec(&(n, &metrics)).unwrap_or_default();
+                let parts = pg
+                    .all_gather_bytes(&mine)
+                    .map_err(setup("gathering the round's metrics"))?
+                    .into_iter()
+                    .map(|b| serde_json::from_slice::<(f64, StepMetrics)>(&b))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(setup("gathering the round's metrics"))?;
+                merge_round_metrics(&parts)
+            }
+            None => metrics,
+        };
         let sequences = rollout.sequences();
         let mut buffer = RoundBuffer {
             sequences,
@@ -590,7 +725,7 @@ impl Trainer {
     /// No-grad estimates `[N, K]` of the whole buffer under `model`.
     fn score_all(&self, model: &DreamModel, buffer: &RoundBuffer, round: u64, seed: u64) -> Tensor {
         let _guard = tch::no_grad_guard();
-        let first = round * self.config.completions_per_step() as u64;
+        let first = self.first_local_sample(round);
         let mask_id = self.policy.tokenizer.special().mask;
         let parts: Vec<Tensor> = buffer
             .micro_batches(self.config.schedule.micro_batch_size as i64, first)
@@ -615,8 +750,13 @@ impl Trainer {
         let buffer = self.buffer.as_ref().expect("buffered above");
         let seed = self.mask_seed(round, iteration);
         let mb = self.config.schedule.micro_batch_size as i64;
-        let first = round * self.config.completions_per_step() as u64;
-        let tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
+        let first = self.first_local_sample(round);
+        let mut tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
+        if let Some(pg) = &self.dist {
+            // The loss is normalised by the step's *global* token count, so summing the
+            // ranks' gradients gives the single-process gradient of the global batch.
+            tokens = all_reduce_scalars(pg, &[tokens])?[0];
+        }
         let o = &self.config.objective;
         let objective = ObjectiveConfig {
             epsilon_low: o.epsilon_low,
@@ -668,6 +808,11 @@ impl Trainer {
             kl_sum += metrics.kl * weight;
             clip_sum += metrics.clip_region * weight;
         }
+        if let Some(pg) = &self.dist {
+            all_reduce_grads(pg, &self.policy.model, self.config.distributed.bucket_mb)?;
+            let sums = all_reduce_scalars(pg, &[loss_sum, kl_sum, clip_sum])?;
+            (loss_sum, kl_sum, clip_sum) = (sums[0], sums[1], sums[2]);
+        }
         let s = &self.config.schedule;
         let schedule = Schedule::parse(&s.kind, s.min_lr_rate).unwrap_or(Schedule::Constant);
         let warmup = s
@@ -699,6 +844,16 @@ impl Trainer {
             self.state.nonfinite_in_a_row = 0;
             let report = self.optimizer.step(lr);
             metrics.grad_norm = report.grad_norm;
+            if let (Some(pg), Some(owners)) = (&self.dist, &self.owners) {
+                // ZeRO-1: each parameter was updated by its owner only; share the result.
+                tch::no_grad(|| -> Result<(), TrainError> {
+                    for (p, &owner) in self.optimizer.params.iter_mut().zip(owners) {
+                        pg.broadcast(&mut p.param, owner)
+                            .map_err(setup("broadcasting updated parameters"))?;
+                    }
+                    Ok(())
+                })?;
+            }
         }
         metrics.skipped_nonfinite = self.state.skipped_nonfinite;
         self.state.step += 1;
@@ -722,20 +877,45 @@ impl Trainer {
 
     /// Writes `run_dir/checkpoint-<step>` atomically (temp dir, fsync, rename), updates
     /// `latest`, and prunes beyond `save_total_limit` (never the newest).
+    ///
+    /// With several ranks this is collective: rank 0 writes the checkpoint (gathering
+    /// ZeRO-1 optimizer shards first), every other rank adds only its part of a mid-round
+    /// rollout buffer, and all ranks return the same result.
     pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        let rank = self.rank();
+        let moments = self.full_moments()?;
         let run = &self.config.checkpointing.run_dir;
         let final_dir = run.join(format!("checkpoint-{}", self.state.step));
-        let tmp = run.join(format!(
-            ".tmp-checkpoint-{}-{}",
-            self.state.step,
-            std::process::id()
-        ));
+        let tmp = run.join(format!(".tmp-checkpoint-{}", self.state.step));
         let err = |path: &Path, message: String| TrainError::Checkpoint {
             path: path.to_path_buf(),
             message,
         };
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e.to_string()))?;
+        let prepared = if rank == 0 {
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e.to_string()))
+        } else {
+            Ok(())
+        };
+        self.collective_ok(prepared, &tmp)?;
+        let shard = match (&self.buffer, rank) {
+            (Some(buffer), r) if r > 0 => Tensor::write_safetensors(
+                &buffer.tensors(),
+                tmp.join(format!("round_buffer-rank{r}.safetensors")),
+            )
+            .map_err(|e| err(&tmp, e.to_string())),
+            _ => Ok(()),
+        };
+        if let Err(e) = self.collective_ok(shard, &tmp) {
+            if rank == 0 {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            return Err(e);
+        }
+        if rank != 0 {
+            self.collective_ok(Ok(()), &final_dir)?;
+            return Ok(final_dir);
+        }
         let result = (|| -> Result<(), TrainError> {
             couplet_model::save_model(
                 &self.policy.model,
@@ -746,48 +926,10 @@ impl Trainer {
                 },
             )
             .map_err(|e| err(&tmp, e.to_string()))?;
-            let mut moments: Vec<(String, Tensor)> = Vec::new();
-            for p in &self.optimizer.params {
-                moments.push((
-                    format!("exp_avg/{}", p.name),
-                    p.exp_avg.to_device(Device::Cpu),
-                ));
-                moments.push((
-                    format!("exp_avg_sq/{}", p.name),
-                    p.exp_avg_sq.to_device(Device::Cpu),
-                ));
-            }
             Tensor::write_safetensors(&moments, tmp.join("optimizer.safetensors"))
                 .map_err(|e| err(&tmp, e.to_string()))?;
             if let Some(buffer) = &self.buffer {
-                let mut tensors = vec![
-                    (
-                        "sequences".to_string(),
-                        buffer.sequences.to_device(Device::Cpu),
-                    ),
-                    (
-                        "prompt_mask".to_string(),
-                        buffer.prompt_mask.to_device(Device::Cpu),
-                    ),
-                    (
-                        "completion_mask".to_string(),
-                        buffer.completion_mask.to_device(Device::Cpu),
-                    ),
-                    (
-                        "advantages".to_string(),
-                        buffer.advantages.to_device(Device::Cpu),
-                    ),
-                ];
-                for (i, t) in buffer.old.iter().enumerate() {
-                    if let Some(t) = t {
-                        tensors.push((format!("old/{i}"), t.to_device(Device::Cpu)));
-                    }
-                }
-                for (i, t) in buffer.reference.iter().enumerate() {
-                    if let Some(t) = t {
-                        tensors.push((format!("reference/{i}"), t.to_device(Device::Cpu)));
-                    }
-                }
+                let tensors = buffer.tensors();
                 Tensor::write_safetensors(&tensors, tmp.join("round_buffer.safetensors"))
                     .map_err(|e| err(&tmp, e.to_string()))?;
                 let metrics = serde_json::to_string(&buffer.metrics).unwrap_or_default();
@@ -805,6 +947,7 @@ impl Trainer {
                 }
             }
             let state = serde_json::json!({
+                "world_size": self.rank_and_world().1,
                 "optimizer_step": self.optimizer.step,
                 "trainer": self.state,
                 "config": self.config.to_toml(),
@@ -821,17 +964,38 @@ impl Trainer {
             let _ = std::fs::remove_dir_all(&final_dir);
             std::fs::rename(&tmp, &final_dir).map_err(|e| err(&final_dir, e.to_string()))
         })();
-        if let Err(e) = result {
+        if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
         }
-        std::fs::write(
-            run.join("latest"),
-            format!("checkpoint-{}\n", self.state.step),
-        )
-        .map_err(|e| err(run, e.to_string()))?;
-        self.prune();
+        let result = result.and_then(|()| {
+            std::fs::write(
+                run.join("latest"),
+                format!("checkpoint-{}\n", self.state.step),
+            )
+            .map_err(|e| err(run, e.to_string()))
+        });
+        if result.is_ok() {
+            self.prune();
+        }
+        self.collective_ok(result, &final_dir)?;
         Ok(final_dir)
+    }
+
+    /// Every rank learns whether every rank's `local` part succeeded: its own error, or an
+    /// error naming `path` when another rank failed.
+    fn collective_ok(&self, local: Result<(), TrainError>, path: &Path) -> Result<(), TrainError> {
+        let Some(pg) = &self.dist else {
+            return local;
+        };
+        let failed = all_reduce_scalars(pg, &[f64::from(u8::from(local.is_err()))])?[0] > 0.0;
+        match local {
+            Err(e) => Err(e),
+            Ok(()) if failed => Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: "another rank failed to write its part (see its error)".into(),
+            }),
+            Ok(()) => Ok(()),
+        }
     }
 
     fn prune(&self) {
@@ -862,10 +1026,17 @@ impl Trainer {
         self.state = serde_json::from_value(state["trainer"].clone())
             .map_err(|e| err(format!("trainer_state.json: {e}")))?;
         optimizer.step = state["optimizer_step"].as_u64().unwrap_or(0);
+        let (rank, world) = self.rank_and_world();
+        let saved_world = state["world_size"].as_u64().unwrap_or(1) as usize;
+        if saved_world != world {
+            return Err(err(format!(
+                "written by {saved_world} rank(s), resumed with {world}: resume with the same world size (the rollout buffer and data shards are per rank)"
+            )));
+        }
         let moments = Tensor::read_safetensors(dir.join("optimizer.safetensors"))
             .map_err(|e| err(e.to_string()))?;
         let moments: std::collections::HashMap<String, Tensor> = moments.into_iter().collect();
-        for p in &mut optimizer.params {
+        for p in optimizer.params.iter_mut().filter(|p| p.owned) {
             let (a, b) = (
                 moments.get(&format!("exp_avg/{}", p.name)),
                 moments.get(&format!("exp_avg_sq/{}", p.name)),
@@ -883,9 +1054,14 @@ impl Trainer {
                 }
             }
         }
-        if dir.join("round_buffer.safetensors").exists() {
+        let buffer_file = if rank == 0 {
+            dir.join("round_buffer.safetensors")
+        } else {
+            dir.join(format!("round_buffer-rank{rank}.safetensors"))
+        };
+        if buffer_file.exists() {
             let t: std::collections::HashMap<String, Tensor> =
-                Tensor::read_safetensors(dir.join("round_buffer.safetensors"))
+                Tensor::read_safetensors(&buffer_file)
                     .map_err(|e| err(e.to_string()))?
                     .into_iter()
                     .collect();
@@ -973,4 +1149,177 @@ fn permutation(n: usize, seed: u64) -> Vec<usize> {
         v.swap(i, j);
     }
     v
+}
+
+/// Joins the data-parallel group when `distributed.backend` asks for one; the ranks come
+/// from torchrun's environment variables.
+fn join_group(config: &TrainConfig) -> Result<Option<ProcessGroup>, TrainError> {
+    let Some(backend) = DistBackend::parse(&config.distributed.backend) else {
+        return Ok(None);
+    };
+    let rv = Rendezvous::from_env()
+        .map_err(setup("distributed"))?
+        .ok_or_else(|| {
+            TrainError::Setup(format!(
+                "distributed.backend = {:?} needs the ranks in the environment (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT): launch with `torchrun --no-python --nproc-per-node N couplet train ...` or `couplet launch --nproc N -- train ...`",
+                config.distributed.backend
+            ))
+        })?;
+    let timeout = Duration::from_secs_f64(config.distributed.timeout_seconds);
+    ProcessGroup::new(backend, &rv, timeout)
+        .map(Some)
+        .map_err(setup("distributed"))
+}
+
+/// Sums `values` over ranks (f64 on the CPU; Gloo carries CPU tensors, NCCL device ones).
+fn all_reduce_scalars(pg: &ProcessGroup, values: &[f64]) -> Result<Vec<f64>, TrainError> {
+    let mut t = Tensor::from_slice(values).to_device(pg.device());
+    pg.all_reduce_sum(&mut t).map_err(setup("all-reduce"))?;
+    Vec::<f64>::try_from(t.to_device(Device::Cpu)).map_err(setup("all-reduce"))
+}
+
+/// Rank 0's weights for everyone, then a checksum every rank must agree on.
+fn sync_weights(pg: &ProcessGroup, model: &DreamModel) -> Result<(), TrainError> {
+    let mut vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let checksum = tch::no_grad(|| -> Result<f64, TrainError> {
+        let mut sum = 0.0;
+        for (_, t) in vars.iter_mut() {
+            pg.broadcast(t, 0)
+                .map_err(setup("broadcasting initial weights"))?;
+            sum += t
+                .to_kind(Kind::Double)
+                .abs()
+                .sum(Kind::Double)
+                .double_value(&[]);
+        }
+        Ok(sum)
+    })?;
+    let mut t = Tensor::from_slice(&[checksum]).to_device(pg.device());
+    let all = pg.all_gather(&t).map_err(setup("weight checksum"))?;
+    let all = Vec::<f64>::try_from(all.view([-1]).to_device(Device::Cpu))
+        .map_err(setup("weight checksum"))?;
+    let _ = t.zero_();
+    if all.iter().any(|c| *c != all[0]) {
+        return Err(TrainError::Setup(format!(
+            "ranks disagree on the initial weights after the broadcast (checksums {all:?})"
+        )));
+    }
+    Ok(())
+}
+
+/// Sums every gradient over ranks in flattened buckets of about `bucket_mb` MiB.
+fn all_reduce_grads(
+    pg: &ProcessGroup,
+    model: &DreamModel,
+    bucket_mb: usize,
+) -> Result<(), TrainError> {
+    let mut vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    // Every rank must send the same layout: a parameter without a gradient here (unused
+    // in this rank's batch) gets an explicit zero one.
+    for (_, v) in &vars {
+        if !v.grad().defined() {
+            (v.sum(Kind::Float) * 0.0).backward();
+        }
+    }
+    let grads: Vec<Tensor> = vars.iter().map(|(_, v)| v.grad()).collect();
+    let limit = (bucket_mb << 20) as i64;
+    let mut start = 0;
+    while start < grads.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < grads.len() && (end == start || bytes + grads[end].numel() as i64 * 4 <= limit)
+        {
+            bytes += grads[end].numel() as i64 * 4;
+            end += 1;
+        }
+        let bucket = &grads[start..end];
+        let mut flat = Tensor::cat(
+            &bucket
+                .iter()
+                .map(|g| g.to_kind(Kind::Float).view([-1]))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        pg.all_reduce_sum(&mut flat)
+            .map_err(setup("all-reducing gradients"))?;
+        let mut offset = 0;
+        tch::no_grad(|| {
+            for g in bucket {
+                let n = g.numel() as i64;
+                let mut g = g.shallow_clone();
+                g.copy_(
+                    &flat
+                        .narrow(0, offset, n)
+                        .view(g.size().as_slice())
+                        .to_kind(g.kind()),
+                );
+                offset += n;
+            }
+        });
+        start = end;
+    }
+    Ok(())
+}
+
+/// One round's metrics from every rank's (sample count, metrics): means weighted by
+/// samples, pooled standard deviation, extremes, summed rates and counts, slowest times.
+pub fn merge_round_metrics(parts: &[(f64, StepMetrics)]) -> StepMetrics {
+    let n: f64 = parts.iter().map(|(k, _)| k).sum::<f64>().max(1.0);
+    let mean =
+        |f: &dyn Fn(&StepMetrics) -> f64| parts.iter().map(|(k, m)| k * f(m)).sum::<f64>() / n;
+    let reward = mean(&|m| m.reward);
+    let var = parts
+        .iter()
+        .map(|(k, m)| k * (m.reward_std.powi(2) + (m.reward - reward).powi(2)))
+        .sum::<f64>()
+        / n;
+    let vec_mean = |f: &dyn Fn(&StepMetrics) -> &Vec<f64>| -> Vec<f64> {
+        let len = parts.iter().map(|(_, m)| f(m).len()).min().unwrap_or(0);
+        (0..len).map(|i| mean(&|m| f(m)[i])).collect()
+    };
+    let first = parts.first().map(|(_, m)| m.clone()).unwrap_or_default();
+    StepMetrics {
+        reward,
+        reward_std: var.sqrt(),
+        reward_per_function: first
+            .reward_per_function
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                (
+                    name.clone(),
+                    mean(&|m| m.reward_per_function.get(i).map_or(f64::NAN, |x| x.1)),
+                )
+            })
+            .collect(),
+        completion_length: mean(&|m| m.completion_length),
+        completion_min: parts
+            .iter()
+            .map(|(_, m)| m.completion_min)
+            .fold(f64::INFINITY, f64::min),
+        completion_max: parts
+            .iter()
+            .map(|(_, m)| m.completion_max)
+            .fold(0.0, f64::max),
+        clipped_ratio: mean(&|m| m.clipped_ratio),
+        advantage_mean_abs: mean(&|m| m.advantage_mean_abs),
+        zero_std_ratio: mean(&|m| m.zero_std_ratio),
+        arness_local: vec_mean(&|m| &m.arness_local),
+        arness_global: vec_mean(&|m| &m.arness_global),
+        rollout_tokens_per_second: parts.iter().map(|(_, m)| m.rollout_tokens_per_second).sum(),
+        sandbox_tests_per_second: parts.iter().map(|(_, m)| m.sandbox_tests_per_second).sum(),
+        sandbox_timeouts: parts.iter().map(|(_, m)| m.sandbox_timeouts).sum(),
+        sandbox_failures: parts.iter().map(|(_, m)| m.sandbox_failures).sum(),
+        rollout_seconds: parts
+            .iter()
+            .map(|(_, m)| m.rollout_seconds)
+            .fold(0.0, f64::max),
+        reward_seconds: parts
+            .iter()
+            .map(|(_, m)| m.reward_seconds)
+            .fold(0.0, f64::max),
+        ..first
+    }
 }
