@@ -117,8 +117,16 @@ fi
 
 # 4. Release binary.
 source scripts/env.sh
+features=()
+if [ "${COUPLET_NCCL:-0}" = 1 ]; then
+  # Header-only packages ProcessGroupNCCL.hpp needs at build time (crt/host_config.h, nv/target).
+  say "COUPLET_NCCL=1: installing CUDA build headers and building with NCCL"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
+  features=(--features nccl)
+fi
 say "building target/release/couplet (first build takes a few minutes)"
-cargo build --release --quiet
+cargo build --release --quiet "${features[@]}"
 
 # 5. A TrueType font for the report plots (`couplet ablate` / `couplet report`).
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && [ -z "${COUPLET_FONT:-}" ]; then

@@ -98,3 +98,25 @@ fn a_port_in_use_is_a_clear_error() {
     .expect("the port is taken");
     assert!(err.to_string().contains(&format!(":{port}")), "{err}");
 }
+
+/// With the `nccl` feature: on a GPU machine a one-rank NCCL group all-reduces a CUDA
+/// tensor; without GPUs, joining is a clear error rather than a crash.
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_world_of_one() {
+    let rv = rendezvous(0, 1, free_port());
+    match ProcessGroup::new(Backend::Nccl, &rv, Duration::from_secs(30)) {
+        Ok(pg) => {
+            let mut t = Tensor::ones([4], (Kind::Float, pg.device()));
+            pg.all_reduce_sum(&mut t).unwrap();
+            assert_eq!(t.sum(Kind::Float).double_value(&[]), 4.0);
+        }
+        Err(e) => {
+            assert!(
+                !tch::Cuda::is_available(),
+                "NCCL failed with a GPU present: {e}"
+            );
+            assert!(e.to_string().contains("GPU"), "{e}");
+        }
+    }
+}

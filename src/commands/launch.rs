@@ -37,9 +37,15 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => p,
         None => free_port()?,
     };
+    // Like torchrun: split the cores between the ranks unless the user chose.
+    let threads = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / args.nproc).max(1).to_string()
+    });
     let mut children: Vec<Child> = Vec::with_capacity(args.nproc);
     for rank in 0..args.nproc {
         let child = Command::new(&exe)
+            .env("OMP_NUM_THREADS", &threads)
             .args(&args.command)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
