@@ -4,6 +4,8 @@ mod common;
 
 use std::process::Command;
 
+use common::assert_ok;
+
 fn couplet(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_couplet"))
         .args(args)
@@ -12,13 +14,20 @@ fn couplet(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// Fails the test with the command's stderr unless it exited 0.
-fn assert_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// `couplet generate` loads the model folder `model` and decodes a short prompt.
+fn assert_generates(model: &std::path::Path) {
+    let out = couplet(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert_ok(&out);
 }
 
 #[test]
@@ -271,18 +280,7 @@ fn train_then_resume_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at step 1"));
     // The checkpoint's policy is a model folder `generate` loads directly.
     let policy = run.join("checkpoint-2/policy");
-    let out = couplet(&[
-        "generate",
-        "--model",
-        policy.to_str().unwrap(),
-        "--prompt",
-        "x",
-        "--steps",
-        "2",
-        "--max-new-tokens",
-        "2",
-    ]);
-    assert_ok(&out);
+    assert_generates(&policy);
     // Config errors name the key; unknown keys are rejected.
     let out = couplet(&[
         "train",
@@ -419,20 +417,9 @@ fn sft_writes_a_model_that_loads() {
         "--log-every",
         "2",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("sft step     4/4"));
-    let g = couplet(&[
-        "generate",
-        "--model",
-        out.to_str().unwrap(),
-        "--prompt",
-        "x",
-        "--steps",
-        "2",
-        "--max-new-tokens",
-        "2",
-    ]);
-    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    assert_generates(&out);
     // Rows without the solution column are named.
     let o = couplet(&[
         "sft",

@@ -7,6 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::assert_ok;
+
 use tch::Tensor;
 
 /// A tiny model whose end-of-text logit swings from position to position, so completion
@@ -69,14 +71,6 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn assert_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

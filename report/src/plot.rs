@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::{RangedCoordf64, RangedCoordu64};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -97,6 +98,25 @@ fn smooth(points: &[(u64, f64)], window: usize) -> Vec<(u64, f64)> {
         .collect()
 }
 
+type Chart<'a> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordu64, RangedCoordf64>>;
+
+/// Draws the legend and writes the PNG.
+fn finish(
+    chart: &mut Chart<'_>,
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    path: &Path,
+) -> Result<(), ReportError> {
+    let e = plot_err(path);
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    root.present().map_err(|x| e(x.to_string()))
+}
+
 /// One line (mean over seeds) and a min–max band per variant.
 pub fn curves(
     variants: &[Variant],
@@ -171,14 +191,7 @@ pub fn curves(
                 .map_err(|x| e(x.to_string()))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
-    root.present().map_err(|x| e(x.to_string()))
+    finish(&mut chart, &root, path)
 }
 
 /// Local AR-ness@k (k = 1..9) of the validation samples at the first (dashed) and last
@@ -241,12 +254,5 @@ pub fn arness(variants: &[Variant], path: &Path) -> Result<(), ReportError> {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
-    root.present().map_err(|x| e(x.to_string()))
+    finish(&mut chart, &root, path)
 }

@@ -149,3 +149,12 @@ pub fn read_tensorboard_scalars(dir: &Path) -> Vec<(String, i64, f32)> {
     }
     scalars
 }
+
+/// Fails the test with the command's stderr unless it exited 0.
+pub fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

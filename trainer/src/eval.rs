@@ -36,7 +36,8 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
     } else {
         repo_root.join(benchmark)
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    // Only the first row is read here, to tell the format; the loaders read the file.
+    let file = std::fs::File::open(&path).map_err(|e| {
         let hint = if benchmark == "humaneval" {
             " (run scripts/setup.sh to fetch it)"
         } else {
@@ -44,13 +45,12 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
         };
         format!("{}: {e}{hint}", path.display())
     })?;
-    let first: serde_json::Value = text
-        .lines()
+    let first_line = std::io::BufRead::lines(std::io::BufReader::new(file))
+        .map_while(Result::ok)
         .find(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(|e| format!("{}: line 1: {e}", path.display()))?
         .ok_or_else(|| format!("{}: no problems", path.display()))?;
+    let first: serde_json::Value = serde_json::from_str(&first_line)
+        .map_err(|e| format!("{}: first row: {e}", path.display()))?;
     let problems: Vec<EvalProblem> = if first.get("entry_point").is_some() {
         humaneval::load(&path)
             .map_err(|e| e.to_string())?

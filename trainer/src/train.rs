@@ -1195,11 +1195,10 @@ fn sync_weights(pg: &ProcessGroup, model: &DreamModel) -> Result<(), TrainError>
         }
         Ok(sum)
     })?;
-    let mut t = Tensor::from_slice(&[checksum]).to_device(pg.device());
+    let t = Tensor::from_slice(&[checksum]).to_device(pg.device());
     let all = pg.all_gather(&t).map_err(setup("weight checksum"))?;
     let all = Vec::<f64>::try_from(all.view([-1]).to_device(Device::Cpu))
         .map_err(setup("weight checksum"))?;
-    let _ = t.zero_();
     if all.iter().any(|c| *c != all[0]) {
         return Err(TrainError::Setup(format!(
             "ranks disagree on the initial weights after the broadcast (checksums {all:?})"
