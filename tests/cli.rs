@@ -278,9 +278,15 @@ fn train_then_resume_from_the_command_line() {
         .unwrap();
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("at step 1"));
-    // The checkpoint's policy is a model folder `generate` loads directly.
-    let policy = run.join("checkpoint-2/policy");
-    assert_generates(&policy);
+    // The checkpoint's policy is a model folder `generate` loads directly; the checkpoint
+    // and the run directory (its latest checkpoint) name the same model.
+    assert_generates(&run.join("checkpoint-2/policy"));
+    assert_generates(&run.join("checkpoint-1"));
+    assert_generates(&run);
+    std::fs::write(run.join("latest"), "checkpoint-9\n").unwrap();
+    let out = couplet(&["generate", "--model", run.to_str().unwrap(), "--prompt", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("checkpoint-9"), "{err}");
     // Config errors name the key; unknown keys are rejected.
     let out = couplet(&[
         "train",

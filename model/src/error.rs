@@ -13,11 +13,11 @@ pub struct TensorProblem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    // The cause is part of the message, not a `source`, so `{:#}` chains print it once.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -38,11 +38,10 @@ pub enum ModelError {
     },
     #[error("{path}: tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Torch {
         context: String,
-        #[source]
-        source: tch::TchError,
+        error: tch::TchError,
     },
 }
 
@@ -50,7 +49,7 @@ impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
@@ -68,7 +67,7 @@ impl ModelError {
 
     pub(crate) fn torch(context: impl Into<String>) -> impl FnOnce(tch::TchError) -> Self {
         let context = context.into();
-        move |source| ModelError::Torch { context, source }
+        move |error| ModelError::Torch { context, error }
     }
 }
 

@@ -21,11 +21,10 @@ pub enum ReportError {
     Plot { path: PathBuf, message: String },
     #[error("{0}")]
     Font(String),
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -175,7 +174,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Re
     let variants = group(runs);
     std::fs::create_dir_all(out).map_err(|e| ReportError::Io {
         path: out.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     plot::register_font()?;
     let reward_png = out.join("reward.png");
@@ -232,7 +231,7 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Re
     let report = out.join("report.md");
     std::fs::write(&report, md).map_err(|e| ReportError::Io {
         path: report.clone(),
-        source: e,
+        error: e,
     })?;
     Ok(vec![report, reward_png, pass_png, arness_png])
 }

@@ -77,11 +77,10 @@ impl fmt::Display for RowError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Row(RowError),
@@ -229,7 +228,7 @@ pub fn for_each_row(
 ) -> Result<LoadSummary, DataError> {
     let io = |e| DataError::Io {
         path: path.to_path_buf(),
-        source: e,
+        error: e,
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut reader = BufReader::with_capacity(1 << 20, file);

@@ -24,7 +24,7 @@ pub const DEFAULT_PATH: &str = ".cache/assets/human-eval/HumanEval.jsonl";
 pub fn load(path: &Path) -> Result<Vec<Problem>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::Io {
         path: path.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     text.lines()
         .enumerate()

@@ -150,7 +150,7 @@ pub fn prepare(
 
     let io = |e| DataError::Io {
         path: output.to_path_buf(),
-        source: e,
+        error: e,
     };
     let mut out = std::io::BufWriter::new(std::fs::File::create(output).map_err(io)?);
     let quiet = LoadOptions {

@@ -28,11 +28,10 @@ pub use worker::{generate_rollout, DecoderConfig, Rollout, RolloutConfig};
 pub enum RolloutError {
     #[error("invalid decoding option `{option}`: {message}")]
     Invalid { option: String, message: String },
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Torch {
         context: String,
-        #[source]
-        source: tch::TchError,
+        error: tch::TchError,
     },
     #[error(transparent)]
     Model(#[from] couplet_model::ModelError),
@@ -40,9 +39,9 @@ pub enum RolloutError {
 
 impl RolloutError {
     pub(crate) fn torch(context: &str) -> impl FnOnce(tch::TchError) -> Self + '_ {
-        move |source| RolloutError::Torch {
+        move |error| RolloutError::Torch {
             context: context.to_string(),
-            source,
+            error,
         }
     }
 }

@@ -15,7 +15,7 @@ use super::decode_args::DecodeArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model folder (not needed with --canonical).
+    /// Model folder, training checkpoint or run directory (not needed with --canonical).
     #[arg(long, required_unless_present = "canonical")]
     model: Option<PathBuf>,
     /// `humaneval`, or a JSONL file in HumanEval or AceCoder format.

@@ -12,7 +12,8 @@ use serde_json::json;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// Model folder (config.json, safetensors, tokenizer.json).
+    /// Model folder (config.json, safetensors, tokenizer.json), training checkpoint
+    /// (`RUN/checkpoint-N`) or run directory (its latest checkpoint).
     #[arg(long)]
     pub model: PathBuf,
     /// A prompt (repeatable).

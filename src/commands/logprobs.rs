@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model folder, training checkpoint or run directory.
     #[arg(long)]
     model: PathBuf,
     /// JSON lines: {"prompt", "completion"} (text, tokenised as is) or {"prompt_ids",

@@ -11,7 +11,7 @@ use couplet_trainer::{
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Starting model folder.
+    /// Starting model folder, training checkpoint or run directory.
     #[arg(long)]
     model: PathBuf,
     /// AceCoder-format rows with a solution column.
