@@ -284,9 +284,18 @@ fn train_then_resume_from_the_command_line() {
     assert_generates(&run.join("checkpoint-1"));
     assert_generates(&run);
     std::fs::write(run.join("latest"), "checkpoint-9\n").unwrap();
-    let out = couplet(&["generate", "--model", run.to_str().unwrap(), "--prompt", "x"]);
+    let out = couplet(&[
+        "generate",
+        "--model",
+        run.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("checkpoint-9"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("checkpoint-9"),
+        "{err}"
+    );
     // Config errors name the key; unknown keys are rejected.
     let out = couplet(&[
         "train",
