@@ -128,7 +128,10 @@ fn bad_options_are_clear_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
     let out = couplet(&["generate", "--model", "/nonexistent/model", "--prompt", "x"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model/config.json"), "{err}");
+    // The OS error is part of the message once, not repeated by the error chain.
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }
 
 #[test]
