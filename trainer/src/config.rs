@@ -334,33 +334,8 @@ impl Default for ObjectiveSection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OptimizerSection {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// Also decay norm weights and biases.
-    pub decay_norms_and_biases: bool,
-    /// Global gradient-norm clip (0: none).
-    pub max_grad_norm: f64,
-}
-
-impl Default for OptimizerSection {
-    fn default() -> Self {
-        OptimizerSection {
-            lr: 1e-6,
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            decay_norms_and_biases: false,
-            max_grad_norm: 0.2,
-        }
-    }
-}
+/// `[optimizer]`: the AdamW hyperparameters as they are.
+pub type OptimizerSection = crate::optim::AdamWConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

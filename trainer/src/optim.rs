@@ -9,7 +9,10 @@ use std::f64::consts::PI;
 
 use tch::{Kind, Tensor};
 
+/// AdamW hyperparameters; also the `[optimizer]` section of a training config, so unknown
+/// keys are refused and missing ones take the recipe defaults.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
     pub lr: f64,
     pub beta1: f64,

@@ -294,21 +294,9 @@ impl Trainer {
         };
         let pool =
             SandboxPool::new(backend, config.sandbox.workers).map_err(setup("sandbox pool"))?;
-        let o = &config.optimizer;
         let params: Vec<(String, Tensor)> =
             policy.model.var_store().variables().into_iter().collect();
-        let mut optimizer = AdamW::new(
-            params,
-            AdamWConfig {
-                lr: o.lr,
-                beta1: o.beta1,
-                beta2: o.beta2,
-                eps: o.eps,
-                weight_decay: o.weight_decay,
-                decay_norms_and_biases: o.decay_norms_and_biases,
-                max_grad_norm: o.max_grad_norm,
-            },
-        );
+        let mut optimizer = AdamW::new(params, config.optimizer);
         let per_epoch = (rows.len() / config.rollout.prompts_per_step).max(1) as u64
             * config.objective.num_iterations as u64;
         let total_steps = config
