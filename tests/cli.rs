@@ -286,11 +286,13 @@ fn train_then_resume_from_the_command_line() {
     assert_generates(&run.join("checkpoint-2/policy"));
     assert_generates(&run.join("checkpoint-1"));
     assert_generates(&run);
-    std::fs::write(run.join("latest"), "checkpoint-9\n").unwrap();
+    // A run directory whose only checkpoint is half-written: the warning names it.
+    let half = tmp.path().join("half");
+    std::fs::create_dir_all(half.join("checkpoint-9/policy")).unwrap();
     let out = couplet(&[
         "generate",
         "--model",
-        run.to_str().unwrap(),
+        half.to_str().unwrap(),
         "--prompt",
         "x",
     ]);

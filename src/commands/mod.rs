@@ -41,7 +41,7 @@ pub fn parse_kind(name: &str) -> Result<Kind> {
 /// Loads a model folder onto `device` (a `--device` string) in `dtype` (a `--dtype` string),
 /// with an error that names the folder. Besides a Hugging Face folder, `path` may be a
 /// training checkpoint (`RUN/checkpoint-N`: its `policy/`) or a run directory (its latest
-/// checkpoint's policy), so a run's result is evaluated or sampled without digging.
+/// complete checkpoint's policy), so a run's result is evaluated or sampled without digging.
 pub fn load_checkpoint(
     path: &std::path::Path,
     device: &str,
@@ -52,7 +52,7 @@ pub fn load_checkpoint(
         device: parse_device(device)?,
         kind: Some(parse_kind(dtype)?),
     };
-    let folder = model_folder(path)?;
+    let folder = model_folder(path);
     if folder != path {
         eprintln!("model: {}", folder.display());
     }
@@ -61,31 +61,19 @@ pub fn load_checkpoint(
 }
 
 /// The Hugging Face folder that `path` names: itself, a checkpoint's `policy/`, or the
-/// policy of the checkpoint a run directory's `latest` file points at.
-fn model_folder(path: &std::path::Path) -> Result<std::path::PathBuf> {
-    if path.join("config.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
+/// policy of a run directory's newest complete checkpoint (the one `--resume` would take).
+fn model_folder(path: &std::path::Path) -> std::path::PathBuf {
     let policy = path.join("policy");
-    if policy.join("config.json").is_file() {
-        return Ok(policy);
+    if path.join("config.json").is_file() {
+        path.to_path_buf()
+    } else if policy.join("config.json").is_file() {
+        policy
+    } else {
+        couplet_trainer::latest_checkpoint(path).map_or_else(
+            || path.to_path_buf(),
+            |checkpoint| checkpoint.join("policy"),
+        )
     }
-    let latest = path.join("latest");
-    if latest.is_file() {
-        let name = std::fs::read_to_string(&latest)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", latest.display()))?;
-        let name = name.trim();
-        let policy = path.join(name).join("policy");
-        if policy.join("config.json").is_file() {
-            return Ok(policy);
-        }
-        bail!(
-            "{} points at {name:?}, but {} has no config.json",
-            latest.display(),
-            policy.display()
-        );
-    }
-    Ok(path.to_path_buf())
 }
 
 pub fn devices() -> Result<()> {
