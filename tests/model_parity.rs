@@ -62,8 +62,17 @@ fn parity(tied: bool, padded: bool) {
             }
         }
     }
-    eprintln!("tied={tied} padded={padded}: max |Δlogit| = {max_diff:e}");
-    assert!(max_diff <= 1e-4, "max abs diff {max_diff}");
+    // Two implementations, two summation orders: the longest chained reduction is the
+    // MLP's (intermediate_size terms), once per layer plus the lm_head.
+    let magnitude = expected.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    let cfg = model.config();
+    let tol = common::f32_order_tolerance(
+        magnitude,
+        cfg.intermediate_size as usize,
+        cfg.num_hidden_layers as usize + 1,
+    );
+    eprintln!("tied={tied} padded={padded}: max |Δlogit| = {max_diff:e} (tolerance {tol:e})");
+    assert!(f64::from(max_diff) <= tol, "max abs diff {max_diff} > tolerance {tol}");
 }
 
 #[test]
@@ -97,8 +106,17 @@ fn left_padding_does_not_change_real_positions() {
     let mask = Tensor::from_slice2(&[[0i64, 0, 0, 1, 1, 1, 1, 1]]);
     let a = model.forward_logits(&plain, None);
     let b = model.forward_logits(&padded, Some(&mask)).narrow(1, 3, 5);
+    let cfg = model.config();
+    // Padding changes the key count of every attention softmax and the matmul blocking;
+    // the longest chained reduction is the MLP's, once per layer plus the lm_head.
+    let tol = common::f32_order_tolerance(
+        a.abs().max().double_value(&[]),
+        cfg.intermediate_size as usize,
+        cfg.num_hidden_layers as usize + 1,
+    );
     let diff = (a - b).abs().max().double_value(&[]);
-    assert!(diff < 1e-5, "diff {diff}");
+    eprintln!("left padding: max |Δlogit| = {diff:e} (tolerance {tol:e})");
+    assert!(diff <= tol, "diff {diff} > tolerance {tol}");
 }
 
 #[test]
@@ -145,5 +163,14 @@ fn token_logits_apply_the_shift() {
         &[full.get(0).get(0), full.get(0).get(1), full.get(0).get(2)],
         0,
     );
-    assert!((got - want).abs().max().double_value(&[]) < 1e-6);
+    // Both are the same lm_head rows; only the matmul's blocking over 4 vs 3 rows differs,
+    // one reduction of hidden_size terms.
+    let tol = common::f32_order_tolerance(
+        want.abs().max().double_value(&[]),
+        model.config().hidden_size as usize,
+        1,
+    );
+    let diff = (got - want).abs().max().double_value(&[]);
+    eprintln!("shift: max |Δlogit| = {diff:e} (tolerance {tol:e})");
+    assert!(diff <= tol, "diff {diff} > tolerance {tol}");
 }

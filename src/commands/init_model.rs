@@ -22,12 +22,19 @@ pub struct Args {
     /// Tie lm_head to the embedding.
     #[arg(long)]
     tie_embeddings: bool,
+    /// Unshifted logits (`"shift_logits": false`): row i scores token i, LLaDA's
+    /// convention, instead of Dream's row i → token i+1.
+    #[arg(long)]
+    no_shift: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let tokenizer = couplet_model::tokenizer::load_tokenizer_file(&args.tokenizer)?;
     let mut config = args.preset.config(tokenizer.get_vocab_size(true));
     config.tie_word_embeddings = args.tie_embeddings;
+    if args.no_shift {
+        config.shift_logits = Some(false);
+    }
     let model = init_model_folder(config, &args.tokenizer, &args.out, args.seed)
         .with_context(|| format!("writing model folder {}", args.out.display()))?;
     println!(

@@ -158,3 +158,19 @@ pub fn assert_ok(out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Unit roundoff of f32 (2⁻²⁴): the largest relative error of one rounded operation.
+pub const F32_UNIT_ROUNDOFF: f64 = 5.960_464_477_539_063e-8;
+
+/// How far two f32 evaluations of the same expression may differ when only their summation
+/// order differs (another SIMD width, blocking or thread split: CPUs and kernels differ).
+///
+/// A length-`n` sum carries at most γₙ ≈ n·u relative error of the sum of |terms| (Higham,
+/// *Accuracy and Stability*, §3.1), each of the two evaluations independently, and a
+/// network chains `depth` such reductions whose errors add to first order. `magnitude`
+/// bounds the compared values (floored at 1, since normalised activations are O(1) and a
+/// sum that cancels keeps the rounding of its terms). A real bug (a wrong mask, a missing
+/// shift) moves values by O(magnitude), far above this.
+pub fn f32_order_tolerance(magnitude: f64, n: usize, depth: usize) -> f64 {
+    2.0 * (n * depth) as f64 * F32_UNIT_ROUNDOFF * magnitude.max(1.0)
+}

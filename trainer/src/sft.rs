@@ -5,8 +5,11 @@
 //! end token. Per example, draw t ~ U(eps, 1) and mask each answer token independently with
 //! probability t (the prompt is never masked); the loss is the cross-entropy of the masked
 //! answer tokens weighted by 1/t, divided by the answer length, averaged over the batch —
-//! the evidence bound the diffusion model is trained on. Logits follow the model's shift
-//! convention. Masks come from the counter RNG keyed by (seed, step, example).
+//! the evidence bound the diffusion model is trained on. End-token padding may count less
+//! than the answer (`pad_weight`): then every token's weight is w/t over the weighted
+//! length n_answer + w·n_pad, so the loss stays a per-token average and w = 1 is the plain
+//! bound. Logits follow the model's shift convention. Masks come from the counter RNG keyed
+//! by (seed, step, example).
 
 use couplet_model::{chat_prompt, random, PromptBatch, TextTokenizer};
 use tch::{Kind, Tensor};
@@ -26,13 +29,21 @@ pub struct SftSettings {
     pub eps: f64,
     /// Seed of the masks.
     pub seed: u64,
+    /// Weight of an end-token padding position relative to an answer token (1: the
+    /// plain masked-diffusion bound). Padding is easy and, on a long canvas, the majority
+    /// of the answer: weighting it less keeps the gradient on the tokens that carry the
+    /// solution while the model still learns to fill the canvas with end tokens.
+    pub pad_weight: f64,
 }
 
 /// One supervised example, tokenised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftExample {
     pub prompt: Vec<i64>,
+    /// The answer followed by its end-token padding.
     pub answer: Vec<i64>,
+    /// How many leading tokens of `answer` are the answer itself (the rest is padding).
+    pub answer_tokens: usize,
 }
 
 /// Formats and tokenises (question, solution) pairs: the chat prompt, then the fenced
@@ -62,10 +73,15 @@ pub fn build_example(
     let mut answer = tokenizer.encode(&format!("```python\n{body}```\n"))?;
     let special = tokenizer.special();
     answer.push(special.im_end.unwrap_or(special.eos[0]));
+    let answer_tokens = answer.len();
     if answer.len() < answer_length {
         answer.resize(answer_length, special.eos[0]);
     }
-    Ok(SftExample { prompt, answer })
+    Ok(SftExample {
+        prompt,
+        answer,
+        answer_tokens,
+    })
 }
 
 /// The masked-diffusion loss of a batch (scalar, with grad) and the number of masked
@@ -82,6 +98,7 @@ pub fn sft_loss(
         pad,
         eps,
         seed,
+        pad_weight,
     } = *settings;
     let rows: Vec<Vec<i64>> = examples
         .iter()
@@ -97,10 +114,13 @@ pub fn sft_loss(
         let key = (step << 32) ^ (first + r as u64);
         let t = eps + (1.0 - eps) * random::uniform(seed, STREAM_T, key);
         let start = width - e.answer.len();
+        let padding = (e.answer.len() - e.answer_tokens) as f64;
+        let length = e.answer_tokens as f64 + pad_weight * padding;
         for j in 0..e.answer.len() {
             if random::uniform(seed, STREAM_MASK, (key << 12) ^ j as u64) < t {
+                let w = if j < e.answer_tokens { 1.0 } else { pad_weight };
                 select[r][start + j] = true;
-                weight[r][start + j] = (1.0 / t / e.answer.len() as f64) as f32;
+                weight[r][start + j] = (w / t / length) as f32;
                 ids[r][start + j] = mask_id;
                 masked += 1;
             }

@@ -38,6 +38,7 @@ fn sft_reduces_the_masked_diffusion_loss() {
         pad: tok.special().pad,
         eps: 1e-3,
         seed: 5,
+        pad_weight: 1.0,
     };
     // Evaluate with fixed masks (a step key never used for training).
     let eval = || {
