@@ -31,6 +31,57 @@ fn assert_generates(model: &std::path::Path) {
 }
 
 #[test]
+fn init_model_options_reach_the_folder_and_sft_checks_pad_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    let tok = common::cpu_tokenizer();
+    let out = couplet(&[
+        "init-model",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--no-shift",
+        "--init-std",
+        "0.1",
+        "--embedding-std",
+        "1.0",
+    ]);
+    assert_ok(&out);
+    let model = couplet_model::load_model(&dir, couplet_model::LoadOptions::default()).unwrap();
+    assert!(
+        !model.shifted(),
+        "--no-shift must write shift_logits = false"
+    );
+    assert_eq!(model.config().initializer_range, 0.1);
+    let std_of = |name: &str| {
+        let vars = model.var_store().variables();
+        vars[name].std(true).double_value(&[])
+    };
+    // ~10⁵ draws: the sample std is within a few percent of the requested one.
+    let emb = std_of("model.embed_tokens.weight");
+    let q = std_of("model.layers.0.self_attn.q_proj.weight");
+    assert!((emb - 1.0).abs() < 0.05, "embedding std {emb}");
+    assert!((q - 0.1).abs() < 0.01, "q_proj std {q}");
+    assert_generates(&dir);
+    for bad in ["0", "1.5"] {
+        let out = couplet(&[
+            "sft",
+            "--model",
+            dir.to_str().unwrap(),
+            "--data",
+            "data/tasks/val.jsonl",
+            "--out",
+            tmp.path().join("sft").to_str().unwrap(),
+            "--pad-weight",
+            bad,
+        ]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--pad-weight"));
+    }
+}
+
+#[test]
 fn init_model_then_generate_json() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");

@@ -72,7 +72,10 @@ fn parity(tied: bool, padded: bool) {
         cfg.num_hidden_layers as usize + 1,
     );
     eprintln!("tied={tied} padded={padded}: max |Δlogit| = {max_diff:e} (tolerance {tol:e})");
-    assert!(f64::from(max_diff) <= tol, "max abs diff {max_diff} > tolerance {tol}");
+    assert!(
+        f64::from(max_diff) <= tol,
+        "max abs diff {max_diff} > tolerance {tol}"
+    );
 }
 
 #[test]

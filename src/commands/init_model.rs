@@ -26,6 +26,14 @@ pub struct Args {
     /// convention, instead of Dream's row i → token i+1.
     #[arg(long)]
     no_shift: bool,
+    /// Standard deviation of the weight matrices (default: the preset's 0.02).
+    #[arg(long)]
+    init_std: Option<f64>,
+    /// Standard deviation of the token embedding (default: as the other matrices). A
+    /// unit-scale embedding (PyTorch's `nn.Embedding` default) keeps token identity large in
+    /// the residual stream, which lets small models learn to copy prompt tokens.
+    #[arg(long)]
+    embedding_std: Option<f64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -35,8 +43,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.no_shift {
         config.shift_logits = Some(false);
     }
-    let model = init_model_folder(config, &args.tokenizer, &args.out, args.seed)
+    if let Some(std) = args.init_std {
+        config.initializer_range = std;
+    }
+    let mut model = init_model_folder(config, &args.tokenizer, &args.out, args.seed)
         .with_context(|| format!("writing model folder {}", args.out.display()))?;
+    if let Some(std) = args.embedding_std {
+        model = rescale_embedding(&args.out, std, args.seed)?;
+    }
     println!(
         "wrote {} ({} parameters, vocab {})",
         args.out.display(),
@@ -44,4 +58,25 @@ pub fn run(args: Args) -> Result<()> {
         model.config().vocab_size
     );
     Ok(())
+}
+
+/// Redraws the token embedding of the folder at `dir` from Normal(0, std) (seeded) and
+/// saves the folder again.
+fn rescale_embedding(
+    dir: &std::path::Path,
+    std: f64,
+    seed: i64,
+) -> Result<couplet_model::DreamModel> {
+    let model = couplet_model::load_model(dir, couplet_model::LoadOptions::default())?;
+    tch::manual_seed(seed.wrapping_add(1));
+    tch::no_grad(|| {
+        for (name, mut var) in model.var_store().variables() {
+            if name == "model.embed_tokens.weight" {
+                let fresh = tch::Tensor::randn(var.size(), (tch::Kind::Float, var.device())) * std;
+                var.copy_(&fresh);
+            }
+        }
+    });
+    couplet_model::save_model(&model, dir, &couplet_model::SaveOptions::default())?;
+    Ok(model)
 }

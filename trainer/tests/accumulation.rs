@@ -88,7 +88,13 @@ fn accumulated_gradients_do_not_depend_on_the_split() {
         for ((name, a), (_, b)) in results[0].iter().zip(g) {
             let scale = a.abs().max().double_value(&[]).max(1e-8);
             let rel = (a - b).abs().max().double_value(&[]) / scale;
-            assert!(rel < 1e-5, "split {split}: {name} relative diff {rel}");
+            // Micro-batches change matmul blocking and add one accumulation per slice, over a
+            // forward + backward chain: the vocabulary's log-softmax is the longest sum.
+            let tol = common::f32_order_tolerance(1.0, 300 + 8, 2 * 3);
+            assert!(
+                rel <= tol,
+                "split {split}: {name} relative diff {rel} > {tol}"
+            );
         }
     }
     assert!(results[0]

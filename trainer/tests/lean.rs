@@ -9,8 +9,13 @@ use couplet_trainer::{
 };
 use tch::{Device, Kind, Tensor};
 
+/// The tiny preset over a 300-token vocabulary: the longest reduction (log-softmax over the
+/// vocabulary) and the chain length (2 layers + head) set the rounding tolerance.
+const VOCAB: usize = 300;
+const DEPTH: usize = 3;
+
 fn model(tied: bool) -> DreamModel {
-    let mut cfg = Preset::Tiny.config(300);
+    let mut cfg = Preset::Tiny.config(VOCAB);
     cfg.tie_word_embeddings = tied;
     cfg.initializer_range = 0.3;
     cfg.mask_token_id = Some(299);
@@ -73,8 +78,12 @@ fn lean_and_checkpointed_gradients_equal_naive() {
                     checkpoint,
                 },
             );
+            // Chunked rows change the matmul blocking: the longest reduction is the
+            // log-softmax over the vocabulary, once per layer plus the head.
+            let tol =
+                common::f32_order_tolerance(naive.abs().max().double_value(&[]), VOCAB, DEPTH);
             let diff_est = (&lean.estimate - &naive).abs().max().double_value(&[]);
-            assert!(diff_est < 1e-5, "estimates differ by {diff_est}");
+            assert!(diff_est <= tol, "estimates differ by {diff_est} > {tol}");
             let (loss, _) = grpo_loss(
                 &lean.estimate,
                 Some(&old),
@@ -89,8 +98,9 @@ fn lean_and_checkpointed_gradients_equal_naive() {
             for ((name, a), (_, b)) in want.iter().zip(grads(&m)) {
                 let scale = a.abs().max().double_value(&[]).max(1e-8);
                 let rel = (a - &b).abs().max().double_value(&[]) / scale;
+                // Backward doubles the chain of reductions.
                 assert!(
-                    rel <= 1e-5,
+                    rel <= common::f32_order_tolerance(1.0, VOCAB, 2 * DEPTH),
                     "tied {tied} checkpoint {checkpoint}: {name} relative diff {rel}"
                 );
             }

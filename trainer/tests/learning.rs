@@ -113,7 +113,10 @@ fn grpo_steps_raise_the_likelihood_of_rewarded_completions() {
     for est in estimators() {
         let gain = train(&est, 1.0);
         eprintln!("{est:?}: margin gain {gain:+.3} nats/token");
-        assert!(gain > 0.2, "{est:?}: rewarded completions gained only {gain}");
+        assert!(
+            gain > 0.2,
+            "{est:?}: rewarded completions gained only {gain}"
+        );
     }
 }
 
@@ -122,6 +125,9 @@ fn flipping_the_advantage_sign_lowers_it() {
     for est in estimators() {
         let gain = train(&est, -1.0);
         eprintln!("{est:?}: flipped, margin gain {gain:+.3} nats/token");
-        assert!(gain < -0.2, "{est:?}: flipped advantages moved it by {gain}");
+        assert!(
+            gain < -0.2,
+            "{est:?}: flipped advantages moved it by {gain}"
+        );
     }
 }

@@ -74,3 +74,57 @@ fn sft_reduces_the_masked_diffusion_loss() {
     let late: f64 = losses[25..].iter().sum::<f64>() / 5.0;
     assert!(late < early, "training loss {early:.3} → {late:.3}");
 }
+
+#[test]
+fn pad_weight_scales_only_the_padding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tmp.path().join("m");
+    init_model_folder(
+        Preset::Tiny.config(4096),
+        &repo.join("data/tokenizer-cpu/tokenizer.json"),
+        &dir,
+        0,
+    )
+    .unwrap();
+    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    let tok = &ckpt.tokenizer;
+    let build = |length| {
+        vec![build_example(
+            tok,
+            "",
+            "Add one.",
+            "def f(x):\n    return x + 1\n",
+            64,
+            length,
+        )
+        .unwrap()]
+    };
+    let loss = |examples: &[couplet_trainer::SftExample], pad_weight| {
+        let settings = SftSettings {
+            mask_id: tok.special().mask,
+            pad: tok.special().pad,
+            eps: 1e-3,
+            seed: 5,
+            pad_weight,
+        };
+        tch::no_grad(|| {
+            sft_loss(&ckpt.model, &settings, examples, 7, 0)
+                .0
+                .double_value(&[])
+        })
+    };
+    let bare = build(0);
+    let padded = build(48);
+    assert_eq!(padded[0].answer_tokens, bare[0].answer.len());
+    assert_eq!(padded[0].answer.len(), 48);
+    // Without padding the weight has nothing to scale.
+    assert_eq!(loss(&bare, 1.0), loss(&bare, 0.25));
+    // With padding it changes the loss, and it stays a per-token average (same scale).
+    let (full, light) = (loss(&padded, 1.0), loss(&padded, 0.25));
+    assert!(full.is_finite() && light.is_finite() && (full - light).abs() > 1e-6);
+    assert!(
+        light < 10.0 * full && full < 10.0 * light,
+        "{full} vs {light}"
+    );
+}

@@ -25,3 +25,15 @@ pub fn zero(m: &DreamModel) {
         }
     }
 }
+
+/// Unit roundoff of f32 (2⁻²⁴).
+pub const F32_UNIT_ROUNDOFF: f64 = 5.960_464_477_539_063e-8;
+
+/// How far two f32 evaluations that differ only in summation order (batch size, chunking,
+/// SIMD width: kernels and CPUs differ) may drift apart: a length-`n` sum carries at most
+/// n·u relative error of its terms' magnitude (Higham §3.1), for each of the two
+/// evaluations, and `depth` chained reductions add to first order. `magnitude` bounds the
+/// compared values (floored at 1). A real bug moves values by O(magnitude).
+pub fn f32_order_tolerance(magnitude: f64, n: usize, depth: usize) -> f64 {
+    2.0 * (n * depth) as f64 * F32_UNIT_ROUNDOFF * magnitude.max(1.0)
+}
