@@ -2,6 +2,21 @@
 
 use tch::{Kind, Tensor};
 
+/// Where the k3 KL turns linear in d = lp_ref − lp. Below it the estimator is exactly
+/// SPEC 6's; at it a token's KL is already e²⁰ ≈ 5·10⁸.
+pub const KL_LOG_RATIO_LIMIT: f64 = 20.0;
+
+/// k3 = e^d − d − 1 (SPEC 6) for d ≤ KL_LOG_RATIO_LIMIT, continued by its tangent above.
+/// f32's exp is inf past d = 88.7, and one such token (a policy far below the reference on
+/// a heavily divided coupled estimate) would make the step's loss inf and its gradient NaN;
+/// the tangent keeps the value finite and the pull towards the reference at its largest.
+fn k3(d: &Tensor) -> Tensor {
+    let limit = KL_LOG_RATIO_LIMIT;
+    let exact = d.clamp_max(limit).exp() - d - 1.0;
+    let tangent = (d - limit) * (limit.exp() - 1.0) + (limit.exp() - limit - 1.0);
+    exact.where_self(&d.le(limit), &tangent)
+}
+
 /// Clipping and KL settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectiveConfig {
@@ -75,8 +90,7 @@ pub fn grpo_loss(
     };
     let (per_token, kl_value) = match (config.beta > 0.0, lp_ref) {
         (true, Some(reference)) => {
-            let diff = reference.to_kind(Kind::Float) - &lp;
-            let kl = diff.exp() - &diff - 1.0;
+            let kl = k3(&(reference.to_kind(Kind::Float) - &lp));
             let kl_mean = mean(&kl.detach()).double_value(&[]);
             (per_token + config.beta * kl, kl_mean)
         }
@@ -158,6 +172,37 @@ mod tests {
         assert!((m.loss - (-1.5 + 0.1 * kl)).abs() < 1e-6, "{m:?}");
         assert!((m.kl - kl).abs() < 1e-6);
         assert_eq!((m.clip_high, m.clip_low, m.clip_region), (1.0, 0.0, 1.0));
+    }
+
+    #[test]
+    fn an_extreme_reference_gap_keeps_the_kl_finite() {
+        // lp_ref − lp = 200 overflows f32's exp; the tangent continuation of k3 keeps value
+        // and gradient finite, so one extreme token cannot turn the step into NaN.
+        let lp = Tensor::from_slice2(&[[-200.0f32]]).set_requires_grad(true);
+        let reference = Tensor::from_slice2(&[[0.0f32]]);
+        let cfg = ObjectiveConfig {
+            beta: 1.0,
+            ..Default::default()
+        };
+        let (loss, m) = grpo_loss(
+            &lp,
+            None,
+            Some(&reference),
+            &Tensor::from_slice(&[0.0f32]),
+            &Tensor::from_slice2(&[[1i64]]),
+            &cfg,
+            None,
+        );
+        let limit = KL_LOG_RATIO_LIMIT;
+        let want = (200.0 - limit) * (limit.exp() - 1.0) + limit.exp() - limit - 1.0;
+        assert!((m.kl - want).abs() <= 1e-6 * want, "{} vs {want}", m.kl);
+        loss.backward();
+        // d/dlp of the tangent: −(e^20 − 1) (per token, over one token).
+        let g = lp.grad().double_value(&[0, 0]);
+        assert!(
+            (g + limit.exp() - 1.0).abs() <= 1e-6 * limit.exp(),
+            "gradient {g}"
+        );
     }
 
     #[test]
