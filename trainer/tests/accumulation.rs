@@ -4,7 +4,7 @@
 mod common;
 
 use common::{grads, zero};
-use couplet_model::{DreamModel, Init, Preset};
+use couplet_model::DreamModel;
 use couplet_trainer::{
     compute_advantages, estimate, grpo_loss, Baseline, Estimator, EstimatorBatch, LeanConfig,
     LeanEstimate, ObjectiveConfig, ReferenceModel,
@@ -14,11 +14,7 @@ use tch::{Device, Kind, Tensor};
 const MASK: i64 = 299;
 
 fn model() -> DreamModel {
-    let mut cfg = Preset::Tiny.config(300);
-    cfg.initializer_range = 0.2;
-    cfg.mask_token_id = Some(MASK);
-    tch::manual_seed(11);
-    DreamModel::new(&cfg, Device::Cpu, Kind::Float, Init::Random)
+    common::tiny_model(0.2, 11)
 }
 
 /// Eight rows (two prompts × G = 4), completion lengths varying.

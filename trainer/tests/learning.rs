@@ -3,10 +3,12 @@
 //! for every estimator. A sign, normalisation or masking bug that silently flattens reward
 //! curves fails here in seconds instead of in a ten-minute demo run.
 
-use couplet_model::{DreamModel, Init, Preset};
+mod common;
+
+use couplet_model::DreamModel;
 use couplet_trainer::{
-    compute_advantages, estimate, grpo_loss, AdamW, AdamWConfig, Baseline, Estimator,
-    EstimatorBatch, LeanConfig, LeanEstimate, ObjectiveConfig,
+    compute_advantages, estimate, grpo_loss, Baseline, Estimator, EstimatorBatch, LeanConfig,
+    LeanEstimate, ObjectiveConfig,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -16,11 +18,7 @@ const COMPLETION: i64 = 6;
 const STEPS: u64 = 6;
 
 fn model() -> DreamModel {
-    let mut cfg = Preset::Tiny.config(300);
-    cfg.initializer_range = 0.05;
-    cfg.mask_token_id = Some(MASK);
-    tch::manual_seed(5);
-    DreamModel::new(&cfg, Device::Cpu, Kind::Float, Init::Random)
+    common::tiny_model(0.05, 5)
 }
 
 /// Two prompts × G = 4 completions; in each group rows 0 and 2 are rewarded.
@@ -69,16 +67,7 @@ fn train(est: &Estimator, sign: f64) -> f64 {
     let cmask = Tensor::ones([8, COMPLETION], (Kind::Int64, Device::Cpu));
     let adv = compute_advantages(&rewards, 4, Baseline::LeaveOneOut, false).unwrap();
     let adv = (Tensor::from_slice(&adv.values) * sign).to_kind(Kind::Float);
-    let params = m.var_store().variables().into_iter().collect();
-    let mut opt = AdamW::new(
-        params,
-        AdamWConfig {
-            lr: 3e-3,
-            weight_decay: 0.0,
-            max_grad_norm: 1.0,
-            ..Default::default()
-        },
-    );
+    let mut opt = common::adamw(&m, 3e-3);
     let before = margin(&m, &b, &rewards);
     let config = ObjectiveConfig {
         beta: 0.0,

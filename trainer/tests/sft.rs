@@ -1,15 +1,16 @@
 //! SFT with the masked-diffusion objective lowers the loss on a toy set in a few steps.
 
-use std::path::PathBuf;
+mod common;
+
+use std::path::{Path, PathBuf};
 
 use couplet_model::{init_model_folder, Checkpoint, LoadOptions, Preset};
-use couplet_trainer::{build_example, sft_loss, sft_step, AdamW, AdamWConfig, SftSettings};
+use couplet_trainer::{build_example, sft_loss, sft_step, SftSettings};
 
-#[test]
-fn sft_reduces_the_masked_diffusion_loss() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A tiny random model on the CPU tokenizer, written into `dir` and loaded back.
+fn tiny_checkpoint(dir: &Path) -> Checkpoint {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = tmp.path().join("m");
+    let dir = dir.join("m");
     init_model_folder(
         Preset::Tiny.config(4096),
         &repo.join("data/tokenizer-cpu/tokenizer.json"),
@@ -17,7 +18,13 @@ fn sft_reduces_the_masked_diffusion_loss() {
         0,
     )
     .unwrap();
-    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    Checkpoint::load(&dir, LoadOptions::default()).unwrap()
+}
+
+#[test]
+fn sft_reduces_the_masked_diffusion_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tiny_checkpoint(tmp.path());
     let tok = &ckpt.tokenizer;
     let examples: Vec<_> = [
         ("Add one to x.", "def f(x):\n    return x + 1\n"),
@@ -49,16 +56,7 @@ fn sft_reduces_the_masked_diffusion_loss() {
         })
     };
     let before = eval();
-    let params = ckpt.model.var_store().variables().into_iter().collect();
-    let mut opt = AdamW::new(
-        params,
-        AdamWConfig {
-            lr: 3e-3,
-            weight_decay: 0.0,
-            max_grad_norm: 1.0,
-            ..Default::default()
-        },
-    );
+    let mut opt = common::adamw(&ckpt.model, 3e-3);
     let mut losses = Vec::new();
     for step in 0..30 {
         let loss = sft_step(&ckpt.model, &mut opt, 3e-3, &settings, &examples, step, 0);
@@ -78,16 +76,7 @@ fn sft_reduces_the_masked_diffusion_loss() {
 #[test]
 fn pad_weight_scales_only_the_padding() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = tmp.path().join("m");
-    init_model_folder(
-        Preset::Tiny.config(4096),
-        &repo.join("data/tokenizer-cpu/tokenizer.json"),
-        &dir,
-        0,
-    )
-    .unwrap();
-    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    let ckpt = tiny_checkpoint(tmp.path());
     let tok = &ckpt.tokenizer;
     let build = |length| {
         vec![build_example(

@@ -1,8 +1,33 @@
 //! Helpers shared by the trainer's integration tests.
 #![allow(dead_code)]
 
-use couplet_model::DreamModel;
-use tch::Tensor;
+use couplet_model::{DreamModel, Init, Preset};
+use couplet_trainer::{AdamW, AdamWConfig};
+use tch::{Device, Kind, Tensor};
+
+/// The tiny preset over a 300-token vocabulary (mask id 299), weights Normal(0, `std`),
+/// drawn from torch's generator seeded with `seed`.
+pub fn tiny_model(std: f64, seed: i64) -> DreamModel {
+    let mut cfg = Preset::Tiny.config(300);
+    cfg.initializer_range = std;
+    cfg.mask_token_id = Some(299);
+    tch::manual_seed(seed);
+    DreamModel::new(&cfg, Device::Cpu, Kind::Float, Init::Random)
+}
+
+/// AdamW over every parameter of `m`, no weight decay, clipping at 1.
+pub fn adamw(m: &DreamModel, lr: f64) -> AdamW {
+    let params = m.var_store().variables().into_iter().collect();
+    AdamW::new(
+        params,
+        AdamWConfig {
+            lr,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            ..Default::default()
+        },
+    )
+}
 
 /// Every parameter's gradient (a copy), in name order.
 pub fn grads(m: &DreamModel) -> Vec<(String, Tensor)> {
