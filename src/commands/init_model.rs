@@ -29,9 +29,8 @@ pub struct Args {
     /// Standard deviation of the weight matrices (default: the preset's 0.02).
     #[arg(long)]
     init_std: Option<f64>,
-    /// Standard deviation of the token embedding (default: as the other matrices). A
-    /// unit-scale embedding (PyTorch's `nn.Embedding` default) keeps token identity large in
-    /// the residual stream, which lets small models learn to copy prompt tokens.
+    /// Standard deviation of the token embedding (default: as the other matrices); 1 is
+    /// PyTorch's `nn.Embedding` default, which the plain-PyTorch demo probes use.
     #[arg(long)]
     embedding_std: Option<f64>,
 }
