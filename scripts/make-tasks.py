@@ -104,11 +104,10 @@ def make_task(template, consts, rng, index, split):
             "test_cases": tests, "solution": solution}
 
 
-def bug_failure_share(template, row):
+def bug_failure_share(template, consts, row):
     """Share of the row's tests that the template's bug fails (a sanity figure)."""
-    _, arg, _, _, _, bug = template
     env = {}
-    exec(row["solution"].split("def ")[0] + "def " + f"{FUNCTION}({arg}):\n    {bug}\n", env)
+    exec(program(template[1], template[5], *consts), env)
     failed = 0
     for test in row["test_cases"]:
         try:
@@ -163,7 +162,7 @@ def main():
         for template, pairs in zip(TEMPLATES, splits):
             for i, consts in enumerate(rng.sample(pairs[part], min(per, len(pairs[part])))):
                 rows.append(make_task(template, consts, rng, i, split))
-                fails.append(bug_failure_share(template, rows[-1]))
+                fails.append(bug_failure_share(template, consts, rows[-1]))
         rng.shuffle(rows)
         with open(f"{args.out}/{split}.jsonl", "w") as f:
             for row in rows:
