@@ -99,7 +99,7 @@ def make_task(template, consts, rng, index, split):
     tests = []
     for value in inputs(kind, a, rng, rng.randint(6, 10)):
         tests.append(f"assert {FUNCTION}({value!r}) == {env[FUNCTION](value)!r}")
-    return {"id": f"{split}-{name}-{index}", "source": "couplet-synthetic",
+    return {"id": f"{split}-{name}-{index}", "source": "couplet-synthetic", "template": name,
             "question": f"Write a Python function `{FUNCTION}({arg})` that {text}. Use A = {a}, B = {b}.",
             "test_cases": tests, "solution": solution}
 

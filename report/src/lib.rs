@@ -200,9 +200,10 @@ pub fn write_report(run_dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>, Re
     let summaries: Vec<Summary> = variants.iter().map(|v| summarize(v, 5)).collect();
     let mut md = String::from("# Couplet ablation report\n\n");
     md += &format!(
-        "{} runs in {} variants: {}.\n\n",
+        "{} runs in {} variant{}: {}.\n\n",
         run_dirs.len(),
         variants.len(),
+        if variants.len() == 1 { "" } else { "s" },
         variants
             .iter()
             .map(|v| v.label.as_str())

@@ -117,6 +117,9 @@ fn finish(
     root.present().map_err(|x| e(x.to_string()))
 }
 
+/// Series with at most this many points are drawn with a marker per point.
+const SPARSE_POINTS: usize = 12;
+
 /// One line (mean over seeds) and a min–max band per variant.
 pub fn curves(
     variants: &[Variant],
@@ -181,13 +184,11 @@ pub fn curves(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
-        if b.len() == 1 {
+        // Sparse series (evaluations) get a marker per measured point, so a line between
+        // two evaluations is not read as a measured curve.
+        if b.len() <= SPARSE_POINTS {
             chart
-                .draw_series(std::iter::once(Circle::new(
-                    (b[0].0, b[0].1),
-                    4,
-                    color.filled(),
-                )))
+                .draw_series(b.iter().map(|p| Circle::new((p.0, p.1), 4, color.filled())))
                 .map_err(|x| e(x.to_string()))?;
         }
     }

@@ -136,6 +136,16 @@ impl Rollout {
         ArNess::mean(&self.arness)
     }
 
+    /// Left-pads the prompt batch to at least `width` columns. Data-parallel ranks pad to
+    /// the widest prompt of the whole round, so every rank's training batch has the layout
+    /// one process would give it (and the same arithmetic, bit for bit).
+    pub fn pad_prompts_to(&mut self, width: i64, pad: i64) {
+        if self.prompt_ids.size()[1] < width {
+            self.prompt_ids = left_pad(&self.prompt_ids, width, pad);
+            self.prompt_mask = left_pad(&self.prompt_mask, width, 0);
+        }
+    }
+
     /// Joins rollouts of consecutive prompt groups (e.g. decoded while the previous
     /// group's rewards ran) into one, left-padding prompts to the widest with `pad`.
     pub fn concat(parts: Vec<Rollout>, pad: i64) -> Rollout {
@@ -144,20 +154,7 @@ impl Rollout {
             .map(|r| r.prompt_ids.size()[1])
             .max()
             .unwrap_or(0);
-        let left_pad = |t: &Tensor, value: i64| {
-            let (n, p) = t.size2().expect("[N, P]");
-            if p == width {
-                t.shallow_clone()
-            } else {
-                Tensor::cat(
-                    &[
-                        Tensor::full([n, width - p], value, (t.kind(), t.device())),
-                        t.shallow_clone(),
-                    ],
-                    1,
-                )
-            }
-        };
+        let left_pad = |t: &Tensor, value: i64| left_pad(t, width, value);
         let mut out = Rollout {
             prompt_ids: Tensor::cat(
                 &parts
@@ -214,6 +211,21 @@ impl Rollout {
         }
         out
     }
+}
+
+/// `t` (`[N, P]`, P ≤ width) with `width − P` columns of `value` prepended.
+fn left_pad(t: &Tensor, width: i64, value: i64) -> Tensor {
+    let (n, p) = t.size2().expect("[N, P]");
+    if p >= width {
+        return t.shallow_clone();
+    }
+    Tensor::cat(
+        &[
+            Tensor::full([n, width - p], value, (t.kind(), t.device())),
+            t.shallow_clone(),
+        ],
+        1,
+    )
 }
 
 /// Samples `group_size` completions for every prompt (already chat-formatted text).

@@ -117,6 +117,10 @@ pub struct DataSection {
     pub max_prompt_length: usize,
     /// skip or fatal.
     pub bad_rows: String,
+    /// Column whose value groups the training rows (e.g. `template`, `source`): each epoch
+    /// then draws one prompt per group in turn, so every window of steps sees the groups in
+    /// equal shares. Unset: a plain shuffle.
+    pub stratify_by: Option<String>,
 }
 
 impl Default for DataSection {
@@ -128,6 +132,7 @@ impl Default for DataSection {
             system_prompt: "You are a helpful assistant.".into(),
             max_prompt_length: 200,
             bad_rows: "skip".into(),
+            stratify_by: None,
         }
     }
 }
@@ -526,6 +531,14 @@ impl TrainConfig {
         };
         one_of("model.dtype", &self.model.dtype, &["f32", "bf16"])?;
         one_of("data.bad_rows", &self.data.bad_rows, &["skip", "fatal"])?;
+        if self
+            .data
+            .stratify_by
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(invalid("data.stratify_by", "names no column"));
+        }
         one_of("rollout.decoder", &r.decoder, &["dream", "block"])?;
         one_of(
             "rollout.alg",

@@ -17,6 +17,7 @@ pub mod lean;
 pub mod logging;
 pub mod objective;
 pub mod optim;
+pub mod order;
 pub mod reference;
 pub mod sft;
 pub mod train;
@@ -34,6 +35,7 @@ pub use lean::{LeanConfig, LeanPass};
 pub use logging::RunLog;
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
 pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, StepReport};
+pub use order::PromptOrder;
 pub use reference::{needs_reference, with_autocast, ReferenceModel};
 pub use sft::{build_example, sft_loss, sft_step, SftExample, SftSettings};
 pub use train::{

@@ -29,6 +29,7 @@ use crate::eval::{evaluate, load_benchmark, EvalProblem, EvalReport, EvalSetting
 use crate::lean::LeanConfig;
 use crate::objective::{grpo_loss, ObjectiveConfig};
 use crate::optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule};
+use crate::order::PromptOrder;
 use crate::reference::{with_autocast, ReferenceModel};
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +184,7 @@ pub struct Trainer {
     optimizer: AdamW,
     pool: SandboxPool,
     rows: Vec<Row>,
+    order: PromptOrder,
     /// `data.validation` problems when `eval.every > 0`.
     validation: Vec<EvalProblem>,
     pub state: TrainerState,
@@ -271,6 +273,7 @@ impl Trainer {
                 config.data.train.display()
             )));
         }
+        let order = prompt_order(&config, &rows)?;
         let mut validation = match (&config.data.validation, config.eval.every) {
             (Some(path), every) if every > 0 => load_benchmark(&path.to_string_lossy(), repo_root)
                 .map_err(|e| TrainError::Setup(format!("data.validation: {e}")))?,
@@ -342,6 +345,7 @@ impl Trainer {
             optimizer: AdamW::new(Vec::new(), AdamWConfig::default()),
             pool,
             rows,
+            order,
             validation,
             state: TrainerState::default(),
             buffer: None,
@@ -432,15 +436,26 @@ impl Trainer {
 
     /// Prompt indices of round `round` (global prompt counter → epoch permutation).
     fn round_rows(&self, round: u64) -> Vec<usize> {
-        let n = self.rows.len() as u64;
         let pps = self.config.rollout.prompts_per_step as u64;
         (round * pps..(round + 1) * pps)
-            .map(|g| {
-                let (epoch, pos) = (g / n, g % n);
-                permutation(n as usize, self.config.seed ^ (epoch.wrapping_mul(0x9E37)))
-                    [pos as usize]
-            })
+            .map(|g| self.order.row(g))
             .collect()
+    }
+
+    /// Token width of the round's widest prompt over all ranks (after `max_prompt_length`).
+    fn round_prompt_width(&self, rows: &[usize]) -> Result<i64, TrainError> {
+        let cfg = &self.config;
+        let mut width = 0;
+        for &i in rows {
+            let prompt = chat_prompt(&cfg.data.system_prompt, &self.rows[i].question);
+            let ids = self
+                .policy
+                .tokenizer
+                .encode(&prompt)
+                .map_err(setup("tokenizing a prompt"))?;
+            width = width.max(ids.len().min(cfg.data.max_prompt_length));
+        }
+        Ok(width as i64)
     }
 
     fn estimator(&self) -> Estimator {
@@ -605,7 +620,9 @@ impl Trainer {
             },
         )?;
         let elapsed = started.elapsed().as_secs_f64();
-        let rollout = couplet_rollout::Rollout::concat(parts, self.policy.tokenizer.special().pad);
+        let pad = self.policy.tokenizer.special().pad;
+        let mut rollout = couplet_rollout::Rollout::concat(parts, pad);
+        rollout.pad_prompts_to(self.round_prompt_width(&all_rows)?, pad);
         let rewards = couplet_reward::RewardBatch::concat(scored);
         let rollout_seconds = rollout.seconds;
         // Reward time not hidden behind decoding.
@@ -1130,13 +1147,33 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
 }
 
 /// A permutation of `0..n` from `seed` (Fisher–Yates on the counter RNG).
-fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (random::bits(seed, 0x600, i as u64) % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v
+/// The epoch order of the training rows; a `data.stratify_by` column must hold a string
+/// (or number) in every row, else the error names the file, the row and the column.
+fn prompt_order(config: &TrainConfig, rows: &[Row]) -> Result<PromptOrder, TrainError> {
+    let Some(column) = &config.data.stratify_by else {
+        return Ok(PromptOrder::shuffled(rows.len(), config.seed));
+    };
+    let labels = rows
+        .iter()
+        .map(|row| {
+            let value = match column.as_str() {
+                "source" => row.source.clone().map(serde_json::Value::String),
+                "id" => Some(serde_json::Value::String(row.id.clone())),
+                _ => row.extra.get(column).cloned(),
+            };
+            match value {
+                Some(serde_json::Value::String(s)) => Ok(s),
+                Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+                _ => Err(TrainError::Setup(format!(
+                    "{}: row `{}`: data.stratify_by = \"{column}\" but the row has no \
+                     string or number `{column}` column",
+                    config.data.train.display(),
+                    row.id
+                ))),
+            }
+        })
+        .collect::<Result<Vec<String>, TrainError>>()?;
+    Ok(PromptOrder::stratified(&labels, config.seed))
 }
 
 /// Joins the data-parallel group when `distributed.backend` asks for one; the ranks come
