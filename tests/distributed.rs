@@ -16,7 +16,7 @@ use tch::Tensor;
 fn model(dir: &Path) -> PathBuf {
     let out = common::tiny_model(dir, false, 1);
     let ckpt =
-        couplet_model::Checkpoint::load(&out, couplet_model::LoadOptions::default()).unwrap();
+        couplet_model::LoadedModel::load(&out, couplet_model::LoadOptions::default()).unwrap();
     tch::no_grad(|| {
         let head = ckpt.model.var_store().variables()["lm_head.weight"].shallow_clone();
         let mut eos_row = head.get(0);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use couplet_model::{chat_prompt, Checkpoint, LoadOptions};
+use couplet_model::{chat_prompt, LoadOptions, LoadedModel};
 use couplet_rollout::{
     generate_rollout, DecoderConfig, DreamAlg, DreamDecodeConfig, RolloutConfig, SamplingParams,
 };
@@ -33,7 +33,7 @@ fn config(batch: usize, end_tokens: Option<Vec<i64>>) -> RolloutConfig {
 fn chunking_does_not_change_the_rollout() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), false, 2);
-    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    let ckpt = LoadedModel::load(&dir, LoadOptions::default()).unwrap();
     let prompts: Vec<String> = ["def add(a, b):", "Reverse a string.", "x"]
         .iter()
         .map(|q| chat_prompt("sys", q))
@@ -90,7 +90,7 @@ fn chunking_does_not_change_the_rollout() {
 fn completions_end_at_the_first_end_token() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), false, 2);
-    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    let ckpt = LoadedModel::load(&dir, LoadOptions::default()).unwrap();
     let prompts = vec![chat_prompt("sys", "hello")];
     let free = generate_rollout(
         &ckpt.model,
@@ -140,7 +140,7 @@ fn completions_end_at_the_first_end_token() {
 fn bad_rollout_settings_are_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), false, 2);
-    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    let ckpt = LoadedModel::load(&dir, LoadOptions::default()).unwrap();
     let mut cfg = config(3, None);
     cfg.group_size = 0;
     let err =

@@ -3,7 +3,7 @@
 mod common;
 
 use couplet_model::tokenizer::{add_dream_tokens, chat_prompt, load_tokenizer_file, MASK_TOKEN};
-use couplet_model::{init_model_folder, Checkpoint, LoadOptions, Preset};
+use couplet_model::{init_model_folder, LoadOptions, LoadedModel, Preset};
 
 #[test]
 fn qwen_tokenizer_gets_dreams_ids() {
@@ -30,7 +30,7 @@ fn qwen_model_folder_resolves_special_tokens_from_files() {
     let cfg = Preset::Tiny.config(tok.get_vocab_size(true));
     let dir = tmp.path().join("qwen-tiny");
     init_model_folder(cfg, &common::qwen_tokenizer(), &dir, 0).unwrap();
-    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    let ckpt = LoadedModel::load(&dir, LoadOptions::default()).unwrap();
     let special = ckpt.tokenizer.special();
     assert_eq!(special.mask, 151666);
     assert_eq!(special.pad, 151643);
@@ -55,7 +55,7 @@ fn ids_come_from_the_folder_not_from_constants() {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     cfg["mask_token_id"] = 7.into();
     std::fs::write(&path, cfg.to_string()).unwrap();
-    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    let ckpt = LoadedModel::load(&dir, LoadOptions::default()).unwrap();
     assert_eq!(ckpt.tokenizer.special().mask, 7);
 }
 
@@ -75,7 +75,7 @@ fn encode_decode_round_trip_on_python_source() {
             0,
         )
         .unwrap();
-        let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+        let ckpt = LoadedModel::load(&dir, LoadOptions::default()).unwrap();
         let mut checked = 0;
         for line in he.lines().take(40) {
             let row: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -101,7 +101,7 @@ fn encode_decode_round_trip_on_python_source() {
 fn decode_skips_special_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), false, 0);
-    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    let ckpt = LoadedModel::load(&dir, LoadOptions::default()).unwrap();
     let s = ckpt.tokenizer.special().clone();
     let mut ids = ckpt.tokenizer.encode("def f(x):\n    return x").unwrap();
     ids.insert(0, s.mask);
@@ -117,7 +117,7 @@ fn decode_skips_special_tokens() {
 fn prompts_are_left_padded_and_left_truncated() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), false, 0);
-    let ckpt = Checkpoint::load(&dir, LoadOptions::default()).unwrap();
+    let ckpt = LoadedModel::load(&dir, LoadOptions::default()).unwrap();
     let t = &ckpt.tokenizer;
     let long = "alpha beta gamma delta epsilon zeta eta theta".to_string();
     let short = "x".to_string();
@@ -146,7 +146,7 @@ fn broken_tokenizer_file_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), false, 0);
     std::fs::write(dir.join("tokenizer.json"), "{not json").unwrap();
-    let err = Checkpoint::load(&dir, LoadOptions::default())
+    let err = LoadedModel::load(&dir, LoadOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");

@@ -8,10 +8,10 @@ use std::str::FromStr;
 use serde_json::Map;
 use tch::{Device, Kind};
 
-use crate::checkpoint::{save_model, write_generation_config, SaveOptions};
 use crate::config::{DreamConfig, GenerationConfig, TokenIds};
 use crate::dream::{DreamModel, Init};
 use crate::error::{ModelError, Result};
+use crate::hf_folder::{save_model, write_generation_config, SaveOptions};
 use crate::tokenizer::{
     add_dream_tokens, load_tokenizer_file, END_OF_TEXT_TOKEN, IM_END_TOKEN, MASK_TOKEN,
 };

@@ -2,43 +2,50 @@
 //! Hugging Face checkpoint folders (config, safetensors, tokenizer) and the chat template.
 //!
 //! `rollout` decodes with [`DreamModel`], `trainer` scores and updates it; both load and
-//! save it through [`checkpoint`]. This crate knows nothing of decoding, rewards or
+//! save it through [`hf_folder`] (a [`LoadedModel`] is a folder's model with its tokenizer). This crate knows nothing of decoding, rewards or
 //! training: it turns token ids into hidden states and logits, and folders into models.
 //!
 //! Conventions (SPEC section 1): logit row i predicts token i+1 (shifted) unless the
 //! checkpoint's config says `"shift_logits": false`; batches are left-padded with an
 //! attention mask; special-token ids always come from the checkpoint folder.
 
-pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod dream;
 pub mod dtype;
 pub mod error;
 mod fsutil;
+pub mod hf_folder;
 pub mod init;
 pub mod random;
 pub mod tokenizer;
 
-pub use checkpoint::{load_model, save_model, LoadOptions, SaveOptions};
 pub use config::{DreamConfig, GenerationConfig, TokenIds};
+pub use device::{DeviceSpec, Precision};
 pub use dream::{DreamModel, Init};
 pub use error::{ModelError, Result};
+pub use hf_folder::{load_model, save_model, LoadOptions, SaveOptions};
 pub use init::{init_model_folder, Preset};
 pub use tokenizer::{chat_prompt, PromptBatch, SpecialTokens, TextTokenizer};
 
-/// A loaded model folder: the model and its tokenizer, ready for decoding or training.
+/// A Hugging Face model folder, loaded: the model and its tokenizer, ready for decoding or
+/// training (a *run* checkpoint, with optimizer state, is the trainer's business).
 #[derive(Debug)]
-pub struct Checkpoint {
+pub struct LoadedModel {
+    /// The transformer.
     pub model: DreamModel,
+    /// The folder's tokenizer, with its special-token ids.
     pub tokenizer: TextTokenizer,
+    /// The folder it came from (its assets are copied when the model is saved).
     pub dir: std::path::PathBuf,
 }
 
-impl Checkpoint {
+impl LoadedModel {
+    /// Loads the model and tokenizer of the folder `dir`.
     pub fn load(dir: &std::path::Path, options: LoadOptions) -> Result<Self> {
         let model = load_model(dir, options)?;
         let tokenizer = TextTokenizer::from_model_dir(dir, model.config())?;
-        Ok(Checkpoint {
+        Ok(LoadedModel {
             model,
             tokenizer,
             dir: dir.to_path_buf(),

@@ -8,6 +8,45 @@
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// Every stream id of the project, in one table: a draw's stream says what it is for, and
+/// two purposes never share one (which would correlate, say, rollout tokens with masks).
+/// The values are part of the reproducibility contract (checkpoints resume, parity
+/// references draw the same numbers): never renumber one.
+pub mod stream {
+    /// Dream decoder: the token sampled at a position.
+    pub const DREAM_TOKEN: u64 = 0x10;
+    /// Dream decoder (`origin`): whether a masked position is revealed at a step.
+    pub const DREAM_TRANSFER: u64 = 0x11;
+    /// Dream decoder (`alg_temp` > 0): the sampled choice of positions.
+    pub const DREAM_POSITION: u64 = 0x12;
+    /// Block decoder: the Gumbel-max token proposal.
+    pub const BLOCK_TOKEN: u64 = 0x20;
+    /// Block decoder (`remasking = random`): the random confidence.
+    pub const BLOCK_REMASK: u64 = 0x21;
+    /// Estimators: a version's mask ratio t (plus the version's offset).
+    pub const ESTIMATOR_RATIO: u64 = 0x100;
+    /// Estimators: per-token uniforms compared with t (plus the version's offset).
+    pub const ESTIMATOR_UNIFORM: u64 = 0x200;
+    /// d1 estimator: which prompt tokens are masked.
+    pub const ESTIMATOR_PROMPT: u64 = 0x300;
+    /// Trainer: the rollout seed of a round (index: the round).
+    pub const ROLLOUT_ROUND: u64 = 0x400;
+    /// Trainer: the mask seed of a round's iteration (plus the iteration; index: round).
+    pub const MASK_ITERATION: u64 = 0x500;
+    /// Data order: the plain shuffle of an epoch (index: the epoch's permutation step).
+    pub const ORDER_SHUFFLE: u64 = 0x600;
+    /// Data order (`stratify_by`): the rows within a group (xor the group << 16).
+    pub const ORDER_GROUP: u64 = 0x601;
+    /// Data order (`stratify_by`): the order of the groups in a cycle (xor the cycle << 16).
+    pub const ORDER_CYCLE: u64 = 0x602;
+    /// SFT: an example's mask ratio t.
+    pub const SFT_RATIO: u64 = 0x700;
+    /// SFT: whether an answer token is masked.
+    pub const SFT_MASK: u64 = 0x701;
+    /// Trainer: the decoding seed of periodic validation (the same at every evaluation).
+    pub const VALIDATION: u64 = 0x800;
+}
+
 /// SplitMix64 finaliser: a bijective 64-bit mix.
 #[inline]
 pub fn mix64(mut z: u64) -> u64 {

@@ -21,10 +21,10 @@ use crate::denoiser::Denoiser;
 use crate::sampling::{sample_tokens, Confidence, SamplingParams};
 use crate::RolloutError;
 
-/// RNG streams of the decoder (see [`couplet_model::random`]).
-pub const STREAM_TOKEN: u64 = 0x10;
-pub const STREAM_TRANSFER: u64 = 0x11;
-pub const STREAM_POSITION: u64 = 0x12;
+// RNG streams of the decoder (see [`couplet_model::random`]).
+pub use couplet_model::random::stream::DREAM_POSITION as STREAM_POSITION;
+pub use couplet_model::random::stream::DREAM_TOKEN as STREAM_TOKEN;
+pub use couplet_model::random::stream::DREAM_TRANSFER as STREAM_TRANSFER;
 
 /// Which positions are revealed at a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,6 +38,14 @@ pub enum DreamAlg {
     TopkMargin,
     /// The n with the lowest entropy (DiffuCoder's choice).
     Entropy,
+}
+
+impl std::str::FromStr for DreamAlg {
+    type Err = RolloutError;
+
+    fn from_str(name: &str) -> Result<Self, RolloutError> {
+        DreamAlg::parse(name)
+    }
 }
 
 impl DreamAlg {

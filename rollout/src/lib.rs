@@ -13,7 +13,9 @@ pub mod denoiser;
 pub mod dream_decoder;
 pub mod llada_decoder;
 pub mod order;
+pub mod progress;
 pub mod sampling;
+pub mod settings;
 pub mod worker;
 
 pub use canvas::Decoded;
@@ -21,7 +23,9 @@ pub use denoiser::Denoiser;
 pub use dream_decoder::{dream_generate, DreamAlg, DreamDecodeConfig};
 pub use llada_decoder::{block_generate, BlockDecodeConfig, Remasking};
 pub use order::ArNess;
+pub use progress::progress_bar;
 pub use sampling::{Confidence, SamplingParams};
+pub use settings::{DecoderKind, DecoderSettings, DREAM_EPS};
 pub use worker::{generate_rollout, DecoderConfig, Rollout, RolloutConfig};
 
 #[derive(Debug, thiserror::Error)]

@@ -22,8 +22,8 @@ use crate::denoiser::Denoiser;
 use crate::sampling::categorical;
 use crate::RolloutError;
 
-pub const STREAM_TOKEN: u64 = 0x20;
-pub const STREAM_REMASK: u64 = 0x21;
+pub use couplet_model::random::stream::BLOCK_REMASK as STREAM_REMASK;
+pub use couplet_model::random::stream::BLOCK_TOKEN as STREAM_TOKEN;
 
 /// How the positions to reveal are chosen among the block's masked ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -33,6 +33,14 @@ pub enum Remasking {
     LowConfidence,
     /// Uniformly random.
     Random,
+}
+
+impl std::str::FromStr for Remasking {
+    type Err = RolloutError;
+
+    fn from_str(name: &str) -> Result<Self, RolloutError> {
+        Remasking::parse(name)
+    }
 }
 
 impl Remasking {

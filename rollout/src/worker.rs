@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use couplet_model::{PromptBatch, TextTokenizer};
-use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
 use crate::canvas::Decoded;
@@ -81,6 +80,26 @@ pub struct RolloutConfig {
     pub end_tokens: Option<Vec<i64>>,
     /// Draw an indicatif progress bar on stderr.
     pub progress: bool,
+}
+
+impl RolloutConfig {
+    /// `group_size` completions per prompt decoded `generation_batch_size` at a time, prompts
+    /// cut to their last `max_prompt_length` tokens; the tokenizer's end tokens, no bar.
+    pub fn new(
+        decoder: DecoderConfig,
+        group_size: usize,
+        generation_batch_size: usize,
+        max_prompt_length: Option<usize>,
+    ) -> Self {
+        RolloutConfig {
+            decoder,
+            group_size,
+            generation_batch_size,
+            max_prompt_length,
+            end_tokens: None,
+            progress: false,
+        }
+    }
 }
 
 /// G completions for each of a batch of prompts, prompt-major (rows `i·G .. (i+1)·G` belong
@@ -285,18 +304,12 @@ pub fn generate_rollout(
     let steps = cfg.decoder.steps() as u64;
     let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
     let chunks = length_buckets(&lengths, cfg.generation_batch_size, k as usize);
-    let bar = if cfg.progress {
-        let bar = ProgressBar::new(steps * chunks.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "rollout {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::progress_bar(
+        steps * chunks.len() as u64,
+        "rollout",
+        "steps",
+        cfg.progress,
+    );
 
     let mut completions: Vec<Option<Tensor>> = (0..rows.len()).map(|_| None).collect();
     let mut reveal_steps: Vec<Vec<i64>> = vec![Vec::new(); rows.len()];

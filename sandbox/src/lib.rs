@@ -22,11 +22,90 @@ pub use pool::{PoolStats, SandboxPool};
 pub use process::ProcessBackend;
 pub use wasm::WasmBackend;
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 /// A way to run jobs. Implementations enforce the limits themselves and never panic on
 /// bad input (a panic is still caught by the pool).
 pub trait Backend: Send + Sync {
+    /// `wasm` or `process`, for logs and summaries.
     fn name(&self) -> &'static str;
+    /// Runs one job to its verdicts.
     fn run(&self, job: &Job, limits: &Limits) -> JobResult;
+    /// A line worth telling the user about the isolation actually in force, if any.
+    fn isolation_note(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Which backend runs jobs (`sandbox.backend`, `--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// CPython/WASI under wasmtime: no host access at all (the default).
+    #[default]
+    Wasm,
+    /// Native `python3` with OS limits (rlimits, network namespace when available).
+    Process,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "wasm" => Ok(BackendKind::Wasm),
+            "process" => Ok(BackendKind::Process),
+            other => Err(format!("expected wasm or process, got {other:?}")),
+        }
+    }
+}
+
+/// Everything needed to build a backend; [`BackendSpec::open`] is the one constructor the
+/// trainer and every command use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendSpec {
+    /// Which backend.
+    pub kind: BackendKind,
+    /// Interpreter of the process backend (default [`ProcessBackend::default_python`]).
+    pub python: Option<PathBuf>,
+    /// CPython/WASI module of the wasm backend (default `root/`[`wasm::DEFAULT_WASM_PATH`]).
+    pub wasm: Option<PathBuf>,
+    /// The project folder: the default module and the compiled-module cache
+    /// (`root/.cache/wasm-compiled`) are found under it.
+    pub root: PathBuf,
+}
+
+impl BackendSpec {
+    /// The default paths of `kind` under the project folder `root`.
+    pub fn new(kind: BackendKind, root: &Path) -> Self {
+        BackendSpec {
+            kind,
+            python: None,
+            wasm: None,
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// Builds the backend (verifying the interpreter, compiling or loading the module).
+    pub fn open(&self) -> Result<Arc<dyn Backend>, SandboxError> {
+        Ok(match self.kind {
+            BackendKind::Wasm => {
+                let module = self
+                    .wasm
+                    .clone()
+                    .unwrap_or_else(|| self.root.join(wasm::DEFAULT_WASM_PATH));
+                Arc::new(WasmBackend::new(&module, &wasm::cache_dir(&self.root))?)
+            }
+            BackendKind::Process => {
+                let python = self
+                    .python
+                    .clone()
+                    .unwrap_or_else(ProcessBackend::default_python);
+                Arc::new(ProcessBackend::new(&python)?)
+            }
+        })
+    }
 }
 
 /// A backend that could not be set up (missing interpreter, bad checksum, ...).

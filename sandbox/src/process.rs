@@ -278,6 +278,17 @@ impl Backend for ProcessBackend {
         "process"
     }
 
+    fn isolation_note(&self) -> Option<String> {
+        Some(format!(
+            "process backend: network namespace {}",
+            if self.network_isolated {
+                "active (no interfaces)"
+            } else {
+                "NOT available on this kernel: network is refused only by the in-process audit hook"
+            }
+        ))
+    }
+
     fn run(&self, job: &Job, limits: &Limits) -> JobResult {
         let roots: Vec<String> = Vec::new();
         // The temp dir differs per instance; the harness adds its own cwd.

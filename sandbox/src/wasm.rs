@@ -189,6 +189,12 @@ fn poll_oneoff(
     Ok(0)
 }
 
+/// Where compiled modules are cached under the project folder `root` (keyed by the
+/// interpreter's sha256 and wasmtime's compatibility hash, so a stale one is never used).
+pub fn cache_dir(root: &Path) -> PathBuf {
+    root.join(".cache/wasm-compiled")
+}
+
 /// CPython/WASI under wasmtime.
 pub struct WasmBackend {
     engine: Engine,
@@ -264,12 +270,9 @@ impl WasmBackend {
         })
     }
 
-    /// Loads from the repository-relative default paths.
+    /// Loads from the default paths under the project folder `root`.
     pub fn from_repo(root: &Path) -> Result<Self, SandboxError> {
-        WasmBackend::new(
-            &root.join(DEFAULT_WASM_PATH),
-            &root.join(".cache/wasm-compiled"),
-        )
+        WasmBackend::new(&root.join(DEFAULT_WASM_PATH), &cache_dir(root))
     }
 
     fn run_instance(

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_trainer::TrainConfig;
+use couplet_trainer::{RunCheckpoint, TrainConfig};
 
 use super::train::{install_stop_handler, run_job, JobEnd};
 
@@ -65,12 +65,10 @@ pub fn ablate(args: AblateArgs) -> Result<()> {
                 format!("checkpointing.run_dir=\"{}\"", dir.display()),
             ]);
             let config = TrainConfig::load(&args.config, &overrides)?;
-            if couplet_trainer::latest_checkpoint(&dir).is_some_and(|c| {
-                c.ends_with(format!(
-                    "checkpoint-{}",
-                    config.schedule.max_steps.unwrap_or(0)
-                ))
-            }) {
+            let last = config.schedule.max_steps.unwrap_or(0);
+            if couplet_trainer::latest_checkpoint(&dir)
+                == Some(RunCheckpoint::of_step(&dir, last).dir)
+            {
                 eprintln!("{}: already finished, kept", dir.display());
             } else {
                 // A half-done run resumes from its newest checkpoint.

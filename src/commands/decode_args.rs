@@ -1,8 +1,9 @@
 //! Decoder options shared by `generate` and `eval`.
 
 use anyhow::Result;
+use couplet_model::{DeviceSpec, Precision};
 use couplet_rollout::{
-    BlockDecodeConfig, DecoderConfig, DreamAlg, DreamDecodeConfig, Remasking, SamplingParams,
+    DecoderConfig, DecoderKind, DecoderSettings, DreamAlg, Remasking, RolloutConfig, SamplingParams,
 };
 
 #[derive(clap::Args, Clone)]
@@ -13,7 +14,7 @@ pub struct DecodeArgs {
     pub max_new_tokens: i64,
     /// origin, maskgit_plus, topk_margin or entropy.
     #[arg(long, default_value = "entropy")]
-    pub alg: String,
+    pub alg: DreamAlg,
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f64,
     #[arg(long, allow_negative_numbers = true)]
@@ -28,7 +29,7 @@ pub struct DecodeArgs {
     pub block_length: Option<i64>,
     /// Block decoder only: low_confidence or random.
     #[arg(long, default_value = "low_confidence")]
-    pub remasking: String,
+    pub remasking: Remasking,
     /// Sequences decoded together.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -39,40 +40,43 @@ pub struct DecodeArgs {
     pub max_prompt_length: Option<usize>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// f32 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub dtype: Precision,
 }
 
 impl DecodeArgs {
-    /// The decoder these options describe, validated.
+    /// The decoder these options describe, validated: the block decoder when
+    /// `--block-length` is given, else Dream's.
     pub fn decoder(&self) -> Result<DecoderConfig> {
-        let args = self;
-        let sampling = SamplingParams {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            top_k: args.top_k,
+        let settings = DecoderSettings {
+            kind: match self.block_length {
+                Some(_) => DecoderKind::Block,
+                None => DecoderKind::Dream,
+            },
+            steps: self.steps,
+            max_new_tokens: self.max_new_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+            },
+            alg: self.alg,
+            alg_temp: self.alg_temp,
+            block_length: self.block_length,
+            remasking: self.remasking,
         };
-        couplet_rollout::validate_sampling(&sampling)?;
-        let decoder = match args.block_length {
-            Some(block_length) => DecoderConfig::Block(BlockDecodeConfig {
-                steps: args.steps,
-                max_new_tokens: args.max_new_tokens,
-                block_length,
-                temperature: args.temperature,
-                remasking: Remasking::parse(&args.remasking)?,
-            }),
-            None => DecoderConfig::Dream(DreamDecodeConfig {
-                steps: args.steps,
-                max_new_tokens: args.max_new_tokens,
-                alg: DreamAlg::parse(&args.alg)?,
-                alg_temp: args.alg_temp,
-                sampling,
-                eps: 1e-3,
-            }),
-        };
-        decoder.validate()?;
-        Ok(decoder)
+        Ok(settings.build()?)
+    }
+
+    /// The rollout settings of `group_size` samples per prompt with these options.
+    pub fn rollout(&self, group_size: usize) -> Result<RolloutConfig> {
+        Ok(RolloutConfig::new(
+            self.decoder()?,
+            group_size,
+            self.batch_size.max(1),
+            self.max_prompt_length,
+        ))
     }
 }

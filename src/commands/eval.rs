@@ -2,13 +2,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use couplet_rollout::RolloutConfig;
-use couplet_sandbox::{Backend, Limits, ProcessBackend, SandboxPool, WasmBackend};
+use couplet_rollout::progress_bar;
+use couplet_sandbox::{BackendKind, BackendSpec, Limits, SandboxPool};
 use couplet_trainer::{check_completions, evaluate, load_benchmark, EvalSettings};
 
 use super::decode_args::DecodeArgs;
@@ -41,7 +40,10 @@ pub struct Args {
     decode: DecodeArgs,
     /// Sandbox: wasm or process.
     #[arg(long, default_value = "wasm")]
-    backend: String,
+    backend: BackendKind,
+    /// Interpreter of the process backend (default: /usr/bin/python3 or python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
     /// Sandbox workers (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -68,11 +70,14 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
     }
-    let backend: Arc<dyn Backend> = match args.backend.as_str() {
-        "wasm" => Arc::new(WasmBackend::from_repo(&repo)?),
-        "process" => Arc::new(ProcessBackend::new(&ProcessBackend::default_python())?),
-        other => bail!("--backend: expected wasm or process, got {other:?}"),
-    };
+    let backend = BackendSpec {
+        python: args.python.clone(),
+        ..BackendSpec::new(args.backend, &repo)
+    }
+    .open()?;
+    if let Some(note) = backend.isolation_note() {
+        eprintln!("{note}");
+    }
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -96,30 +101,17 @@ pub fn run(args: Args) -> Result<()> {
         check_completions(&problems, &completions, &args.k, &pool, limits)
     } else {
         let model = args.model.as_ref().expect("clap requires --model");
-        let ckpt = super::load_checkpoint(model, &args.decode.device, &args.decode.dtype)?;
+        let ckpt = super::load_model(model, args.decode.device, args.decode.dtype)?;
         let settings = EvalSettings {
             samples: args.samples,
             ks: args.k.clone(),
-            rollout: RolloutConfig {
-                decoder: args.decode.decoder()?,
-                group_size: args.samples,
-                generation_batch_size: args.decode.batch_size.max(1),
-                max_prompt_length: args.decode.max_prompt_length,
-                end_tokens: None,
-                progress: false,
-            },
+            rollout: args.decode.rollout(args.samples)?,
             seed: args.decode.seed,
             system_prompt: args.system.clone(),
             limits,
             bf16: false,
         };
-        let bar = indicatif::ProgressBar::new(problems.len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "eval {bar:30} {pos}/{len} problems [{elapsed_precise} < {eta_precise}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+        let bar = progress_bar(problems.len() as u64, "eval", "problems", true);
         let report = evaluate(&ckpt, &problems, &settings, &pool, |done, _| {
             bar.set_position(done as u64)
         })

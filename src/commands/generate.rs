@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use couplet_model::chat_prompt;
-use couplet_rollout::{generate_rollout, RolloutConfig};
+use couplet_rollout::generate_rollout;
 
 use super::decode_args::DecodeArgs;
 use serde_json::json;
@@ -75,9 +75,10 @@ fn read_prompts(args: &Args) -> Result<Vec<String>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let decoder = args.decode.decoder()?;
+    let mut config = args.decode.rollout(args.samples.max(1))?;
+    config.progress = !args.json;
     let prompts = read_prompts(&args)?;
-    let ckpt = super::load_checkpoint(&args.model, &args.decode.device, &args.decode.dtype)?;
+    let ckpt = super::load_model(&args.model, args.decode.device, args.decode.dtype)?;
     let texts: Vec<String> = if args.chat {
         prompts
             .iter()
@@ -85,14 +86,6 @@ pub fn run(args: Args) -> Result<()> {
             .collect()
     } else {
         prompts.clone()
-    };
-    let config = RolloutConfig {
-        decoder,
-        group_size: args.samples.max(1),
-        generation_batch_size: args.decode.batch_size.max(1),
-        max_prompt_length: args.decode.max_prompt_length,
-        end_tokens: None,
-        progress: !args.json,
     };
     let rollout = generate_rollout(
         &ckpt.model,

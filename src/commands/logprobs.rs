@@ -4,8 +4,10 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_model::Checkpoint;
-use couplet_trainer::{estimate, estimate_versions, Estimator, EstimatorBatch, Versions};
+use couplet_model::LoadedModel;
+use couplet_trainer::{
+    estimate, estimate_versions, Estimator, EstimatorBatch, EstimatorKind, Versions,
+};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -20,7 +22,7 @@ pub struct Args {
     input: PathBuf,
     /// coupled, d1, full_mask or decoupled.
     #[arg(long, default_value = "coupled")]
-    estimator: String,
+    estimator: EstimatorKind,
     /// Mask seed of the iteration.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -37,40 +39,28 @@ pub struct Args {
     /// {"masked": [[0|1 per prompt+completion token] per version], "weights": [[coefficient per completion token] per version]}.
     #[arg(long)]
     masks: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: couplet_model::DeviceSpec,
 }
 
 fn estimator(args: &Args) -> Result<Estimator> {
-    Ok(match args.estimator.as_str() {
-        "coupled" => {
-            if args.pairs == 0 {
-                bail!("--pairs must be at least 1");
-            }
-            Estimator::Coupled {
-                pairs: args.pairs,
-                include_full_mask: !args.no_full_mask,
-            }
-        }
-        "d1" => {
-            if !(0.0..=1.0).contains(&args.p_mask_prompt) {
-                bail!("--p-mask-prompt must be in [0, 1]");
-            }
-            Estimator::D1 {
-                p_mask_prompt: args.p_mask_prompt,
-            }
-        }
-        "full_mask" => Estimator::FullMask,
-        "decoupled" => Estimator::Decoupled,
-        other => bail!("--estimator: expected coupled, d1, full_mask or decoupled, got {other:?}"),
-    })
+    if args.estimator == EstimatorKind::Coupled && args.pairs == 0 {
+        bail!("--pairs must be at least 1");
+    }
+    if args.estimator == EstimatorKind::D1 && !(0.0..=1.0).contains(&args.p_mask_prompt) {
+        bail!("--p-mask-prompt must be in [0, 1]");
+    }
+    Ok(args
+        .estimator
+        .with_knobs(args.pairs, !args.no_full_mask, args.p_mask_prompt))
 }
 
 fn ids(
     value: &Value,
     ids_key: &str,
     text_key: &str,
-    ckpt: &Checkpoint,
+    ckpt: &LoadedModel,
     at: &str,
 ) -> Result<Vec<i64>> {
     if let Some(list) = value.get(ids_key) {
@@ -106,7 +96,7 @@ fn pinned(value: &Value, l: usize, k: usize, at: &str) -> Result<Versions> {
 
 pub fn run(args: Args) -> Result<()> {
     let est = estimator(&args)?;
-    let ckpt = super::load_checkpoint(&args.model, &args.device, "f32")?;
+    let ckpt = super::load_model(&args.model, args.device, couplet_model::Precision::F32)?;
     let mask_id = ckpt.tokenizer.special().mask;
     let read = |path: &PathBuf| -> Result<Vec<Value>> {
         let file =

@@ -2,11 +2,10 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use couplet_sandbox::{Backend, Job, Limits, ProcessBackend, SandboxPool, WasmBackend};
+use couplet_sandbox::{BackendKind, BackendSpec, Job, Limits, SandboxPool};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -21,7 +20,7 @@ pub struct RunArgs {
     jobs: PathBuf,
     /// wasm (CPython/WASI under wasmtime, default) or process (native python3 with OS limits).
     #[arg(long, default_value = "wasm")]
-    backend: String,
+    backend: BackendKind,
     /// Worker threads (0 = available cores).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -34,43 +33,15 @@ pub struct RunArgs {
     /// Interpreter of the process backend.
     #[arg(long)]
     python: Option<PathBuf>,
-    /// CPython/WASI module of the wasm backend.
-    #[arg(long, default_value = couplet_sandbox::wasm::DEFAULT_WASM_PATH)]
-    wasm: PathBuf,
+    /// CPython/WASI module of the wasm backend (default: the one setup fetched).
+    #[arg(long)]
+    wasm: Option<PathBuf>,
 }
 
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run_jobs(args),
     }
-}
-
-/// Builds the backend named on the command line.
-pub fn backend(
-    name: &str,
-    python: Option<PathBuf>,
-    wasm: &std::path::Path,
-) -> Result<Arc<dyn Backend>> {
-    Ok(match name {
-        "wasm" => Arc::new(WasmBackend::new(
-            wasm,
-            std::path::Path::new(".cache/wasm-compiled"),
-        )?),
-        "process" => {
-            let backend =
-                ProcessBackend::new(&python.unwrap_or_else(ProcessBackend::default_python))?;
-            eprintln!(
-                "process backend: network namespace {}",
-                if backend.network_isolated {
-                    "active (no interfaces)"
-                } else {
-                    "NOT available on this kernel: network is refused only by the in-process audit hook"
-                }
-            );
-            Arc::new(backend)
-        }
-        other => bail!("--backend: expected wasm or process, got {other:?}"),
-    })
 }
 
 fn read_jobs(path: &PathBuf) -> Result<Vec<Job>> {
@@ -101,7 +72,15 @@ fn run_jobs(args: RunArgs) -> Result<()> {
         bail!("--timeout must be a positive number of seconds");
     }
     let jobs = read_jobs(&args.jobs)?;
-    let backend = backend(&args.backend, args.python.clone(), &args.wasm)?;
+    let backend = BackendSpec {
+        python: args.python.clone(),
+        wasm: args.wasm.clone(),
+        ..BackendSpec::new(args.backend, &std::env::current_dir()?)
+    }
+    .open()?;
+    if let Some(note) = backend.isolation_note() {
+        eprintln!("{note}");
+    }
     let pool = SandboxPool::new(backend, args.workers)?;
     let per_test = Duration::from_secs_f64(args.timeout);
     let longest = jobs.iter().map(|j| j.tests.len()).max().unwrap_or(1).max(1) as u32;

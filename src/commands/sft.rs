@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_model::{save_model, SaveOptions};
+use couplet_model::{save_model, DeviceSpec, Precision, SaveOptions};
 use couplet_reward::{load_rows, LoadOptions as RowOptions};
 use couplet_trainer::{
-    build_example, lr_factor, sft_step, AdamW, AdamWConfig, Schedule, SftSettings,
+    examples_from_rows, run_sft, ExampleShape, ScheduleKind, SftEvent, SftPlan, SftSettings,
 };
 
 #[derive(clap::Args)]
@@ -32,7 +32,7 @@ pub struct Args {
     lr: f64,
     /// constant, linear, cosine or cosine_with_min_lr (floor 0.1 · lr).
     #[arg(long, default_value = "cosine")]
-    schedule: String,
+    schedule: ScheduleKind,
     #[arg(long, default_value_t = 0)]
     warmup_steps: u64,
     /// Also write the model to OUT/checkpoint-<step> every N steps (0: only at the end).
@@ -58,8 +58,9 @@ pub struct Args {
     pad_weight: f64,
     #[arg(long, default_value_t = 10)]
     log_every: u64,
+    /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -72,100 +73,62 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.pad_weight > 0.0 && args.pad_weight <= 1.0) {
         bail!("--pad-weight must be in (0, 1], got {}", args.pad_weight);
     }
-    let Some(schedule) = Schedule::parse(&args.schedule, 0.1) else {
-        bail!(
-            "--schedule: expected constant, linear, cosine or cosine_with_min_lr, got {:?}",
-            args.schedule
-        );
-    };
-    let ckpt = super::load_checkpoint(&args.model, &args.device, "f32")?;
+    let loaded = super::load_model(&args.model, args.device, Precision::F32)?;
     let (rows, summary) = load_rows(&args.data, &RowOptions::default())?;
-    let mut examples = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let Some(solution) = row
-            .extra
-            .get(&args.solution_column)
-            .and_then(|v| v.as_str())
-        else {
-            bail!(
-                "{}: row {}: field `{}` missing or not a string",
-                args.data.display(),
-                row.id,
-                args.solution_column
-            );
-        };
-        examples.push(build_example(
-            &ckpt.tokenizer,
-            &args.system,
-            &row.question,
-            solution,
-            args.max_prompt_length,
-            args.answer_length,
-        )?);
-    }
+    let shape = ExampleShape {
+        system: &args.system,
+        max_prompt_length: args.max_prompt_length,
+        answer_length: args.answer_length,
+    };
+    let examples = examples_from_rows(
+        &loaded.tokenizer,
+        &rows,
+        &args.data,
+        &args.solution_column,
+        shape,
+    )
+    .map_err(anyhow::Error::msg)?;
     if examples.is_empty() {
         bail!("{}: no usable rows ({summary})", args.data.display());
     }
-    let settings = SftSettings {
-        mask_id: ckpt.tokenizer.special().mask,
-        pad: ckpt.tokenizer.special().pad,
-        eps: args.eps,
-        seed: args.seed,
-        pad_weight: args.pad_weight,
-    };
-    let params = ckpt.model.var_store().variables().into_iter().collect();
-    let mut optimizer = AdamW::new(
-        params,
-        AdamWConfig {
-            lr: args.lr,
-            weight_decay: 0.0,
-            max_grad_norm: 1.0,
-            ..Default::default()
+    let special = loaded.tokenizer.special();
+    let plan = SftPlan {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        schedule: args.schedule.with_floor(0.1),
+        warmup_steps: args.warmup_steps,
+        log_every: args.log_every,
+        save_every: args.save_every,
+        settings: SftSettings {
+            mask_id: special.mask,
+            pad: special.pad,
+            eps: args.eps,
+            seed: args.seed,
+            pad_weight: args.pad_weight,
         },
-    );
+    };
     let save_options = SaveOptions {
         assets_from: Some(args.model.clone()),
         ..Default::default()
     };
-    let n = examples.len();
-    let mut recent = Vec::new();
-    for step in 0..args.steps {
-        // Examples in a fixed cycle through the file.
-        let first = (step as usize * args.batch_size) % n;
-        let batch: Vec<_> = (0..args.batch_size.min(n))
-            .map(|i| examples[(first + i) % n].clone())
-            .collect();
-        let lr = args.lr * lr_factor(schedule, step, args.steps, args.warmup_steps);
-        let loss = sft_step(
-            &ckpt.model,
-            &mut optimizer,
-            lr,
-            &settings,
-            &batch,
-            step,
-            first as u64,
-        );
-        if !loss.is_finite() {
-            bail!("non-finite loss at step {step}; lower --lr");
+    let save = |dir: &std::path::Path| {
+        save_model(&loaded.model, dir, &save_options)
+            .with_context(|| format!("saving {}", dir.display()))
+    };
+    run_sft(&loaded.model, &examples, &plan, |event| -> Result<()> {
+        match event {
+            SftEvent::Log { step, loss, lr } => {
+                eprintln!(
+                    "sft step {step:>5}/{}  loss {loss:.4}  lr {lr:.2e}",
+                    args.steps
+                );
+                Ok(())
+            }
+            SftEvent::Save { step } => save(&args.out.join(format!("checkpoint-{step}"))),
         }
-        recent.push(loss);
-        if (step + 1) % args.log_every == 0 || step + 1 == args.steps {
-            let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-            eprintln!(
-                "sft step {:>5}/{}  loss {mean:.4}  lr {lr:.2e}",
-                step + 1,
-                args.steps
-            );
-            recent.clear();
-        }
-        if args.save_every > 0 && (step + 1) % args.save_every == 0 && step + 1 < args.steps {
-            let dir = args.out.join(format!("checkpoint-{}", step + 1));
-            save_model(&ckpt.model, &dir, &save_options)
-                .with_context(|| format!("saving {}", dir.display()))?;
-        }
-    }
-    save_model(&ckpt.model, &args.out, &save_options)
-        .with_context(|| format!("saving {}", args.out.display()))?;
+    })?;
+    save(&args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
-use couplet_trainer::{latest_checkpoint, RunLog, TrainConfig, Trainer};
+use couplet_rollout::progress_bar;
+use couplet_trainer::{latest_checkpoint, RunCheckpoint, RunLog, TrainConfig, Trainer};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,7 +40,7 @@ pub fn run(args: Args) -> Result<()> {
     let run_dir = config.checkpointing.run_dir.clone();
     let resume = match &args.resume {
         None => None,
-        Some(path) if path.join("trainer_state.json").exists() => Some(path.clone()),
+        Some(path) if RunCheckpoint::at(path).is_some() => Some(path.clone()),
         Some(path) => {
             let dir = if path.as_os_str() == "latest" {
                 run_dir.clone()
@@ -98,18 +99,7 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
         ));
     }
     let total = trainer.total_steps();
-    let bar = if lead {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} {bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(name.to_string());
+    let bar = progress_bar(total, name, "steps", lead);
     bar.set_position(trainer.state.step);
     let mut log = if lead {
         Some(
@@ -171,8 +161,9 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
                     |c| format!("the previous checkpoint {} is intact", c.display()),
                 );
                 anyhow::anyhow!(
-                    "saving the checkpoint of step {} failed (disk full?): {e}\n{kept}; free space and resume with --resume {}",
+                    "saving the checkpoint of step {} failed (disk full?): {:#}\n{kept}; free space and resume with --resume {}",
                     m.step,
+                    anyhow::Error::from(e),
                     run_dir.display()
                 )
             })?;

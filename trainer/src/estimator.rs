@@ -27,10 +27,10 @@ use crate::lean::{LeanConfig, LeanPass};
 use couplet_rollout::Denoiser;
 use tch::{Device, Kind, Tensor};
 
-/// RNG streams (see `couplet_model::random`); pair i uses `base + 2·i` and `base + 2·i + 1`.
-const STREAM_RATIO: u64 = 0x100;
-const STREAM_UNIFORM: u64 = 0x200;
-const STREAM_PROMPT: u64 = 0x300;
+// RNG streams (see `couplet_model::random`); pair i uses `base + 2·i` and `base + 2·i + 1`.
+use couplet_model::random::stream::ESTIMATOR_PROMPT as STREAM_PROMPT;
+use couplet_model::random::stream::ESTIMATOR_RATIO as STREAM_RATIO;
+use couplet_model::random::stream::ESTIMATOR_UNIFORM as STREAM_UNIFORM;
 /// Draw index of (sample, offset): offsets below 2^20 never collide.
 const OFFSET_BITS: u64 = 20;
 
@@ -38,15 +38,73 @@ const OFFSET_BITS: u64 = 20;
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Estimator {
+    /// Complementary mask pairs: every completion token scored once partially masked.
     Coupled {
+        /// λ: complementary pairs per sample.
         pairs: usize,
+        /// Also score the fully masked version v0.
         include_full_mask: bool,
     },
+    /// d1 / diffu-GRPO: the completion fully masked, prompt tokens masked at random.
     D1 {
+        /// Probability of masking each real prompt token.
         p_mask_prompt: f64,
     },
+    /// The completion fully masked, the prompt intact.
     FullMask,
+    /// Like coupled with λ = 1, but two independent masks instead of complements.
     Decoupled,
+}
+
+/// An estimator's name (`estimator.kind`); its knobs are separate settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EstimatorKind {
+    /// Complementary mask pairs (+ optionally the fully masked version): coupled-GRPO.
+    #[default]
+    Coupled,
+    /// d1 / diffu-GRPO: completion fully masked, prompt tokens masked at random.
+    D1,
+    /// One fully masked completion.
+    FullMask,
+    /// Two independent random masks instead of a complementary pair (the ablation).
+    Decoupled,
+}
+
+impl std::str::FromStr for EstimatorKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "coupled" => Ok(EstimatorKind::Coupled),
+            "d1" => Ok(EstimatorKind::D1),
+            "full_mask" => Ok(EstimatorKind::FullMask),
+            "decoupled" => Ok(EstimatorKind::Decoupled),
+            other => Err(format!(
+                "expected coupled, d1, full_mask or decoupled, got {other:?}"
+            )),
+        }
+    }
+}
+
+impl EstimatorKind {
+    /// The estimator with its knobs (each kind takes the ones it uses).
+    pub fn with_knobs(
+        self,
+        pairs: usize,
+        include_full_mask: bool,
+        p_mask_prompt: f64,
+    ) -> Estimator {
+        match self {
+            EstimatorKind::Coupled => Estimator::Coupled {
+                pairs,
+                include_full_mask,
+            },
+            EstimatorKind::D1 => Estimator::D1 { p_mask_prompt },
+            EstimatorKind::FullMask => Estimator::FullMask,
+            EstimatorKind::Decoupled => Estimator::Decoupled,
+        }
+    }
 }
 
 impl Estimator {

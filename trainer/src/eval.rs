@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use couplet_model::{chat_prompt, Checkpoint};
+use couplet_model::{chat_prompt, LoadedModel};
 use couplet_reward::{humaneval, load_rows, pass_at_k, LoadOptions};
 use couplet_rollout::{generate_rollout, ArNess, RolloutConfig};
 use couplet_sandbox::{Job, Limits, SandboxPool};
@@ -251,7 +251,7 @@ fn solution_code(completion: &str) -> &str {
 /// Samples `settings.samples` completions per problem from `model` and judges them.
 /// `progress(done, total)` is called after each batch of prompts.
 pub fn evaluate(
-    model: &Checkpoint,
+    model: &LoadedModel,
     problems: &[EvalProblem],
     settings: &EvalSettings,
     pool: &SandboxPool,

@@ -17,7 +17,6 @@ pub mod lean;
 pub mod logging;
 pub mod objective;
 pub mod optim;
-pub mod order;
 pub mod reference;
 pub mod sft;
 pub mod train;
@@ -25,7 +24,8 @@ pub mod train;
 pub use advantages::{compute_advantages, Advantages, Baseline};
 pub use config::{ConfigError, TrainConfig};
 pub use estimator::{
-    build_versions, estimate, estimate_versions, Estimator, EstimatorBatch, LeanEstimate, Versions,
+    build_versions, estimate, estimate_versions, Estimator, EstimatorBatch, EstimatorKind,
+    LeanEstimate, Versions,
 };
 pub use eval::{
     check_completions, evaluate, load_benchmark, EvalProblem, EvalReport, EvalSettings,
@@ -34,10 +34,13 @@ pub use eval::{
 pub use lean::{LeanConfig, LeanPass};
 pub use logging::RunLog;
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
-pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, StepReport};
-pub use order::PromptOrder;
+pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, ScheduleKind, StepReport};
 pub use reference::{needs_reference, with_autocast, ReferenceModel};
-pub use sft::{build_example, sft_loss, sft_step, SftExample, SftSettings};
-pub use train::{
-    latest_checkpoint, CompletionSample, StepMetrics, TrainError, Trainer, TrainerState,
+pub use sft::{
+    build_example, examples_from_rows, run_sft, sft_loss, sft_step, ExampleShape, SftError,
+    SftEvent, SftExample, SftPlan, SftSettings,
 };
+pub use train::checkpoint::{latest_checkpoint, Manifest, RunCheckpoint};
+pub use train::metrics::StepMetrics;
+pub use train::order::PromptOrder;
+pub use train::{CompletionSample, TrainError, Trainer, TrainerState};

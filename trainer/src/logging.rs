@@ -8,7 +8,7 @@ use std::path::Path;
 use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::eval::EvalReport;
-use crate::train::{CompletionSample, StepMetrics};
+use crate::train::{metrics::StepMetrics, CompletionSample};
 
 pub struct RunLog {
     tensorboard: Option<SummaryWriter>,

@@ -44,22 +44,60 @@ impl Default for AdamWConfig {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Schedule {
+    /// lr throughout (after warmup).
     Constant,
+    /// Linear decay to 0.
     Linear,
+    /// Cosine decay to 0.
     Cosine,
-    CosineWithMinLr { min_lr_rate: f64 },
+    /// Cosine decay to `min_lr_rate` · lr.
+    CosineWithMinLr {
+        /// The floor as a fraction of lr.
+        min_lr_rate: f64,
+    },
 }
 
-impl Schedule {
-    /// constant, linear, cosine or cosine_with_min_lr (the floor `min_lr_rate` · lr).
-    pub fn parse(name: &str, min_lr_rate: f64) -> Option<Schedule> {
-        Some(match name {
-            "constant" => Schedule::Constant,
-            "linear" => Schedule::Linear,
-            "cosine" => Schedule::Cosine,
-            "cosine_with_min_lr" => Schedule::CosineWithMinLr { min_lr_rate },
-            _ => return None,
-        })
+/// A schedule's name (`schedule.kind`, `sft --schedule`); the floor of
+/// `cosine_with_min_lr` is a separate setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// lr throughout (after warmup).
+    Constant,
+    /// Linear decay to 0.
+    Linear,
+    /// Cosine decay to 0.
+    Cosine,
+    /// Cosine decay to `min_lr_rate` · lr (DiffuCoder's choice).
+    #[default]
+    CosineWithMinLr,
+}
+
+impl ScheduleKind {
+    /// The schedule, with the floor `min_lr_rate` · lr where the kind has one.
+    pub fn with_floor(self, min_lr_rate: f64) -> Schedule {
+        match self {
+            ScheduleKind::Constant => Schedule::Constant,
+            ScheduleKind::Linear => Schedule::Linear,
+            ScheduleKind::Cosine => Schedule::Cosine,
+            ScheduleKind::CosineWithMinLr => Schedule::CosineWithMinLr { min_lr_rate },
+        }
+    }
+}
+
+impl std::str::FromStr for ScheduleKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "constant" => Ok(ScheduleKind::Constant),
+            "linear" => Ok(ScheduleKind::Linear),
+            "cosine" => Ok(ScheduleKind::Cosine),
+            "cosine_with_min_lr" => Ok(ScheduleKind::CosineWithMinLr),
+            other => Err(format!(
+                "expected constant, linear, cosine or cosine_with_min_lr, got {other:?}"
+            )),
+        }
     }
 }
 

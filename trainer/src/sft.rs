@@ -14,11 +14,15 @@
 use couplet_model::{chat_prompt, random, PromptBatch, TextTokenizer};
 use tch::{Kind, Tensor};
 
-use crate::optim::AdamW;
-use couplet_model::DreamModel;
+use std::path::Path;
 
-const STREAM_T: u64 = 0x700;
-const STREAM_MASK: u64 = 0x701;
+use couplet_model::DreamModel;
+use couplet_reward::Row;
+
+use crate::optim::{lr_factor, AdamW, AdamWConfig, Schedule};
+
+use couplet_model::random::stream::SFT_MASK as STREAM_MASK;
+use couplet_model::random::stream::SFT_RATIO as STREAM_T;
 
 /// Token ids and mask settings shared by every SFT step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -165,4 +169,175 @@ pub fn sft_step(
     loss.backward();
     optimizer.step(lr);
     loss.double_value(&[])
+}
+
+/// A whole SFT run: how long, how fast, and how examples are masked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SftPlan {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Examples per step (taken in a fixed cycle through the data).
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Linear warmup steps.
+    pub warmup_steps: u64,
+    /// Report the mean loss every N steps (and at the last).
+    pub log_every: u64,
+    /// Ask for a snapshot every N steps before the last (0: only the final model).
+    pub save_every: u64,
+    /// Mask settings.
+    pub settings: SftSettings,
+}
+
+/// What [`run_sft`] tells its caller along the way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SftEvent {
+    /// The mean loss since the last report, after `step` steps.
+    Log {
+        /// Steps done.
+        step: u64,
+        /// Mean loss over the reported steps.
+        loss: f64,
+        /// The last learning rate.
+        lr: f64,
+    },
+    /// Time to save a snapshot of the model after `step` steps.
+    Save {
+        /// Steps done.
+        step: u64,
+    },
+}
+
+/// Why an SFT run stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum SftError {
+    /// No examples, or a batch size or step count of 0.
+    #[error("{0}")]
+    Plan(String),
+    /// The loss became NaN/inf.
+    #[error("non-finite loss at step {0}; lower --lr")]
+    NonFinite(u64),
+    /// The caller's handling of an event failed (e.g. saving a snapshot).
+    #[error("after step {step}")]
+    Event {
+        /// Steps done.
+        step: u64,
+        /// The caller's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Fine-tunes `model` on `examples` with AdamW (no weight decay, clipping at 1), calling
+/// `on_event` for every log line and snapshot.
+pub fn run_sft<E>(
+    model: &DreamModel,
+    examples: &[SftExample],
+    plan: &SftPlan,
+    mut on_event: impl FnMut(SftEvent) -> Result<(), E>,
+) -> Result<(), SftError>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if examples.is_empty() || plan.batch_size == 0 || plan.steps == 0 {
+        return Err(SftError::Plan(
+            "SFT needs examples, a batch size and steps of at least 1".into(),
+        ));
+    }
+    let params = model.var_store().variables().into_iter().collect();
+    let config = AdamWConfig {
+        lr: plan.lr,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        ..Default::default()
+    };
+    let mut optimizer = AdamW::new(params, config);
+    let n = examples.len();
+    let mut recent = Vec::new();
+    for step in 0..plan.steps {
+        let first = (step as usize * plan.batch_size) % n;
+        let batch: Vec<SftExample> = (0..plan.batch_size.min(n))
+            .map(|i| examples[(first + i) % n].clone())
+            .collect();
+        let lr = plan.lr * lr_factor(plan.schedule, step, plan.steps, plan.warmup_steps);
+        let loss = sft_step(
+            model,
+            &mut optimizer,
+            lr,
+            &plan.settings,
+            &batch,
+            step,
+            first as u64,
+        );
+        if !loss.is_finite() {
+            return Err(SftError::NonFinite(step));
+        }
+        recent.push(loss);
+        let done = step + 1;
+        let event = |result: Result<(), E>| {
+            result.map_err(|e| SftError::Event {
+                step: done,
+                source: e.into(),
+            })
+        };
+        if done % plan.log_every.max(1) == 0 || done == plan.steps {
+            let loss = recent.iter().sum::<f64>() / recent.len() as f64;
+            recent.clear();
+            event(on_event(SftEvent::Log {
+                step: done,
+                loss,
+                lr,
+            }))?;
+        }
+        if plan.save_every > 0 && done % plan.save_every == 0 && done < plan.steps {
+            event(on_event(SftEvent::Save { step: done }))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the examples of `rows` (from `path`) whose reference solution is in
+/// `solution_column`; the error names the file, the row and the column.
+pub fn examples_from_rows(
+    tokenizer: &TextTokenizer,
+    rows: &[Row],
+    path: &Path,
+    solution_column: &str,
+    shape: ExampleShape<'_>,
+) -> Result<Vec<SftExample>, String> {
+    let mut examples = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(solution) = row.extra.get(solution_column).and_then(|v| v.as_str()) else {
+            return Err(format!(
+                "{}: row {}: field `{solution_column}` missing or not a string",
+                path.display(),
+                row.id,
+            ));
+        };
+        let example = build_example(
+            tokenizer,
+            shape.system,
+            &row.question,
+            solution,
+            shape.max_prompt_length,
+            shape.answer_length,
+        )
+        .map_err(|e| format!("{}: row {}: {e}", path.display(), row.id))?;
+        examples.push(example);
+    }
+    Ok(examples)
+}
+
+/// How examples are formatted: system prompt, prompt cut, answer padding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExampleShape<'a> {
+    /// System prompt of the chat template.
+    pub system: &'a str,
+    /// Keep only the last N prompt tokens.
+    pub max_prompt_length: usize,
+    /// Pad answers with end tokens to this many tokens (0: none).
+    pub answer_length: usize,
 }

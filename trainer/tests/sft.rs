@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use couplet_model::{init_model_folder, Checkpoint, LoadOptions, Preset};
+use couplet_model::{init_model_folder, LoadOptions, LoadedModel, Preset};
 use couplet_trainer::{build_example, sft_loss, sft_step, SftSettings};
 
 /// A tiny random model on the CPU tokenizer, written into `dir` and loaded back.
@@ -18,7 +18,7 @@ fn tiny_checkpoint(dir: &Path) -> Checkpoint {
         0,
     )
     .unwrap();
-    Checkpoint::load(&dir, LoadOptions::default()).unwrap()
+    LoadedModel::load(&dir, LoadOptions::default()).unwrap()
 }
 
 #[test]

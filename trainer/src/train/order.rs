@@ -9,13 +9,88 @@
 //! that swing without changing what is trained on over an epoch.
 
 use couplet_model::random;
+use couplet_reward::{load_rows, Row};
 
-/// Random stream of the plain epoch shuffle (kept from the first release: same orders).
-const STREAM_SHUFFLE: u64 = 0x600;
-/// Random stream of the within-group shuffles.
-const STREAM_GROUP: u64 = 0x601;
-/// Random stream of the group order inside each cycle.
-const STREAM_CYCLE: u64 = 0x602;
+use super::TrainError;
+use crate::config::TrainConfig;
+
+// Random stream of the plain epoch shuffle (kept from the first release: same orders).
+use couplet_model::random::stream::ORDER_SHUFFLE as STREAM_SHUFFLE;
+// Random stream of the within-group shuffles.
+use couplet_model::random::stream::ORDER_GROUP as STREAM_GROUP;
+// Random stream of the group order inside each cycle.
+use couplet_model::random::stream::ORDER_CYCLE as STREAM_CYCLE;
+
+/// The training rows and the order they are drawn in.
+pub struct TrainingData {
+    /// The rows of `data.train`.
+    pub rows: Vec<Row>,
+    order: PromptOrder,
+}
+
+impl TrainingData {
+    /// Reads `data.train` and builds its order (`data.stratify_by`).
+    pub fn load(config: &TrainConfig) -> Result<Self, TrainError> {
+        let path = &config.data.train;
+        let (rows, _) =
+            load_rows(path, &config.data.load_options()).map_err(|source| TrainError::Data {
+                context: "training data",
+                source,
+            })?;
+        if rows.is_empty() {
+            return Err(TrainError::Setup(format!(
+                "{}: no usable rows",
+                path.display()
+            )));
+        }
+        let order = prompt_order(config, &rows)?;
+        Ok(TrainingData { rows, order })
+    }
+
+    /// Row indices of round `round` over all ranks (global prompt counter → epoch
+    /// permutation).
+    pub fn round_rows(&self, round: u64, prompts_per_step: usize) -> Vec<usize> {
+        let pps = prompts_per_step as u64;
+        (round * pps..(round + 1) * pps)
+            .map(|g| self.order.row(g))
+            .collect()
+    }
+}
+
+/// Rank `rank`'s share of a round's rows: consecutive whole prompt groups.
+pub fn rank_share(rows: &[usize], rank: usize, world: usize) -> &[usize] {
+    let per_rank = rows.len() / world;
+    &rows[rank * per_rank..(rank + 1) * per_rank]
+}
+
+/// The epoch order of the training rows; a `data.stratify_by` column must hold a string
+/// (or number) in every row, else the error names the file, the row and the column.
+fn prompt_order(config: &TrainConfig, rows: &[Row]) -> Result<PromptOrder, TrainError> {
+    let Some(column) = &config.data.stratify_by else {
+        return Ok(PromptOrder::shuffled(rows.len(), config.seed));
+    };
+    let labels = rows
+        .iter()
+        .map(|row| {
+            let value = match column.as_str() {
+                "source" => row.source.clone().map(serde_json::Value::String),
+                "id" => Some(serde_json::Value::String(row.id.clone())),
+                _ => row.extra.get(column).cloned(),
+            };
+            match value {
+                Some(serde_json::Value::String(s)) => Ok(s),
+                Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+                _ => Err(TrainError::Setup(format!(
+                    "{}: row `{}`: data.stratify_by = \"{column}\" but the row has no \
+                     string or number `{column}` column",
+                    config.data.train.display(),
+                    row.id
+                ))),
+            }
+        })
+        .collect::<Result<Vec<String>, TrainError>>()?;
+    Ok(PromptOrder::stratified(&labels, config.seed))
+}
 
 /// Per-epoch prompt permutations.
 #[derive(Debug, Clone)]

@@ -1,0 +1,373 @@
+//! The training configuration: one TOML file, sections per concern, every field with a
+//! default and a doc comment (`configs/README.md` lists them all; a test keeps the two in
+//! step). Values are typed ([`sections`]): an unknown key or value is rejected at load with
+//! its key named (and, for a value, the allowed ones listed); `--set section.key=value`
+//! overrides apply before validation; each section checks its own rules and
+//! [`TrainConfig::validate`] adds the few that span sections.
+
+mod sections;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::advantages::Baseline;
+pub use sections::*;
+
+/// A config that cannot be used, with the file, key or override at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key or a value of the wrong type or name.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file (or `--set`) the text came from.
+        origin: String,
+        /// What is wrong, with the key.
+        message: String,
+    },
+    /// A value outside its documented range or contradicting another.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The key, e.g. `rollout.top_p`.
+        key: String,
+        /// The rule it breaks.
+        message: String,
+    },
+    /// A malformed `--set` override.
+    #[error("--set {spec:?}: {message}")]
+    Override {
+        /// The override as given.
+        spec: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+pub(crate) fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seed of everything random: data order, rollouts, masks.
+    pub seed: u64,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub rollout: RolloutSection,
+    pub reward: RewardSection,
+    pub sandbox: SandboxSection,
+    pub estimator: EstimatorSection,
+    pub objective: ObjectiveSection,
+    pub optimizer: OptimizerSection,
+    pub schedule: ScheduleSection,
+    pub checkpointing: CheckpointSection,
+    pub logging: LoggingSection,
+    pub eval: EvalSection,
+    pub distributed: DistributedSection,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 42,
+            model: ModelSection::default(),
+            data: DataSection::default(),
+            rollout: RolloutSection::default(),
+            reward: RewardSection::default(),
+            sandbox: SandboxSection::default(),
+            estimator: EstimatorSection::default(),
+            objective: ObjectiveSection::default(),
+            optimizer: OptimizerSection::default(),
+            schedule: ScheduleSection::default(),
+            checkpointing: CheckpointSection::default(),
+            logging: LoggingSection::default(),
+            eval: EvalSection::default(),
+            distributed: DistributedSection::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file, applies `--set key=value` overrides, validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses TOML text (`origin` names it in errors), applies overrides, validates.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut value: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.into(),
+                    message: e.to_string(),
+                })?;
+        for spec in overrides {
+            apply_override(&mut value, spec)?;
+        }
+        let config: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                ConfigError::Parse {
+                    origin: origin.into(),
+                    message: format!("key `{path}`: {}", without_location(&e.into_inner())),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The resolved configuration as TOML (saved in the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Completions per optimizer step (over all ranks).
+    pub fn completions_per_step(&self) -> usize {
+        self.rollout.prompts_per_step * self.rollout.num_generations
+    }
+
+    /// Every documented rule, each error naming its key: each section's own, then the
+    /// rules that span sections.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let per_step = self.completions_per_step();
+        self.data.validate()?;
+        self.distributed.validate()?;
+        self.rollout.validate(per_step)?;
+        if self.rollout.num_generations < 2 && self.objective.baseline == Baseline::LeaveOneOut {
+            return Err(invalid(
+                "rollout.num_generations",
+                "leave-one-out advantages need at least 2 completions per prompt",
+            ));
+        }
+        self.reward.validate(self.rollout.max_new_tokens)?;
+        self.sandbox.validate()?;
+        self.estimator.validate()?;
+        self.objective.validate()?;
+        validate_optimizer(&self.optimizer)?;
+        self.eval.validate(self.data.validation.as_deref())?;
+        self.schedule.validate(per_step)?;
+        self.checkpointing.validate()?;
+        if self.logging.log_every == 0 {
+            return Err(invalid("logging.log_every", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A deserialisation error without toml's trailing "in `key`" line (the key is named
+/// already).
+fn without_location(error: &toml::de::Error) -> String {
+    let text = error.to_string();
+    match text.rsplit_once("\nin `") {
+        Some((message, _)) => message.trim_end().to_string(),
+        None => text.trim_end().to_string(),
+    }
+}
+
+/// `section.key=value` (value in TOML syntax; bare words are strings).
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Override {
+        spec: spec.to_string(),
+        message,
+    };
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| err("expected KEY=VALUE".into()))?;
+    let key = key.trim();
+    let value: toml::Value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").ok_or_else(|| err("no value".into()))?,
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(err(format!("bad key {key:?}")));
+    }
+    let mut current = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(err(format!("`{part}` is not a section"))),
+        };
+    }
+    current.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, overrides: &[&str], needle: &str) {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        match TrainConfig::from_toml(text, "test.toml", &overrides) {
+            Ok(_) => panic!("{text:?} {overrides:?} should fail with {needle}"),
+            Err(e) => assert!(e.to_string().contains(needle), "{needle}: {e}"),
+        }
+    }
+
+    const OK: &str = "[schedule]\nmicro_batch_size = 40\ngradient_accumulation_steps = 2\n";
+
+    #[test]
+    fn defaults_are_the_recipe_and_valid() {
+        let c = TrainConfig::from_toml(OK, "test.toml", &[]).unwrap();
+        assert_eq!(
+            (
+                c.rollout.num_generations,
+                c.objective.num_iterations,
+                c.objective.beta
+            ),
+            (10, 2, 0.01)
+        );
+        // Round trip through the resolved TOML.
+        assert_eq!(
+            TrainConfig::from_toml(&c.to_toml(), "resolved", &[]).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        check("[rollout]\ntemprature = 1.0\n", &[], "temprature");
+        check("[nonsense]\n", &[], "nonsense");
+        check(OK, &["rollout.temprature=2"], "temprature");
+    }
+
+    #[test]
+    fn overrides_apply_before_validation() {
+        let c = TrainConfig::from_toml(
+            OK,
+            "t",
+            &["rollout.temperature=1.2".into(), "model.device=cuda".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.rollout.temperature, c.model.device),
+            (1.2, couplet_model::DeviceSpec::Cuda(0))
+        );
+        check(OK, &["rollout.temperature"], "KEY=VALUE");
+        check(OK, &["rollout.temperature=hot"], "rollout.temperature");
+    }
+
+    #[test]
+    fn every_rule_names_its_key() {
+        for (overrides, key) in [
+            (
+                vec!["rollout.generation_batch_size=7"],
+                "rollout.generation_batch_size",
+            ),
+            (
+                vec!["rollout.decoder=\"block\"", "rollout.block_length=24"],
+                "rollout.block_length",
+            ),
+            (
+                vec![
+                    "rollout.decoder=\"block\"",
+                    "rollout.block_length=32",
+                    "rollout.steps=12",
+                ],
+                "rollout.steps",
+            ),
+            (vec!["rollout.decoder=\"block\""], "rollout.block_length"),
+            (
+                vec!["objective.num_iterations=0"],
+                "objective.num_iterations",
+            ),
+            (vec!["optimizer.lr=-1e-6"], "optimizer.lr"),
+            (vec!["rollout.temperature=-0.5"], "rollout.temperature"),
+            (vec!["rollout.top_p=1.5"], "rollout.top_p"),
+            (
+                vec!["rollout.num_generations=1", "rollout.prompts_per_step=80"],
+                "rollout.num_generations",
+            ),
+            (
+                vec!["schedule.micro_batch_size=30"],
+                "schedule.gradient_accumulation_steps",
+            ),
+            (vec!["estimator.kind=\"magic\""], "estimator.kind"),
+            (
+                vec!["estimator.p_mask_prompt=1.5"],
+                "estimator.p_mask_prompt",
+            ),
+            (vec!["objective.beta=-0.1"], "objective.beta"),
+            (vec!["objective.epsilon_low=1.0"], "objective.epsilon_low"),
+            (vec!["sandbox.backend=\"docker\""], "sandbox.backend"),
+            (
+                vec!["reward.functions=[{name=\"speed\", weight=1.0}]"],
+                "reward.functions[0].name",
+            ),
+            (
+                vec!["checkpointing.save_total_limit=0"],
+                "checkpointing.save_total_limit",
+            ),
+            (vec!["model.dtype=\"f16\""], "model.dtype"),
+            (vec!["distributed.backend=\"mpi\""], "distributed.backend"),
+        ] {
+            check(OK, &overrides, key);
+        }
+    }
+
+    #[test]
+    fn the_configs_readme_documents_every_key() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/README.md"))
+                .unwrap();
+        let value = toml::Value::try_from(TrainConfig::default()).unwrap();
+        let mut missing = Vec::new();
+        if let toml::Value::Table(t) = value {
+            for (section, v) in t {
+                match v {
+                    toml::Value::Table(fields) => {
+                        for key in fields.keys() {
+                            if !readme.contains(&format!("`{section}.{key}`")) {
+                                missing.push(format!("{section}.{key}"));
+                            }
+                        }
+                    }
+                    _ => {
+                        if !readme.contains(&format!("`{section}`")) {
+                            missing.push(section);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "configs/README.md does not document: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn shipped_configs_load() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                loaded += 1;
+            }
+        }
+        assert_eq!(loaded, 5, "the five shipped configs");
+    }
+}

@@ -1,0 +1,243 @@
+//! What a step reports. A round's statistics are computed once, from the per-sample (and
+//! per-rank cost) values gathered from every rank, so 1 or N ranks give the same numbers
+//! and a new metric is one field here plus one line in [`RoundRecord::statistics`].
+
+use couplet_reward::RewardBatch;
+use couplet_rollout::{ArNess, Rollout};
+use serde::{Deserialize, Serialize};
+
+/// Scalars of one optimizer step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Optimizer steps taken, this one included.
+    pub step: u64,
+    /// Mean total reward of the round's completions.
+    pub reward: f64,
+    /// Their (population) standard deviation.
+    pub reward_std: f64,
+    /// Mean of each reward function over its non-NaN values, by name.
+    pub reward_per_function: Vec<(String, f64)>,
+    /// The clipped-GRPO loss of this step.
+    pub loss: f64,
+    /// Token-weighted mean KL to the reference (0 without one).
+    pub kl: f64,
+    /// Token-weighted share of ratios in the clipped region.
+    pub clip_ratio: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Mean completion length in tokens.
+    pub completion_length: f64,
+    /// Share of prompt groups whose rewards are all equal (no learning signal).
+    pub zero_std_ratio: f64,
+    /// Shortest completion.
+    pub completion_min: f64,
+    /// Longest completion.
+    pub completion_max: f64,
+    /// Share of completions that hit max_new_tokens without an end token.
+    pub clipped_ratio: f64,
+    /// Mean |advantage|.
+    pub advantage_mean_abs: f64,
+    /// Local AR-ness@1..9 of the round's decode orders.
+    pub arness_local: Vec<f64>,
+    /// Global AR-ness@1..4 of the round's decode orders.
+    pub arness_global: Vec<f64>,
+    /// Decoded tokens per second (summed over ranks).
+    pub rollout_tokens_per_second: f64,
+    /// Sandbox tests per second (summed over ranks).
+    pub sandbox_tests_per_second: f64,
+    /// Tests that hit the time limit.
+    pub sandbox_timeouts: usize,
+    /// Jobs the sandbox itself failed on.
+    pub sandbox_failures: usize,
+    /// Decoding time (slowest rank).
+    pub rollout_seconds: f64,
+    /// Reward time not hidden behind decoding (slowest rank).
+    pub reward_seconds: f64,
+    /// Time of this step's forward/backward passes and update.
+    pub update_seconds: f64,
+    /// Steps skipped so far because the loss or gradient norm was NaN/inf.
+    #[serde(default)]
+    pub skipped_nonfinite: u64,
+}
+
+/// One rank's costs of a round (rates add over ranks, times take the slowest).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankCost {
+    /// Decoded tokens per second.
+    pub rollout_tokens_per_second: f64,
+    /// Sandbox tests per second.
+    pub sandbox_tests_per_second: f64,
+    /// Tests that timed out.
+    pub sandbox_timeouts: usize,
+    /// Jobs the sandbox failed on.
+    pub sandbox_failures: usize,
+    /// Decoding seconds.
+    pub rollout_seconds: f64,
+    /// Reward seconds not hidden behind decoding.
+    pub reward_seconds: f64,
+}
+
+/// The raw material of a round's statistics, per sample (in global sample order once
+/// gathered) and per rank.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Total reward per completion.
+    pub rewards: Vec<f64>,
+    /// Each function's values per completion, functions by name.
+    pub per_function: Vec<(String, Vec<f64>)>,
+    /// Completion lengths in tokens.
+    pub lengths: Vec<usize>,
+    /// Whether each completion ended with an end token.
+    pub terminated: Vec<bool>,
+    /// Advantage per completion.
+    pub advantages: Vec<f64>,
+    /// Per prompt group: whether its rewards had zero spread.
+    pub group_zero_std: Vec<bool>,
+    /// Decode-order AR-ness per completion.
+    pub arness: Vec<ArNess>,
+    /// Per rank.
+    pub costs: Vec<RankCost>,
+}
+
+impl RoundRecord {
+    /// This rank's record of a round.
+    pub fn new(
+        rollout: &Rollout,
+        rewards: &RewardBatch,
+        advantages: &crate::Advantages,
+        cost: RankCost,
+    ) -> Self {
+        let mut per_function: Vec<(String, Vec<f64>)> = rewards
+            .per_function
+            .iter()
+            .map(|(k, v)| (k.name().to_string(), v.clone()))
+            .collect();
+        per_function.sort_by(|a, b| a.0.cmp(&b.0));
+        RoundRecord {
+            rewards: rewards.total.clone(),
+            per_function,
+            lengths: rollout.completion_lengths.clone(),
+            terminated: rollout.terminated.clone(),
+            advantages: advantages.values.clone(),
+            group_zero_std: advantages.group_std.iter().map(|&s| s < 1e-6).collect(),
+            arness: rollout.arness.clone(),
+            costs: vec![cost],
+        }
+    }
+
+    /// The ranks' records joined in rank order (= global sample order).
+    pub fn concat(parts: Vec<RoundRecord>) -> RoundRecord {
+        let mut parts = parts.into_iter();
+        let mut out = parts.next().unwrap_or_default();
+        for p in parts {
+            out.rewards.extend(p.rewards);
+            for ((_, mine), (_, theirs)) in out.per_function.iter_mut().zip(p.per_function) {
+                mine.extend(theirs);
+            }
+            out.lengths.extend(p.lengths);
+            out.terminated.extend(p.terminated);
+            out.advantages.extend(p.advantages);
+            out.group_zero_std.extend(p.group_zero_std);
+            out.arness.extend(p.arness);
+            out.costs.extend(p.costs);
+        }
+        out
+    }
+
+    /// The round's statistics (the per-update fields are left at zero).
+    pub fn statistics(&self) -> StepMetrics {
+        let n = self.rewards.len() as f64;
+        let reward = self.rewards.iter().sum::<f64>() / n;
+        let var = self
+            .rewards
+            .iter()
+            .map(|r| (r - reward).powi(2))
+            .sum::<f64>()
+            / n;
+        let lengths = self.lengths.iter().map(|&l| l as f64);
+        let arness = ArNess::mean(&self.arness);
+        let groups = self.group_zero_std.len().max(1) as f64;
+        let costs = &self.costs;
+        StepMetrics {
+            reward,
+            reward_std: var.sqrt(),
+            reward_per_function: self
+                .per_function
+                .iter()
+                .map(|(name, values)| (name.clone(), nan_mean(values)))
+                .collect(),
+            completion_length: self.lengths.iter().sum::<usize>() as f64 / n,
+            completion_min: lengths.clone().fold(f64::INFINITY, f64::min),
+            completion_max: lengths.fold(0.0, f64::max),
+            clipped_ratio: self.terminated.iter().filter(|t| !**t).count() as f64 / n,
+            advantage_mean_abs: self.advantages.iter().map(|a| a.abs()).sum::<f64>() / n,
+            zero_std_ratio: self.group_zero_std.iter().filter(|z| **z).count() as f64 / groups,
+            arness_local: arness.local,
+            arness_global: arness.global,
+            rollout_tokens_per_second: costs.iter().map(|c| c.rollout_tokens_per_second).sum(),
+            sandbox_tests_per_second: costs.iter().map(|c| c.sandbox_tests_per_second).sum(),
+            sandbox_timeouts: costs.iter().map(|c| c.sandbox_timeouts).sum(),
+            sandbox_failures: costs.iter().map(|c| c.sandbox_failures).sum(),
+            rollout_seconds: costs.iter().map(|c| c.rollout_seconds).fold(0.0, f64::max),
+            reward_seconds: costs.iter().map(|c| c.reward_seconds).fold(0.0, f64::max),
+            ..StepMetrics::default()
+        }
+    }
+}
+
+/// Mean over the non-NaN values (NaN when there are none), as the reward crate reports.
+fn nan_mean(values: &[f64]) -> f64 {
+    let ok: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    if ok.is_empty() {
+        f64::NAN
+    } else {
+        ok.iter().sum::<f64>() / ok.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(rewards: &[f64], code: &[f64], cost: f64) -> RoundRecord {
+        RoundRecord {
+            rewards: rewards.to_vec(),
+            per_function: vec![("code".into(), code.to_vec())],
+            lengths: rewards.iter().map(|r| *r as usize).collect(),
+            terminated: rewards.iter().map(|r| *r > 1.0).collect(),
+            advantages: rewards.to_vec(),
+            group_zero_std: vec![rewards[0] == rewards[1]],
+            arness: Vec::new(),
+            costs: vec![RankCost {
+                rollout_seconds: cost,
+                sandbox_timeouts: 1,
+                ..RankCost::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn ranks_statistics_equal_one_process_of_all_samples() {
+        let both = record(&[1.0, 3.0, 2.0, 2.0], &[0.0, 1.0, f64::NAN, 1.0], 5.0);
+        let joined = RoundRecord::concat(vec![
+            record(&[1.0, 3.0], &[0.0, 1.0], 5.0),
+            record(&[2.0, 2.0], &[f64::NAN, 1.0], 4.0),
+        ]);
+        let (one, two) = (both.statistics(), joined.statistics());
+        for (a, b) in [
+            (one.reward, two.reward),
+            (one.reward_std, two.reward_std),
+            (one.reward_per_function[0].1, two.reward_per_function[0].1),
+            (one.completion_length, two.completion_length),
+            (one.completion_max, two.completion_max),
+            (one.clipped_ratio, two.clipped_ratio),
+        ] {
+            assert_eq!(a, b);
+        }
+        assert_eq!(two.reward_per_function[0].1, 2.0 / 3.0);
+        assert_eq!((one.zero_std_ratio, two.zero_std_ratio), (0.0, 0.5));
+        assert_eq!((two.sandbox_timeouts, two.rollout_seconds), (2, 5.0));
+    }
+}

@@ -1,0 +1,481 @@
+//! The training loop: one GRPO round after another (SPEC sections 4–7, 9).
+//!
+//! [`Trainer::step`] reads as the algorithm: sample a round when none is buffered (prompts
+//! → G completions each → rewards in the sandbox → advantages → old and reference
+//! estimates; [`round`]) → one clipped-GRPO update of the round's next iteration
+//! ([`update`]) → advance → record ([`metrics`]). The rest is machinery: the data order
+//! ([`order`]), run checkpoints ([`checkpoint`]) and data parallelism ([`parallel`]),
+//! which is a no-op for one process so the step reads the same for 1 or N ranks.
+//!
+//! Every random draw is keyed by (seed, step, …) — data order, rollouts, masks — so the
+//! run holds no generator state: a checkpoint (weights, AdamW moments, step, the rollout
+//! buffer when saved mid-round) is all that resuming needs, and a resumed run repeats the
+//! uninterrupted one.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod order;
+pub mod parallel;
+pub mod round;
+pub mod update;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use couplet_model::{random, LoadOptions, LoadedModel};
+use couplet_rollout::RolloutConfig;
+use couplet_sandbox::SandboxPool;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind};
+
+use crate::config::{ConfigError, TrainConfig};
+use crate::estimator::Estimator;
+use crate::eval::{evaluate, load_benchmark, EvalProblem, EvalReport, EvalSettings};
+use crate::optim::AdamW;
+use crate::reference::ReferenceModel;
+use checkpoint::RunCheckpoint;
+use metrics::StepMetrics;
+use order::TrainingData;
+use parallel::DataParallel;
+use round::RoundBuffer;
+use update::UpdateReport;
+
+/// Mask seed of every iteration when `estimator.random_masking` is off (the reference's
+/// fixed seed).
+pub const FIXED_MASK_SEED: u64 = 42;
+
+/// Why a run could not start or continue. Each variant keeps its cause as a `source`, so
+/// `{:#}` (and anyhow) print the whole chain.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A setting that does not fit this model, data or world size.
+    #[error("{0}")]
+    Setup(String),
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A model folder or the tokenizer.
+    #[error("{context}")]
+    Model {
+        /// What was being done.
+        context: &'static str,
+        /// The model crate's error.
+        #[source]
+        source: couplet_model::ModelError,
+    },
+    /// A data file.
+    #[error("{context}")]
+    Data {
+        /// Which file.
+        context: &'static str,
+        /// The row reader's error.
+        #[source]
+        source: couplet_reward::DataError,
+    },
+    /// The sandbox could not be set up.
+    #[error("sandbox")]
+    Sandbox(#[source] couplet_sandbox::SandboxError),
+    /// A local resource (threads, files) could not be set up.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Decoding failed.
+    #[error("rollout")]
+    Rollout(#[source] couplet_rollout::RolloutError),
+    /// Rewards that cannot be turned into advantages.
+    #[error("advantages")]
+    Advantages(#[source] crate::advantages::AdvantageError),
+    /// A collective or the process group.
+    #[error("{context}")]
+    Distributed {
+        /// What was being done.
+        context: &'static str,
+        /// The c10d error.
+        #[source]
+        source: couplet_dist::DistError,
+    },
+    /// A tensor operation.
+    #[error("{context}")]
+    Torch {
+        /// What was being done.
+        context: &'static str,
+        /// libtorch's error.
+        #[source]
+        source: tch::TchError,
+    },
+    /// Encoding or decoding what ranks exchange.
+    #[error("round statistics")]
+    Json(#[source] serde_json::Error),
+    /// Writing or reading a run checkpoint.
+    #[error("{path}")]
+    Checkpoint {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Periodic evaluation.
+    #[error("evaluation: {0}")]
+    Eval(String),
+    /// Too many non-finite steps in a row.
+    #[error("stopped at step {step}: the loss or gradient norm was NaN/inf in {count} optimizer steps in a row (those steps were skipped, no weights were updated by them). The last checkpoint before them is intact; lower optimizer.lr, raise optimizer.eps or check the model, or raise schedule.max_nonfinite_in_a_row")]
+    NonFinite {
+        /// The step that would have been taken.
+        step: u64,
+        /// Non-finite steps in a row.
+        count: u32,
+    },
+}
+
+/// One sampled completion with its rewards, for `completions.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionSample {
+    /// The optimizer step whose round sampled it.
+    pub step: u64,
+    /// The question.
+    pub prompt: String,
+    /// The decoded completion.
+    pub completion: String,
+    /// Each reward function's value.
+    pub rewards: Vec<(String, f64)>,
+    /// The weighted total.
+    pub total: f64,
+}
+
+/// What a checkpoint records besides weights and optimizer moments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Iteration of the current round to run next (0 = start a new round).
+    pub next_iteration: usize,
+    /// Non-finite steps in a row so far.
+    pub nonfinite_in_a_row: u32,
+    /// Non-finite steps skipped over the run.
+    #[serde(default)]
+    pub skipped_nonfinite: u64,
+    /// Every step's metrics.
+    pub history: Vec<StepMetrics>,
+}
+
+/// A training run in progress: policy, reference, optimizer, data, sandbox, ranks.
+pub struct Trainer {
+    /// The run's configuration.
+    pub config: TrainConfig,
+    /// The policy being trained, with its tokenizer.
+    pub policy: LoadedModel,
+    reference: Option<ReferenceModel>,
+    optimizer: AdamW,
+    pool: SandboxPool,
+    data: TrainingData,
+    /// `data.validation` problems when `eval.every > 0`.
+    validation: Vec<EvalProblem>,
+    /// Step, iteration and history.
+    pub state: TrainerState,
+    buffer: Option<RoundBuffer>,
+    total_steps: u64,
+    device: Device,
+    /// Completions of the last sampled round (for `completions.jsonl`; this rank's).
+    pub last_samples: Vec<CompletionSample>,
+    parallel: DataParallel,
+    rollout: RolloutConfig,
+    estimator: Estimator,
+}
+
+impl Trainer {
+    /// Loads the policy, data and sandbox for `config` (files under `repo_root`); resumes
+    /// from the run checkpoint folder `resume` when given.
+    pub fn new(
+        config: TrainConfig,
+        repo_root: &Path,
+        resume: Option<&Path>,
+    ) -> Result<Self, TrainError> {
+        config.validate()?;
+        let rollout = RolloutConfig::new(
+            config.rollout.decoder_config()?,
+            config.rollout.num_generations,
+            config.rollout.generation_batch_size,
+            Some(config.data.max_prompt_length),
+        );
+        let mut parallel = DataParallel::join(&config)?;
+        check_world_size(&config, parallel.world())?;
+        let device = parallel.device(config.model.device.device());
+        let resume = resume.map(|dir| {
+            RunCheckpoint::at(dir).unwrap_or(RunCheckpoint {
+                dir: dir.to_path_buf(),
+            })
+        });
+        let source = resume
+            .as_ref()
+            .map_or_else(|| config.model.path.clone(), RunCheckpoint::policy);
+        let policy = load_f32(&source, device, "loading the policy")?;
+        parallel.sync_weights(&policy.model)?;
+        let data = TrainingData::load(&config)?;
+        let validation = load_validation(&config, repo_root)?;
+        let backend = config
+            .sandbox
+            .backend_spec(repo_root)
+            .open()
+            .map_err(TrainError::Sandbox)?;
+        let pool =
+            SandboxPool::new(backend, config.sandbox.workers).map_err(|source| TrainError::Io {
+                context: "starting the sandbox pool",
+                source,
+            })?;
+        let mut reference = build_reference(&config, &policy, device, resume.is_some())?;
+        let params = policy.model.var_store().variables().into_iter().collect();
+        let mut optimizer = AdamW::new(params, config.optimizer);
+        parallel.shard_optimizer(&mut optimizer, config.distributed.zero1);
+        let restored = match &resume {
+            Some(checkpoint) => Some(checkpoint.restore(
+                &mut optimizer,
+                reference.as_mut(),
+                (parallel.rank(), parallel.world()),
+                config.objective.num_iterations,
+                device,
+            )?),
+            None => None,
+        };
+        let total_steps = total_steps(&config, data.rows.len());
+        let (state, buffer) = restored.map_or_else(Default::default, |r| (r.state, r.buffer));
+        Ok(Trainer {
+            estimator: config.estimator.estimator(),
+            config,
+            policy,
+            reference,
+            optimizer,
+            pool,
+            data,
+            validation,
+            state,
+            buffer,
+            total_steps,
+            device,
+            last_samples: Vec::new(),
+            parallel,
+            rollout,
+        })
+    }
+
+    /// Optimizer steps of the whole run.
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+
+    /// This process's rank (0 without a group): rank 0 alone logs, evaluates and writes
+    /// checkpoints.
+    pub fn rank(&self) -> usize {
+        self.parallel.rank()
+    }
+
+    /// Whether any rank was asked to stop (SIGINT/SIGTERM reach ranks at different
+    /// times; every rank must make the same decision or the collectives would diverge).
+    pub fn agree_stop(&self, local: bool) -> Result<bool, TrainError> {
+        self.parallel.any(local)
+    }
+
+    /// One optimizer step: the next iteration of the current round (sampling a new round
+    /// first when none is buffered).
+    pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
+        let round = self.state.step / self.config.objective.num_iterations as u64;
+        if self.buffer.is_none() {
+            self.buffer = Some(self.sample_round(round)?);
+            self.state.next_iteration = 0;
+        }
+        let started = Instant::now();
+        let update = self.update(round, self.state.next_iteration)?;
+        let round_metrics = self.advance();
+        let metrics = self.record(round_metrics, update, started);
+        Ok(metrics)
+    }
+
+    /// Counts the step, syncs the reference when due, and moves to the round's next
+    /// iteration (dropping the buffer after the last); returns the round's statistics.
+    fn advance(&mut self) -> StepMetrics {
+        self.state.step += 1;
+        if let Some(reference) = self.reference.as_mut() {
+            reference.maybe_sync(&self.policy.model, self.state.step);
+        }
+        let metrics = self
+            .buffer
+            .as_ref()
+            .map(|b| b.metrics.clone())
+            .unwrap_or_default();
+        self.state.next_iteration += 1;
+        if self.state.next_iteration >= self.config.objective.num_iterations {
+            self.buffer = None;
+            self.state.next_iteration = 0;
+        }
+        metrics
+    }
+
+    /// The step's metrics: the round's statistics plus this update's, kept in the history.
+    fn record(
+        &mut self,
+        round: StepMetrics,
+        update: UpdateReport,
+        started: Instant,
+    ) -> StepMetrics {
+        let metrics = StepMetrics {
+            step: self.state.step,
+            loss: update.loss,
+            kl: update.kl,
+            clip_ratio: update.clip,
+            grad_norm: update.grad_norm,
+            lr: update.lr,
+            skipped_nonfinite: self.state.skipped_nonfinite,
+            update_seconds: started.elapsed().as_secs_f64(),
+            ..round
+        };
+        self.state.history.push(metrics.clone());
+        metrics
+    }
+
+    /// Global index of this rank's first sample in round `round`: samples are numbered
+    /// across ranks, so masks and draws do not depend on the world size.
+    fn first_local_sample(&self, round: u64) -> u64 {
+        let per_step = self.config.completions_per_step();
+        round * per_step as u64 + (self.parallel.rank() * per_step / self.parallel.world()) as u64
+    }
+
+    /// The mask seed of iteration `iteration` of round `round`.
+    fn mask_seed(&self, round: u64, iteration: usize) -> u64 {
+        if self.config.estimator.random_masking {
+            let stream = random::stream::MASK_ITERATION + iteration as u64;
+            random::bits(self.config.seed, stream, round)
+        } else {
+            FIXED_MASK_SEED
+        }
+    }
+
+    /// Evaluates the policy on `data.validation` (`None` when evaluation is off): pass@1
+    /// over `eval.samples` samples per problem, decoded like the rollouts but at
+    /// `eval.temperature`, with the same seed at every evaluation so runs compare.
+    pub fn evaluate_validation(&self) -> Result<Option<EvalReport>, TrainError> {
+        if self.validation.is_empty() {
+            return Ok(None);
+        }
+        let cfg = &self.config;
+        let decoder = cfg
+            .rollout
+            .decoder_settings(cfg.eval.temperature)
+            .build()
+            .map_err(TrainError::Rollout)?;
+        let settings = EvalSettings {
+            samples: cfg.eval.samples,
+            ks: vec![1],
+            rollout: RolloutConfig::new(
+                decoder,
+                cfg.eval.samples,
+                cfg.rollout.generation_batch_size,
+                Some(cfg.data.max_prompt_length),
+            ),
+            seed: random::bits(cfg.seed, random::stream::VALIDATION, 0),
+            system_prompt: cfg.data.system_prompt.clone(),
+            limits: cfg.sandbox.limits(),
+            bf16: cfg.model.dtype.is_bf16(),
+        };
+        evaluate(
+            &self.policy,
+            &self.validation,
+            &settings,
+            &self.pool,
+            |_, _| {},
+        )
+        .map(Some)
+        .map_err(TrainError::Eval)
+    }
+}
+
+/// Each rank processes whole prompt groups, and the micro-batch geometry covers a step.
+fn check_world_size(config: &TrainConfig, world: usize) -> Result<(), TrainError> {
+    let per_rank_step = config.schedule.per_rank_step();
+    let per_step = config.completions_per_step();
+    if per_rank_step * world != per_step {
+        return Err(TrainError::Setup(format!(
+            "schedule.micro_batch_size × gradient_accumulation_steps = {per_rank_step} per rank × {world} rank(s) must equal the completions per step ({per_step}); set gradient_accumulation_steps = {}",
+            per_step / world / config.schedule.micro_batch_size.max(1)
+        )));
+    }
+    if world > 1 && config.rollout.prompts_per_step % world != 0 {
+        return Err(TrainError::Setup(format!(
+            "rollout.prompts_per_step = {} must be a multiple of the world size {world} (each rank rolls out whole prompt groups)",
+            config.rollout.prompts_per_step
+        )));
+    }
+    Ok(())
+}
+
+/// A model folder in f32 on `device`.
+fn load_f32(dir: &Path, device: Device, context: &'static str) -> Result<LoadedModel, TrainError> {
+    let options = LoadOptions {
+        device,
+        kind: Some(Kind::Float),
+    };
+    LoadedModel::load(dir, options).map_err(|source| TrainError::Model { context, source })
+}
+
+/// The validation problems when periodic evaluation is on (`eval.max_problems` of them).
+fn load_validation(config: &TrainConfig, repo_root: &Path) -> Result<Vec<EvalProblem>, TrainError> {
+    let mut validation = match (&config.data.validation, config.eval.every) {
+        (Some(path), every) if every > 0 => load_benchmark(&path.to_string_lossy(), repo_root)
+            .map_err(|e| TrainError::Setup(format!("data.validation: {e}")))?,
+        _ => Vec::new(),
+    };
+    if let Some(max) = config.eval.max_problems {
+        validation.truncate(max);
+    }
+    Ok(validation)
+}
+
+/// The reference model when β > 0: a frozen copy of the *base* model, also when resuming
+/// (a synced one is then restored from the checkpoint).
+fn build_reference(
+    config: &TrainConfig,
+    policy: &LoadedModel,
+    device: Device,
+    resuming: bool,
+) -> Result<Option<ReferenceModel>, TrainError> {
+    if config.objective.beta <= 0.0 {
+        return Ok(None);
+    }
+    let base = if resuming {
+        let options = LoadOptions {
+            device,
+            kind: Some(Kind::Float),
+        };
+        let base = couplet_model::load_model(&config.model.path, options).map_err(|source| {
+            TrainError::Model {
+                context: "loading the reference (base) model",
+                source,
+            }
+        })?;
+        Some(base)
+    } else {
+        None
+    };
+    let from = base.as_ref().unwrap_or(&policy.model);
+    Ok(Some(ReferenceModel::from_policy(
+        from,
+        device,
+        Kind::Float,
+        config.objective.sync_every(),
+        config.objective.ref_model_mixup_alpha,
+    )))
+}
+
+/// Optimizer steps of the run: `schedule.max_steps`, else `epochs` passes over `rows` rows.
+fn total_steps(config: &TrainConfig, rows: usize) -> u64 {
+    let per_epoch = (rows / config.rollout.prompts_per_step).max(1) as u64
+        * config.objective.num_iterations as u64;
+    config
+        .schedule
+        .max_steps
+        .unwrap_or(per_epoch * config.schedule.epochs as u64)
+}

@@ -1,0 +1,290 @@
+//! Data parallelism as one type: [`DataParallel`] wraps the c10d process group, and for a
+//! single process every collective is the identity, so the training step reads the same for
+//! 1 or N ranks (no `if let Some(group)` in the algorithm).
+//!
+//! Ranks hold the same weights (broadcast from rank 0 and checked by checksum at start),
+//! roll out disjoint prompt groups, and sum gradients in flattened buckets before every
+//! optimizer step; under ZeRO-1 each rank updates only the parameters it owns and
+//! broadcasts them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use couplet_dist::{Backend, DistError, ProcessGroup, Rendezvous};
+use couplet_model::DreamModel;
+use tch::{Device, Kind, Tensor};
+
+use super::TrainError;
+use crate::config::TrainConfig;
+use crate::optim::AdamW;
+
+/// The ranks of a run (one, without a process group).
+pub struct DataParallel {
+    group: Option<ProcessGroup>,
+    /// Under ZeRO-1: the rank that owns (updates) each optimizer parameter.
+    owners: Option<Vec<usize>>,
+}
+
+fn dist(context: &'static str) -> impl FnOnce(DistError) -> TrainError {
+    move |source| TrainError::Distributed { context, source }
+}
+
+impl DataParallel {
+    /// One process.
+    pub fn single() -> Self {
+        DataParallel {
+            group: None,
+            owners: None,
+        }
+    }
+
+    /// Joins the group `distributed.backend` asks for (ranks from torchrun's environment
+    /// variables), or stays single.
+    pub fn join(config: &TrainConfig) -> Result<Self, TrainError> {
+        let Some(backend) = config.distributed.backend.group_backend() else {
+            return Ok(DataParallel::single());
+        };
+        let rv = Rendezvous::from_env()
+            .map_err(dist("distributed"))?
+            .ok_or_else(|| {
+                TrainError::Setup(format!(
+                    "distributed.backend = {:?} needs the ranks in the environment (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT): launch with `torchrun --no-python --nproc-per-node N couplet train ...` or `couplet launch --nproc N -- train ...`",
+                    backend_name(backend)
+                ))
+            })?;
+        let timeout = Duration::from_secs_f64(config.distributed.timeout_seconds);
+        let group = ProcessGroup::new(backend, &rv, timeout).map_err(dist("distributed"))?;
+        Ok(DataParallel {
+            group: Some(group),
+            owners: None,
+        })
+    }
+
+    /// This process's rank: rank 0 alone logs, evaluates and writes checkpoints.
+    pub fn rank(&self) -> usize {
+        self.group.as_ref().map_or(0, |g| g.rank)
+    }
+
+    /// The number of ranks.
+    pub fn world(&self) -> usize {
+        self.group.as_ref().map_or(1, |g| g.world_size)
+    }
+
+    /// The device this rank trains on: NCCL pins one GPU per rank, else `configured`.
+    pub fn device(&self, configured: Device) -> Device {
+        match &self.group {
+            Some(g) if g.backend == Backend::Nccl => g.device(),
+            _ => configured,
+        }
+    }
+
+    /// Sums `values` over ranks (f64; Gloo carries CPU tensors, NCCL device ones).
+    pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
+        let Some(g) = &self.group else {
+            return Ok(values.to_vec());
+        };
+        let mut t = Tensor::from_slice(values).to_device(g.device());
+        g.all_reduce_sum(&mut t).map_err(dist("all-reduce"))?;
+        Vec::<f64>::try_from(t.to_device(Device::Cpu)).map_err(|source| TrainError::Torch {
+            context: "all-reduce",
+            source,
+        })
+    }
+
+    /// Whether any rank says yes (every rank then takes the same branch).
+    pub fn any(&self, local: bool) -> Result<bool, TrainError> {
+        Ok(self.sum(&[f64::from(u8::from(local))])?[0] > 0.0)
+    }
+
+    /// Every rank's `bytes`, in rank order.
+    pub fn gather_bytes(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, TrainError> {
+        match &self.group {
+            None => Ok(vec![bytes]),
+            Some(g) => g.all_gather_bytes(&bytes).map_err(dist("gathering")),
+        }
+    }
+
+    /// Every rank learns whether every rank's `local` part succeeded: its own error, or an
+    /// error naming `path` when another rank failed.
+    pub fn all_ok(&self, local: Result<(), TrainError>, path: &Path) -> Result<(), TrainError> {
+        if self.group.is_none() {
+            return local;
+        }
+        let failed = self.any(local.is_err())?;
+        match local {
+            Err(e) => Err(e),
+            Ok(()) if failed => Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                source: "another rank failed to write its part (see its error)".into(),
+            }),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Rank 0's weights for everyone, then a checksum every rank must agree on.
+    pub fn sync_weights(&self, model: &DreamModel) -> Result<(), TrainError> {
+        let Some(g) = &self.group else {
+            return Ok(());
+        };
+        let mut vars = sorted_variables(model);
+        let checksum = tch::no_grad(|| -> Result<f64, TrainError> {
+            let mut sum = 0.0;
+            for (_, t) in vars.iter_mut() {
+                g.broadcast(t, 0)
+                    .map_err(dist("broadcasting initial weights"))?;
+                sum += t
+                    .to_kind(Kind::Double)
+                    .abs()
+                    .sum(Kind::Double)
+                    .double_value(&[]);
+            }
+            Ok(sum)
+        })?;
+        let all = g
+            .all_gather(&Tensor::from_slice(&[checksum]).to_device(g.device()))
+            .map_err(dist("weight checksum"))?;
+        let all =
+            Vec::<f64>::try_from(all.view([-1]).to_device(Device::Cpu)).map_err(|source| {
+                TrainError::Torch {
+                    context: "weight checksum",
+                    source,
+                }
+            })?;
+        if all.iter().any(|c| *c != all[0]) {
+            return Err(TrainError::Setup(format!(
+                "ranks disagree on the initial weights after the broadcast (checksums {all:?})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Under ZeRO-1 (`zero1` with a group), splits the optimizer's parameters between
+    /// the ranks; otherwise every rank updates everything.
+    pub fn shard_optimizer(&mut self, optimizer: &mut AdamW, zero1: bool) {
+        if let (true, Some(g)) = (zero1, &self.group) {
+            self.owners = Some(optimizer.shard(g.rank, g.world_size));
+        }
+    }
+
+    /// Sums every gradient over ranks in flattened buckets of about `bucket_mb` MiB.
+    pub fn all_reduce_grads(&self, model: &DreamModel, bucket_mb: usize) -> Result<(), TrainError> {
+        let Some(g) = &self.group else {
+            return Ok(());
+        };
+        let vars = sorted_variables(model);
+        // Every rank must send the same layout: a parameter without a gradient here (unused
+        // in this rank's batch) gets an explicit zero one.
+        for (_, v) in &vars {
+            if !v.grad().defined() {
+                (v.sum(Kind::Float) * 0.0).backward();
+            }
+        }
+        let grads: Vec<Tensor> = vars.iter().map(|(_, v)| v.grad()).collect();
+        for bucket in buckets(&grads, (bucket_mb << 20) as i64) {
+            all_reduce_bucket(g, bucket)?;
+        }
+        Ok(())
+    }
+
+    /// Under ZeRO-1, each parameter was updated by its owner only: share the results.
+    pub fn share_updates(&self, optimizer: &mut AdamW) -> Result<(), TrainError> {
+        let (Some(g), Some(owners)) = (&self.group, &self.owners) else {
+            return Ok(());
+        };
+        tch::no_grad(|| {
+            for (p, &owner) in optimizer.params.iter_mut().zip(owners) {
+                g.broadcast(&mut p.param, owner)
+                    .map_err(dist("broadcasting updated parameters"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every parameter's AdamW moments as one process would hold them (gathered from their
+    /// owners under ZeRO-1, one parameter at a time), on rank 0; empty elsewhere.
+    /// Collective under ZeRO-1.
+    pub fn full_moments(&self, optimizer: &AdamW) -> Result<Vec<(String, Tensor)>, TrainError> {
+        let mut out = Vec::new();
+        for (i, p) in optimizer.params.iter().enumerate() {
+            let (a, b) = match (&self.group, &self.owners) {
+                (Some(g), Some(owners)) => {
+                    let mine = |t: &Tensor| {
+                        if p.owned {
+                            t.shallow_clone()
+                        } else {
+                            Tensor::zeros(p.param.size(), (Kind::Float, p.param.device()))
+                        }
+                    };
+                    let (mut a, mut b) = (mine(&p.exp_avg), mine(&p.exp_avg_sq));
+                    g.broadcast(&mut a, owners[i])
+                        .map_err(dist("gathering optimizer state"))?;
+                    g.broadcast(&mut b, owners[i])
+                        .map_err(dist("gathering optimizer state"))?;
+                    (a, b)
+                }
+                _ => (p.exp_avg.shallow_clone(), p.exp_avg_sq.shallow_clone()),
+            };
+            if self.rank() == 0 {
+                out.push((format!("exp_avg/{}", p.name), a.to_device(Device::Cpu)));
+                out.push((format!("exp_avg_sq/{}", p.name), b.to_device(Device::Cpu)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Gloo => "gloo",
+        Backend::Nccl => "nccl",
+    }
+}
+
+fn sorted_variables(model: &DreamModel) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Consecutive runs of `grads` of at most `limit` bytes (f32) each (at least one tensor).
+fn buckets(grads: &[Tensor], limit: i64) -> Vec<&[Tensor]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < grads.len() {
+        let (mut end, mut bytes) = (start, 0);
+        while end < grads.len() && (end == start || bytes + grads[end].numel() as i64 * 4 <= limit)
+        {
+            bytes += grads[end].numel() as i64 * 4;
+            end += 1;
+        }
+        out.push(&grads[start..end]);
+        start = end;
+    }
+    out
+}
+
+/// Sums one bucket of gradients over ranks, flattened into one tensor.
+fn all_reduce_bucket(g: &ProcessGroup, bucket: &[Tensor]) -> Result<(), TrainError> {
+    let flat: Vec<Tensor> = bucket
+        .iter()
+        .map(|t| t.to_kind(Kind::Float).view([-1]))
+        .collect();
+    let mut flat = Tensor::cat(&flat, 0);
+    g.all_reduce_sum(&mut flat)
+        .map_err(dist("all-reducing gradients"))?;
+    let mut offset = 0;
+    tch::no_grad(|| {
+        for grad in bucket {
+            let n = grad.numel() as i64;
+            let mut grad = grad.shallow_clone();
+            grad.copy_(
+                &flat
+                    .narrow(0, offset, n)
+                    .view(grad.size().as_slice())
+                    .to_kind(grad.kind()),
+            );
+            offset += n;
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! Sampling a round (SPEC sections 4–6): this rank's prompts → G completions each, decoded
+//! group after group while the previous group's tests run in the sandbox → group-relative
+//! advantages → the round's statistics (gathered over ranks) → old and reference estimates
+//! for every iteration, before any update. The result is a [`RoundBuffer`], kept until the
+//! round's μ iterations are done (and saved with a mid-round checkpoint).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use couplet_model::{chat_prompt, random, DreamModel};
+use couplet_reward::{score_batch, RewardBatch};
+use couplet_rollout::{generate_rollout, Rollout};
+use tch::{Device, Kind, Tensor};
+
+use super::metrics::{RankCost, RoundRecord, StepMetrics};
+use super::order::rank_share;
+use super::{CompletionSample, TrainError, Trainer};
+use crate::advantages::{compute_advantages, Advantages};
+use crate::estimator::{estimate, EstimatorBatch};
+use crate::reference::with_autocast;
+
+/// The rollout batch of a round, kept until its μ iterations are done.
+pub struct RoundBuffer {
+    /// `[N, P + K]` prompts and completions.
+    pub sequences: Tensor,
+    /// `[N, P]` 1 on real prompt tokens.
+    pub prompt_mask: Tensor,
+    /// `[N, K]` 1 on completion tokens up to and including the end token.
+    pub completion_mask: Tensor,
+    /// `[N]` group-relative advantages.
+    pub advantages: Tensor,
+    /// Per iteration: old-policy estimates `[N, K]` (μ > 1 only).
+    pub old: Vec<Option<Tensor>>,
+    /// Per iteration: reference estimates `[N, K]` (β > 0 only).
+    pub reference: Vec<Option<Tensor>>,
+    /// The round's statistics.
+    pub metrics: StepMetrics,
+}
+
+/// One micro-batch's slice of a round buffer, with the global sample indices of its rows.
+pub struct MicroBatch {
+    /// First row in the buffer.
+    pub start: i64,
+    /// Rows.
+    pub len: i64,
+    sequences: Tensor,
+    prompt_mask: Tensor,
+    samples: Vec<u64>,
+}
+
+impl MicroBatch {
+    /// The estimator's view of the slice.
+    pub fn batch(&self) -> EstimatorBatch<'_> {
+        EstimatorBatch {
+            sequences: &self.sequences,
+            prompt_mask: &self.prompt_mask,
+            prompt_width: self.prompt_mask.size()[1],
+            samples: &self.samples,
+        }
+    }
+}
+
+impl RoundBuffer {
+    /// The tensors a checkpoint keeps (on the CPU), by name.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+        let mut out = vec![
+            ("sequences".to_string(), cpu(&self.sequences)),
+            ("prompt_mask".to_string(), cpu(&self.prompt_mask)),
+            ("completion_mask".to_string(), cpu(&self.completion_mask)),
+            ("advantages".to_string(), cpu(&self.advantages)),
+        ];
+        let per_iteration = [("old", &self.old), ("reference", &self.reference)];
+        for (prefix, list) in per_iteration {
+            for (i, t) in list.iter().enumerate() {
+                if let Some(t) = t {
+                    out.push((format!("{prefix}/{i}"), cpu(t)));
+                }
+            }
+        }
+        out
+    }
+
+    /// The buffer [`RoundBuffer::tensors`] saved, on `device`, for `mu` iterations; the
+    /// error names the missing tensor.
+    pub fn from_tensors(
+        tensors: HashMap<String, Tensor>,
+        mu: usize,
+        metrics: StepMetrics,
+        device: Device,
+    ) -> Result<Self, String> {
+        let get = |k: &str| {
+            tensors
+                .get(k)
+                .map(|x| x.to_device(device))
+                .ok_or_else(|| format!("round buffer lacks {k}"))
+        };
+        let optional = |prefix: &str| -> Vec<Option<Tensor>> {
+            (0..mu)
+                .map(|i| {
+                    tensors
+                        .get(&format!("{prefix}/{i}"))
+                        .map(|x| x.to_device(device))
+                })
+                .collect()
+        };
+        Ok(RoundBuffer {
+            sequences: get("sequences")?,
+            prompt_mask: get("prompt_mask")?,
+            completion_mask: get("completion_mask")?,
+            advantages: get("advantages")?,
+            old: optional("old"),
+            reference: optional("reference"),
+            metrics,
+        })
+    }
+
+    /// Consecutive micro-batches of `size` rows; row i is global sample `first + i`.
+    pub fn micro_batches(&self, size: i64, first: u64) -> Vec<MicroBatch> {
+        let n = self.sequences.size()[0];
+        (0..n)
+            .step_by(size.max(1) as usize)
+            .map(|start| {
+                let len = size.min(n - start);
+                MicroBatch {
+                    start,
+                    len,
+                    sequences: self.sequences.narrow(0, start, len),
+                    prompt_mask: self.prompt_mask.narrow(0, start, len),
+                    samples: (start..start + len).map(|i| first + i as u64).collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Decoded parts of a round and their rewards, in prompt-group order.
+type Scored = (Vec<Rollout>, Vec<RewardBatch>);
+
+impl Trainer {
+    /// Samples, scores and prepares round `round`.
+    pub(super) fn sample_round(&mut self, round: u64) -> Result<RoundBuffer, TrainError> {
+        let (rank, world) = (self.parallel.rank(), self.parallel.world());
+        let all_rows = self
+            .data
+            .round_rows(round, self.config.rollout.prompts_per_step);
+        let rows = rank_share(&all_rows, rank, world).to_vec();
+        let started = Instant::now();
+        let (parts, scored) = self.roll_out_and_score(&rows, round)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let pad = self.policy.tokenizer.special().pad;
+        let mut rollout = Rollout::concat(parts, pad);
+        rollout.pad_prompts_to(self.round_prompt_width(&all_rows)?, pad);
+        let rewards = RewardBatch::concat(scored);
+        let cfg = &self.config;
+        let adv = compute_advantages(
+            &rewards.total,
+            cfg.rollout.num_generations,
+            cfg.objective.baseline,
+            cfg.objective.scale_rewards,
+        )
+        .map_err(TrainError::Advantages)?;
+        self.last_samples = self.completion_samples(&rows, &rollout, &rewards);
+        let cost = rank_cost(&rollout, &rewards, elapsed);
+        let metrics = self.round_statistics(RoundRecord::new(&rollout, &rewards, &adv, cost))?;
+        let mut buffer = RoundBuffer {
+            sequences: rollout.sequences(),
+            prompt_mask: rollout.prompt_mask.shallow_clone(),
+            completion_mask: rollout.completion_mask.shallow_clone(),
+            advantages: advantages_tensor(&adv, self.device),
+            old: Vec::new(),
+            reference: Vec::new(),
+            metrics,
+        };
+        self.score_iterations(&mut buffer, round);
+        Ok(buffer)
+    }
+
+    /// Decodes this rank's prompt groups one after another; each group's rewards run in
+    /// the sandbox pool on a helper thread while the next group decodes. Draws are keyed
+    /// by sample index and every group is scored in full, so nothing depends on timing.
+    fn roll_out_and_score(&self, rows: &[usize], round: u64) -> Result<Scored, TrainError> {
+        let cfg = &self.config;
+        let g = cfg.rollout.num_generations;
+        let group = (cfg.rollout.generation_batch_size / g).max(1);
+        let prompts: Vec<String> = rows
+            .iter()
+            .map(|&i| chat_prompt(&cfg.data.system_prompt, &self.data.rows[i].question))
+            .collect();
+        let rollout_seed = random::bits(cfg.seed, random::stream::ROLLOUT_ROUND, round);
+        let first_sample = self.first_local_sample(round);
+        let reward_cfg = cfg.reward.reward_config(cfg.rollout.max_new_tokens);
+        let limits = cfg.sandbox.limits();
+        std::thread::scope(|scope| -> Result<Scored, TrainError> {
+            let (mut parts, mut handles) = (Vec::new(), Vec::new());
+            for (c, chunk) in prompts.chunks(group).enumerate() {
+                let first = first_sample + (c * group * g) as u64;
+                let part = with_autocast(self.device, cfg.model.dtype.is_bf16(), || {
+                    generate_rollout(
+                        &self.policy.model,
+                        &self.policy.tokenizer,
+                        chunk,
+                        &self.rollout,
+                        rollout_seed,
+                        first,
+                    )
+                })
+                .map_err(TrainError::Rollout)?;
+                let tests: Vec<Vec<String>> = part
+                    .prompt_index
+                    .iter()
+                    .map(|&p| self.data.rows[rows[c * group + p]].test_cases.clone())
+                    .collect();
+                let (texts, lengths) = (part.texts.clone(), part.completion_lengths.clone());
+                let (reward_cfg, pool) = (&reward_cfg, &self.pool);
+                handles.push(scope.spawn(move || {
+                    score_batch(&texts, &lengths, &tests, reward_cfg, pool, limits)
+                }));
+                parts.push(part);
+            }
+            let scored = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| TrainError::Setup("a reward thread panicked".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((parts, scored))
+        })
+    }
+
+    /// Token width of the round's widest prompt over all ranks (after `max_prompt_length`).
+    fn round_prompt_width(&self, rows: &[usize]) -> Result<i64, TrainError> {
+        let cfg = &self.config;
+        let mut width = 0;
+        for &i in rows {
+            let prompt = chat_prompt(&cfg.data.system_prompt, &self.data.rows[i].question);
+            let ids =
+                self.policy
+                    .tokenizer
+                    .encode(&prompt)
+                    .map_err(|source| TrainError::Model {
+                        context: "tokenizing a prompt",
+                        source,
+                    })?;
+            width = width.max(ids.len().min(cfg.data.max_prompt_length));
+        }
+        Ok(width as i64)
+    }
+
+    /// The round's completions with their rewards, for `completions.jsonl`.
+    fn completion_samples(
+        &self,
+        rows: &[usize],
+        rollout: &Rollout,
+        rewards: &RewardBatch,
+    ) -> Vec<CompletionSample> {
+        (0..rollout.len())
+            .map(|i| CompletionSample {
+                step: self.state.step + 1,
+                prompt: self.data.rows[rows[rollout.prompt_index[i]]]
+                    .question
+                    .clone(),
+                completion: rollout.texts[i].clone(),
+                rewards: rewards
+                    .per_function
+                    .iter()
+                    .map(|(k, v)| (k.name().to_string(), v[i]))
+                    .collect(),
+                total: rewards.total[i],
+            })
+            .collect()
+    }
+
+    /// Statistics of the whole round, from every rank's record.
+    fn round_statistics(&self, mine: RoundRecord) -> Result<StepMetrics, TrainError> {
+        let bytes = serde_json::to_vec(&mine).map_err(TrainError::Json)?;
+        let parts = self
+            .parallel
+            .gather_bytes(bytes)?
+            .iter()
+            .map(|b| serde_json::from_slice::<RoundRecord>(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(TrainError::Json)?;
+        Ok(RoundRecord::concat(parts).statistics())
+    }
+
+    /// Old and reference estimates for every iteration's mask seed, before any update.
+    fn score_iterations(&self, buffer: &mut RoundBuffer, round: u64) {
+        let mu = self.config.objective.num_iterations;
+        for it in 0..mu {
+            let seed = self.mask_seed(round, it);
+            let old = (mu > 1).then(|| self.score_all(&self.policy.model, buffer, round, seed));
+            let reference = self
+                .reference
+                .as_ref()
+                .map(|r| self.score_all(&r.model, buffer, round, seed));
+            buffer.old.push(old);
+            buffer.reference.push(reference);
+        }
+    }
+
+    /// No-grad estimates `[N, K]` of the whole buffer under `model`.
+    fn score_all(&self, model: &DreamModel, buffer: &RoundBuffer, round: u64, seed: u64) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let first = self.first_local_sample(round);
+        let mask_id = self.policy.tokenizer.special().mask;
+        let parts: Vec<Tensor> = buffer
+            .micro_batches(self.config.schedule.micro_batch_size as i64, first)
+            .iter()
+            .map(|mb| estimate(model, mask_id, &self.estimator, &mb.batch(), seed).0)
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+}
+
+/// This rank's decoding and sandbox costs; `elapsed` is the round's wall time so far.
+fn rank_cost(rollout: &Rollout, rewards: &RewardBatch, elapsed: f64) -> RankCost {
+    RankCost {
+        rollout_tokens_per_second: rollout.tokens_per_second(),
+        sandbox_tests_per_second: rewards.tests_run as f64 / rewards.sandbox_seconds.max(1e-9),
+        sandbox_timeouts: rewards.timeouts,
+        sandbox_failures: rewards.sandbox_failures,
+        rollout_seconds: rollout.seconds,
+        // Reward time not hidden behind decoding.
+        reward_seconds: (elapsed - rollout.seconds).max(0.0),
+    }
+}
+
+fn advantages_tensor(adv: &Advantages, device: Device) -> Tensor {
+    Tensor::from_slice(&adv.values)
+        .to_kind(Kind::Float)
+        .to_device(device)
+}

@@ -1,0 +1,147 @@
+//! One clipped-GRPO update (SPEC section 7): the buffered round in micro-batches, each
+//! loss normalised by the step's global completion-token count so that summed micro-batch
+//! (and rank) gradients are the gradient of the whole batch; then the learning rate, and an
+//! AdamW step — skipped when the loss or gradient norm is not finite.
+
+use tch::Kind;
+
+use super::{TrainError, Trainer};
+use crate::estimator::LeanEstimate;
+use crate::lean::LeanConfig;
+use crate::objective::grpo_loss;
+use crate::optim::{lr_factor, warmup_steps};
+use crate::reference::with_autocast;
+
+/// What an update did.
+pub struct UpdateReport {
+    /// The loss (summed over micro-batches and ranks).
+    pub loss: f64,
+    /// Token-weighted KL to the reference.
+    pub kl: f64,
+    /// Token-weighted share of clipped ratios.
+    pub clip: f64,
+    /// Pre-clip gradient norm (NaN/inf when the step was skipped).
+    pub grad_norm: f64,
+    /// The learning rate used.
+    pub lr: f64,
+}
+
+impl Trainer {
+    /// Iteration `iteration` of the buffered round `round`: gradients, then the step.
+    pub(super) fn update(
+        &mut self,
+        round: u64,
+        iteration: usize,
+    ) -> Result<UpdateReport, TrainError> {
+        let buffer = self
+            .buffer
+            .as_ref()
+            .ok_or_else(|| TrainError::Setup("no round is buffered (sample_round first)".into()))?;
+        let local_tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
+        let tokens = self.parallel.sum(&[local_tokens])?[0];
+        let (loss, kl, clip) = self.accumulate_gradients(round, iteration, tokens);
+        self.parallel
+            .all_reduce_grads(&self.policy.model, self.config.distributed.bucket_mb)?;
+        let sums = self.parallel.sum(&[loss, kl, clip])?;
+        let lr = self.learning_rate();
+        let grad_norm = self.apply_gradients(lr, sums[0])?;
+        Ok(UpdateReport {
+            loss: sums[0],
+            kl: sums[1],
+            clip: sums[2],
+            grad_norm,
+            lr,
+        })
+    }
+
+    /// Backward over every micro-batch; returns this rank's (loss, KL, clip) sums, each
+    /// term weighted by its share of the `tokens` completion tokens of the step.
+    fn accumulate_gradients(&self, round: u64, iteration: usize, tokens: f64) -> (f64, f64, f64) {
+        let Some(buffer) = self.buffer.as_ref() else {
+            return (0.0, 0.0, 0.0);
+        };
+        let seed = self.mask_seed(round, iteration);
+        let objective = self.config.objective.objective();
+        let lean = LeanConfig {
+            chunk_rows: self.config.estimator.logits_chunk_rows,
+            checkpoint: self.config.model.gradient_checkpointing,
+        };
+        let mask_id = self.policy.tokenizer.special().mask;
+        let mb = self.config.schedule.micro_batch_size as i64;
+        let (mut loss_sum, mut kl_sum, mut clip_sum) = (0.0, 0.0, 0.0);
+        for micro in buffer.micro_batches(mb, self.first_local_sample(round)) {
+            let (start, len) = (micro.start, micro.len);
+            let slice = |t: &Option<tch::Tensor>| t.as_ref().map(|t| t.narrow(0, start, len));
+            let old = slice(&buffer.old[iteration]);
+            let reference = slice(&buffer.reference[iteration]);
+            let cm = buffer.completion_mask.narrow(0, start, len);
+            let advantages = buffer.advantages.narrow(0, start, len);
+            let (loss, metrics) =
+                with_autocast(self.device, self.config.model.dtype.is_bf16(), || {
+                    let batch = micro.batch();
+                    let le = LeanEstimate::new(
+                        &self.policy.model,
+                        mask_id,
+                        &self.estimator,
+                        &batch,
+                        seed,
+                        lean,
+                    );
+                    let (loss, metrics) = grpo_loss(
+                        &le.estimate,
+                        old.as_ref(),
+                        reference.as_ref(),
+                        &advantages,
+                        &cm,
+                        &objective,
+                        Some(tokens),
+                    );
+                    loss.backward();
+                    le.backward();
+                    (loss.double_value(&[]), metrics)
+                });
+            let weight = metrics.tokens / tokens.max(1.0);
+            loss_sum += loss;
+            kl_sum += metrics.kl * weight;
+            clip_sum += metrics.clip_region * weight;
+        }
+        (loss_sum, kl_sum, clip_sum)
+    }
+
+    /// The scheduled learning rate of the next step.
+    fn learning_rate(&self) -> f64 {
+        let s = &self.config.schedule;
+        let warmup = s
+            .warmup_steps
+            .unwrap_or_else(|| warmup_steps(self.total_steps, s.warmup_ratio));
+        self.config.optimizer.lr
+            * lr_factor(s.schedule(), self.state.step, self.total_steps, warmup)
+    }
+
+    /// An AdamW step at `lr`, unless the loss or gradient norm is not finite: then the
+    /// gradients are dropped (moments untouched, so one bad batch cannot poison the
+    /// weights), and `max_nonfinite_in_a_row` such steps stop the run. Returns the norm.
+    fn apply_gradients(&mut self, lr: f64, loss: f64) -> Result<f64, TrainError> {
+        let grad_norm = if loss.is_finite() {
+            self.optimizer.grad_norm()
+        } else {
+            f64::NAN
+        };
+        if grad_norm.is_finite() {
+            self.state.nonfinite_in_a_row = 0;
+            let report = self.optimizer.step(lr);
+            self.parallel.share_updates(&mut self.optimizer)?;
+            return Ok(report.grad_norm);
+        }
+        self.optimizer.zero_grad();
+        self.state.nonfinite_in_a_row += 1;
+        self.state.skipped_nonfinite += 1;
+        if self.state.nonfinite_in_a_row >= self.config.schedule.max_nonfinite_in_a_row {
+            return Err(TrainError::NonFinite {
+                step: self.state.step + 1,
+                count: self.state.nonfinite_in_a_row,
+            });
+        }
+        Ok(grad_norm)
+    }
+}
