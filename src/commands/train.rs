@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use couplet_rollout::progress_bar;
-use couplet_trainer::{latest_checkpoint, RunCheckpoint, RunLog, TrainConfig, Trainer};
+use couplet_trainer::{
+    latest_checkpoint, RunCheckpoint, RunLog, StepMetrics, TrainConfig, Trainer,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -75,115 +77,152 @@ pub enum JobEnd {
 /// logs, periodic evaluation and checkpoints. `name` prefixes the progress bar. Call
 /// [`install_stop_handler`] first for Ctrl-C to save and stop cleanly.
 pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Result<JobEnd> {
-    let run_dir = config.checkpointing.run_dir.clone();
-    let repo = std::env::current_dir()?;
-    let mut trainer = Trainer::new(config.clone(), &repo, resume)?;
-    // With several ranks, rank 0 alone talks: progress, logs, evaluation, the config copy.
-    let lead = trainer.rank() == 0;
-    if lead {
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
-        std::fs::write(run_dir.join("config.toml"), config.to_toml())
-            .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
-    }
-    let say = |message: String| {
-        if lead {
-            eprintln!("{message}");
-        }
-    };
-    if let Some(r) = resume {
-        say(format!(
-            "resumed from {} at step {}",
-            r.display(),
-            trainer.state.step
-        ));
-    }
-    let total = trainer.total_steps();
-    let bar = progress_bar(total, name, "steps", lead);
-    bar.set_position(trainer.state.step);
-    let mut log = if lead {
-        Some(
-            RunLog::open(&run_dir, config.logging.tensorboard)
-                .with_context(|| format!("opening the logs in {}", run_dir.display()))?,
-        )
-    } else {
-        None
-    };
-    let evaluate =
-        |trainer: &Trainer, log: &mut Option<RunLog>, bar: &indicatif::ProgressBar| -> Result<()> {
-            let Some(log) = log.as_mut() else {
-                return Ok(());
-            };
-            if let Some(report) = trainer.evaluate_validation()? {
-                log.eval(trainer.state.step, &report)?;
-                let pass = report.pass_at(1).unwrap_or(f64::NAN);
-                bar.suspend(|| {
-                    eprintln!(
-                        "eval  step {:>5}  validation pass@1 {:.1}% ({} problems, {:.1}s)",
-                        trainer.state.step,
-                        100.0 * pass,
-                        report.problems.len(),
-                        report.seconds
-                    )
-                });
-            }
-            Ok(())
-        };
+    let mut job = Job::start(config, resume, name)?;
+    let total = job.trainer.total_steps();
     let eval_every = config.eval.every;
-    if eval_every > 0 && trainer.state.step == 0 {
-        evaluate(&trainer, &mut log, &bar)?;
+    if eval_every > 0 && job.trainer.state.step == 0 {
+        job.evaluate()?;
     }
-    while trainer.state.step < total {
-        let m = trainer.step()?;
-        if let Some(log) = log.as_mut() {
-            log.step(&m)?;
-            let every = config.logging.completions_every;
-            if every > 0 && (m.step % every == 0 || m.step == 1) {
-                log.completions(&trainer.last_samples)?;
-            }
-        }
-        bar.set_position(m.step);
-        bar.set_message(format!("reward {:.3} kl {:.4}", m.reward, m.kl));
-        if lead && m.step % config.logging.log_every == 0 {
-            bar.suspend(|| eprintln!(
-                "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5}  clip {:.3}  |g| {:.4}  lr {:.2e}  len {:.1}  rollout {:.1}s reward {:.1}s update {:.1}s",
-                m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.rollout_seconds, m.reward_seconds, m.update_seconds
-            ));
-        }
+    while job.trainer.state.step < total {
+        let m = job.trainer.step()?;
+        job.record(&m)?;
         if eval_every > 0 && (m.step % eval_every == 0 || m.step == total) {
-            evaluate(&trainer, &mut log, &bar)?;
+            job.evaluate()?;
         }
-        let stopping = trainer.agree_stop(STOP.load(Ordering::SeqCst))?;
+        let stopping = job.trainer.agree_stop(STOP.load(Ordering::SeqCst))?;
         if m.step % config.checkpointing.save_every == 0 || m.step == total || stopping {
-            let dir = trainer.save_checkpoint().map_err(|e| {
-                let kept = latest_checkpoint(&run_dir).map_or_else(
-                    || "no earlier checkpoint exists".to_string(),
-                    |c| format!("the previous checkpoint {} is intact", c.display()),
-                );
-                anyhow::anyhow!(
-                    "saving the checkpoint of step {} failed (disk full?): {:#}\n{kept}; free space and resume with --resume {}",
-                    m.step,
-                    anyhow::Error::from(e),
-                    run_dir.display()
-                )
-            })?;
-            bar.suspend(|| say(format!("saved {}", dir.display())));
+            job.save(m.step)?;
         }
         if stopping {
-            bar.finish_and_clear();
-            say(format!(
+            job.bar.finish_and_clear();
+            job.say(format!(
                 "interrupted at step {}: checkpoint saved; resume with --resume {}",
                 m.step,
-                run_dir.display()
+                job.run_dir().display()
             ));
             return Ok(JobEnd::Interrupted);
         }
     }
-    bar.finish_and_clear();
-    say(format!(
+    job.bar.finish_and_clear();
+    job.say(format!(
         "done: {} steps; checkpoints in {}",
-        trainer.state.step,
-        run_dir.display()
+        job.trainer.state.step,
+        job.run_dir().display()
     ));
     Ok(JobEnd::Finished)
+}
+
+/// A job in progress: the trainer, and (on rank 0) its logs and progress bar. With several
+/// ranks, rank 0 alone talks: progress, logs, evaluation, the config copy.
+struct Job {
+    trainer: Trainer,
+    log: Option<RunLog>,
+    bar: indicatif::ProgressBar,
+    lead: bool,
+}
+
+impl Job {
+    fn start(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Result<Job> {
+        let run_dir = &config.checkpointing.run_dir;
+        let repo = std::env::current_dir()?;
+        let trainer = Trainer::new(config.clone(), &repo, resume)?;
+        let lead = trainer.rank() == 0;
+        let log = if lead {
+            std::fs::create_dir_all(run_dir)
+                .with_context(|| format!("creating {}", run_dir.display()))?;
+            std::fs::write(run_dir.join("config.toml"), config.to_toml())
+                .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
+            let log = RunLog::open(run_dir, config.logging.tensorboard)
+                .with_context(|| format!("opening the logs in {}", run_dir.display()))?;
+            Some(log)
+        } else {
+            None
+        };
+        let bar = progress_bar(trainer.total_steps(), name, "steps", lead);
+        bar.set_position(trainer.state.step);
+        let job = Job {
+            trainer,
+            log,
+            bar,
+            lead,
+        };
+        if let Some(r) = resume {
+            job.say(format!(
+                "resumed from {} at step {}",
+                r.display(),
+                job.trainer.state.step
+            ));
+        }
+        Ok(job)
+    }
+
+    fn run_dir(&self) -> &Path {
+        &self.trainer.config.checkpointing.run_dir
+    }
+
+    /// A line on stderr from rank 0, above the progress bar.
+    fn say(&self, message: String) {
+        if self.lead {
+            self.bar.suspend(|| eprintln!("{message}"));
+        }
+    }
+
+    /// Logs step `m`: scalars, sampled completions, the progress bar and a summary line.
+    fn record(&mut self, m: &StepMetrics) -> Result<()> {
+        let logging = &self.trainer.config.logging;
+        if let Some(log) = self.log.as_mut() {
+            log.step(m)?;
+            let every = logging.completions_every;
+            if every > 0 && (m.step % every == 0 || m.step == 1) {
+                log.completions(&self.trainer.last_samples)?;
+            }
+        }
+        self.bar.set_position(m.step);
+        self.bar
+            .set_message(format!("reward {:.3} kl {:.4}", m.reward, m.kl));
+        if m.step % logging.log_every == 0 {
+            self.say(format!(
+                "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5}  clip {:.3}  |g| {:.4}  lr {:.2e}  len {:.1}  rollout {:.1}s reward {:.1}s update {:.1}s",
+                m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.rollout_seconds, m.reward_seconds, m.update_seconds
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validation pass@1 of the current policy, logged (rank 0 only).
+    fn evaluate(&mut self) -> Result<()> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        if let Some(report) = self.trainer.evaluate_validation()? {
+            log.eval(self.trainer.state.step, &report)?;
+            let pass = report.pass_at(1).unwrap_or(f64::NAN);
+            self.say(format!(
+                "eval  step {:>5}  validation pass@1 {:.1}% ({} problems, {:.1}s)",
+                self.trainer.state.step,
+                100.0 * pass,
+                report.problems.len(),
+                report.seconds
+            ));
+        }
+        Ok(())
+    }
+
+    /// Saves the checkpoint of `step`; a failure says which earlier checkpoint is intact.
+    fn save(&self, step: u64) -> Result<()> {
+        let run_dir = self.run_dir();
+        let dir = self.trainer.save_checkpoint().map_err(|e| {
+            let kept = latest_checkpoint(run_dir).map_or_else(
+                || "no earlier checkpoint exists".to_string(),
+                |c| format!("the previous checkpoint {} is intact", c.display()),
+            );
+            anyhow::anyhow!(
+                "saving the checkpoint of step {step} failed (disk full?): {:#}\n{kept}; free space and resume with --resume {}",
+                anyhow::Error::from(e),
+                run_dir.display()
+            )
+        })?;
+        self.say(format!("saved {}", dir.display()));
+        Ok(())
+    }
 }

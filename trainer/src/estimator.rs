@@ -147,6 +147,109 @@ fn uniform01(seed: u64, stream: u64, sample: u64, offset: u64) -> f64 {
     random::uniform(seed, stream, (sample << OFFSET_BITS) | offset)
 }
 
+/// The flat mask and weight arrays of `nv` versions of a `[b, p + k]` batch, filled row by
+/// row.
+struct VersionGrid {
+    masked: Vec<bool>, // [V, B, L]
+    weights: Vec<f64>, // [V, B, K]
+    b: usize,
+    p: usize,
+    k: usize,
+}
+
+impl VersionGrid {
+    fn new(nv: usize, b: usize, p: usize, k: usize) -> Self {
+        VersionGrid {
+            masked: vec![false; nv * b * (p + k)],
+            weights: vec![0f64; nv * b * k],
+            b,
+            p,
+            k,
+        }
+    }
+
+    /// Masks position `pos` (of the whole sequence) of `row` in version `v`.
+    fn mask(&mut self, v: usize, row: usize, pos: usize) {
+        let l = self.p + self.k;
+        self.masked[v * self.b * l + row * l + pos] = true;
+    }
+
+    /// Masks completion token `j` of `row` in version `v`, with coefficient `w`.
+    fn mask_token(&mut self, v: usize, row: usize, j: usize, w: f64) {
+        self.mask(v, row, self.p + j);
+        self.weights[v * self.b * self.k + row * self.k + j] = w;
+    }
+
+    /// Masks the whole completion of `row` in version `v`, every token with coefficient `w`.
+    fn mask_completion(&mut self, v: usize, row: usize, w: f64) {
+        for j in 0..self.k {
+            self.mask_token(v, row, j, w);
+        }
+    }
+
+    /// d1: each real prompt token of `row` masked with probability `p_mask` in version 0.
+    /// Offsets count real prompt tokens from the first one, so padding never shifts the
+    /// draws.
+    fn mask_prompt(&mut self, row: usize, real: &[i64], p_mask: f64, seed: u64, sample: u64) {
+        let first_real = real.iter().position(|&m| m == 1).unwrap_or(self.p);
+        for pos in first_real..self.p {
+            let offset = (pos - first_real) as u64;
+            if real[pos] == 1 && uniform01(seed, STREAM_PROMPT, sample, offset) < p_mask {
+                self.mask(0, row, pos);
+            }
+        }
+    }
+
+    /// Coupled: (v0 and) λ complementary pairs for `row`; returns the ratios drawn.
+    fn coupled(
+        &mut self,
+        row: usize,
+        pairs: usize,
+        full: bool,
+        seed: u64,
+        sample: u64,
+    ) -> Vec<f64> {
+        let denom = (pairs + usize::from(full)) as f64;
+        let mut v = 0;
+        if full {
+            self.mask_completion(0, row, 1.0 / denom);
+            v = 1;
+        }
+        let mut drawn = Vec::with_capacity(pairs);
+        for pair in 0..pairs as u64 {
+            let t = 0.2 + 0.6 * uniform01(seed, STREAM_RATIO + 2 * pair, sample, 0);
+            drawn.push(t);
+            for j in 0..self.k {
+                let u = uniform01(seed, STREAM_UNIFORM + 2 * pair, sample, j as u64);
+                let (version, w) = if u < t {
+                    (v, 1.0 / t)
+                } else {
+                    (v + 1, 1.0 / (1.0 - t))
+                };
+                self.mask_token(version, row, j, w / denom);
+            }
+            v += 2;
+        }
+        drawn
+    }
+
+    /// Decoupled: v0 plus two independent random masks for `row`; returns their ratios.
+    fn decoupled(&mut self, row: usize, seed: u64, sample: u64) -> Vec<f64> {
+        self.mask_completion(0, row, 0.5);
+        let mut drawn = Vec::with_capacity(2);
+        for half in 0..2u64 {
+            let t = 0.2 + 0.6 * uniform01(seed, STREAM_RATIO + half, sample, 0);
+            drawn.push(t);
+            for j in 0..self.k {
+                if uniform01(seed, STREAM_UNIFORM + half, sample, j as u64) < t {
+                    self.mask_token(1 + half as usize, row, j, 0.5 / t);
+                }
+            }
+        }
+        drawn
+    }
+}
+
 /// Builds the versions of `batch` for `estimator` with the iteration's mask seed.
 pub fn build_versions(estimator: &Estimator, batch: &EstimatorBatch, seed: u64) -> Versions {
     let (b, l) = batch.sequences.size2().expect("sequences are [B, L]");
@@ -160,95 +263,31 @@ pub fn build_versions(estimator: &Estimator, batch: &EstimatorBatch, seed: u64) 
     )
     .unwrap_or_default();
     let nv = estimator.versions();
-    let mut masked = vec![false; nv * (b * l) as usize];
-    let mut weights = vec![0f64; nv * (b * k) as usize];
+    let mut grid = VersionGrid::new(nv, b as usize, p as usize, k as usize);
     let mut ratios = Vec::with_capacity(b as usize);
-    let at_mask =
-        |v: usize, row: usize, pos: i64| v * (b * l) as usize + row * l as usize + pos as usize;
-    let at_weight =
-        |v: usize, row: usize, j: i64| v * (b * k) as usize + row * k as usize + j as usize;
     for (row, &sample) in batch.samples.iter().enumerate().take(b as usize) {
-        let mut drawn = Vec::new();
-        let mask_completion = |masked: &mut Vec<bool>, v: usize| {
-            for j in 0..k {
-                masked[at_mask(v, row, p + j)] = true;
+        let drawn = match *estimator {
+            Estimator::FullMask => {
+                grid.mask_completion(0, row, 1.0);
+                Vec::new()
             }
-        };
-        match *estimator {
-            Estimator::FullMask | Estimator::D1 { .. } => {
-                mask_completion(&mut masked, 0);
-                for j in 0..k {
-                    weights[at_weight(0, row, j)] = 1.0;
-                }
-                if let Estimator::D1 { p_mask_prompt } = *estimator {
-                    // Offsets count real prompt tokens from the first one, so padding
-                    // never shifts the draws.
-                    let first_real = prompt_real[row]
-                        .iter()
-                        .position(|&m| m == 1)
-                        .unwrap_or(p as usize);
-                    for pos in first_real..p as usize {
-                        let offset = (pos - first_real) as u64;
-                        if prompt_real[row][pos] == 1
-                            && uniform01(seed, STREAM_PROMPT, sample, offset) < p_mask_prompt
-                        {
-                            masked[at_mask(0, row, pos as i64)] = true;
-                        }
-                    }
-                }
+            Estimator::D1 { p_mask_prompt } => {
+                grid.mask_completion(0, row, 1.0);
+                grid.mask_prompt(row, &prompt_real[row], p_mask_prompt, seed, sample);
+                Vec::new()
             }
             Estimator::Coupled {
                 pairs,
                 include_full_mask,
-            } => {
-                let denom = (pairs + usize::from(include_full_mask)) as f64;
-                let mut v = 0;
-                if include_full_mask {
-                    mask_completion(&mut masked, 0);
-                    for j in 0..k {
-                        weights[at_weight(0, row, j)] = 1.0 / denom;
-                    }
-                    v = 1;
-                }
-                for pair in 0..pairs as u64 {
-                    let t = 0.2 + 0.6 * uniform01(seed, STREAM_RATIO + 2 * pair, sample, 0);
-                    drawn.push(t);
-                    for j in 0..k {
-                        let u = uniform01(seed, STREAM_UNIFORM + 2 * pair, sample, j as u64);
-                        let (version, w) = if u < t {
-                            (v, 1.0 / t)
-                        } else {
-                            (v + 1, 1.0 / (1.0 - t))
-                        };
-                        masked[at_mask(version, row, p + j)] = true;
-                        weights[at_weight(version, row, j)] = w / denom;
-                    }
-                    v += 2;
-                }
-            }
-            Estimator::Decoupled => {
-                mask_completion(&mut masked, 0);
-                for j in 0..k {
-                    weights[at_weight(0, row, j)] = 0.5;
-                }
-                for half in 0..2u64 {
-                    let t = 0.2 + 0.6 * uniform01(seed, STREAM_RATIO + half, sample, 0);
-                    drawn.push(t);
-                    for j in 0..k {
-                        if uniform01(seed, STREAM_UNIFORM + half, sample, j as u64) < t {
-                            masked[at_mask(1 + half as usize, row, p + j)] = true;
-                            weights[at_weight(1 + half as usize, row, j)] = 0.5 / t;
-                        }
-                    }
-                }
-            }
-        }
+            } => grid.coupled(row, pairs, include_full_mask, seed, sample),
+            Estimator::Decoupled => grid.decoupled(row, seed, sample),
+        };
         ratios.push(drawn);
     }
     let nv = nv as i64;
     Versions {
-        masked: Tensor::from_slice(&masked).view([nv, b, l]),
-        weights: Tensor::from_slice(&weights).view([nv, b, k]),
+        masked: Tensor::from_slice(&grid.masked).view([nv, b, l]),
+        weights: Tensor::from_slice(&grid.weights).view([nv, b, k]),
         ratios,
     }
 }

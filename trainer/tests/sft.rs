@@ -8,7 +8,7 @@ use couplet_model::{init_model_folder, LoadOptions, LoadedModel, Preset};
 use couplet_trainer::{build_example, sft_loss, sft_step, SftSettings};
 
 /// A tiny random model on the CPU tokenizer, written into `dir` and loaded back.
-fn tiny_checkpoint(dir: &Path) -> Checkpoint {
+fn tiny_checkpoint(dir: &Path) -> LoadedModel {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = dir.join("m");
     init_model_folder(
