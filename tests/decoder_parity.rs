@@ -1,7 +1,7 @@
 //! Couplet's decoders against the plain-PyTorch reference loops (tests/reference), which
 //! compute full logits at every position as the released implementations do.
 
-mod common;
+use couplet_testkit as common;
 
 use couplet_model::{load_model, DreamModel, LoadOptions, PromptBatch};
 use couplet_rollout::{

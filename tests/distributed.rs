@@ -2,7 +2,7 @@
 //! global batch gives the same weights as one process, with and without ZeRO-1; only rank 0
 //! writes; a two-rank run resumes from its checkpoint.
 
-mod common;
+use couplet_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

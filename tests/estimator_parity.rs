@@ -1,7 +1,7 @@
 //! The four estimators against the plain-PyTorch reference (tests/reference), which builds
 //! its own masks from the same counter RNG and computes full logits for every version.
 
-mod common;
+use couplet_testkit as common;
 
 use couplet_model::{load_model, LoadOptions};
 use couplet_trainer::{estimate, grpo_loss, Estimator, EstimatorBatch, ObjectiveConfig};

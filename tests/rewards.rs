@@ -1,7 +1,7 @@
 //! The DiffuCoder reward cases through the real sandbox, reward hacks, and the bundled
 //! task set's canonical solutions.
 
-mod common;
+use couplet_testkit as common;
 
 use std::sync::{Arc, OnceLock};
 

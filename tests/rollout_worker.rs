@@ -1,6 +1,6 @@
 //! The rollout worker: groups, chunking, end tokens, completion masks, telemetry.
 
-mod common;
+use couplet_testkit as common;
 
 use couplet_model::{chat_prompt, LoadOptions, LoadedModel};
 use couplet_rollout::{

@@ -14,6 +14,7 @@
 //!
 //! What this is not for: finding libtorch (torch-sys does that, from the `.venv` python when
 //! `LIBTORCH_USE_PYTORCH=1`).
+#![deny(missing_docs)]
 
 use std::path::Path;
 

@@ -9,6 +9,7 @@
 //!
 //! Not for: deciding what to communicate (the trainer does) or launching processes
 //! (`couplet launch` / torchrun).
+#![deny(missing_docs)]
 
 use std::ffi::{c_char, c_int, c_long, CStr, CString};
 use std::time::Duration;
@@ -54,12 +55,20 @@ extern "C" {
     fn couplet_dist_barrier(g: *mut RawGroup, err: *mut *mut c_char) -> c_int;
 }
 
+/// Why a process group or a collective failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
+    /// The rendezvous or the group could not be set up.
     #[error("distributed setup: {0}")]
     Setup(String),
+    /// A collective failed (a peer died, a timeout).
     #[error("{op}: {message}")]
-    Collective { op: &'static str, message: String },
+    Collective {
+        /// The collective.
+        op: &'static str,
+        /// c10d's message.
+        message: String,
+    },
 }
 
 /// Which communication engine.
@@ -72,6 +81,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The engine called `name` (`gloo` or `nccl`).
     pub fn parse(name: &str) -> Option<Backend> {
         match name {
             "gloo" => Some(Backend::Gloo),
@@ -84,10 +94,15 @@ impl Backend {
 /// Where and who: what torchrun (or a SLURM wrapper) puts in the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendezvous {
+    /// This process's rank (`RANK`).
     pub rank: usize,
+    /// Ranks in the job (`WORLD_SIZE`).
     pub world_size: usize,
+    /// Rank on this host (`LOCAL_RANK`).
     pub local_rank: usize,
+    /// Host of the TCP store (`MASTER_ADDR`).
     pub master_addr: String,
+    /// Port of the TCP store (`MASTER_PORT`).
     pub master_port: u16,
     /// Rank 0 hosts the TCP store unless an agent already does
     /// (`TORCHELASTIC_USE_AGENT_STORE=True`, set by torchrun).
@@ -153,9 +168,13 @@ impl Rendezvous {
 /// A process group: this rank's handle on the collectives.
 pub struct ProcessGroup {
     raw: *mut RawGroup,
+    /// This process's rank.
     pub rank: usize,
+    /// Ranks in the group.
     pub world_size: usize,
+    /// Rank on this host (the GPU index under NCCL).
     pub local_rank: usize,
+    /// The engine.
     pub backend: Backend,
 }
 

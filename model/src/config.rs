@@ -17,10 +17,15 @@ use crate::error::{ModelError, Result};
 pub struct DreamConfig {
     /// "Dream" for Dream/DiffuCoder checkpoints; "qwen2" is accepted for the same tensors.
     pub model_type: String,
+    /// Vocabulary size (rows of the embedding and the LM head).
     pub vocab_size: i64,
+    /// Width of the residual stream.
     pub hidden_size: i64,
+    /// Width of the SwiGLU MLP.
     pub intermediate_size: i64,
+    /// Transformer layers.
     pub num_hidden_layers: i64,
+    /// Attention (query) heads.
     pub num_attention_heads: i64,
     /// Defaults to `num_attention_heads` (plain multi-head attention), as in transformers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,27 +33,37 @@ pub struct DreamConfig {
     /// Defaults to `hidden_size / num_attention_heads`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<i64>,
+    /// ε of the RMS norms.
     #[serde(default = "default_rms_norm_eps")]
     pub rms_norm_eps: f64,
+    /// Base of the rotary embedding frequencies.
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    /// Longest position the rotary tables are built for.
     #[serde(default = "default_max_position_embeddings")]
     pub max_position_embeddings: i64,
+    /// Whether the LM head shares the embedding matrix.
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// MLP activation (only `silu` is supported).
     #[serde(default = "default_hidden_act")]
     pub hidden_act: String,
+    /// Std of the normal init of random models.
     #[serde(default = "default_initializer_range")]
     pub initializer_range: f64,
     /// Storage dtype of the weights ("float32", "bfloat16", "float16").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub torch_dtype: Option<String>,
+    /// Mask token id of the diffusion model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_token_id: Option<i64>,
+    /// Padding token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<i64>,
+    /// Beginning-of-text token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bos_token_id: Option<i64>,
+    /// End-of-text token id(s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<TokenIds>,
     /// Couplet's own key: whether logit row i predicts token i+1 (Dream, adapted from an AR
@@ -64,11 +79,14 @@ pub struct DreamConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum TokenIds {
+    /// One id.
     One(i64),
+    /// Several ids (any of them ends a sequence).
     Many(Vec<i64>),
 }
 
 impl TokenIds {
+    /// The ids as a list.
     pub fn to_vec(&self) -> Vec<i64> {
         match self {
             TokenIds::One(id) => vec![*id],
@@ -105,15 +123,18 @@ impl DreamConfig {
         Ok(config)
     }
 
+    /// Key/value heads (grouped-query attention), defaulting to the attention heads.
     pub fn num_kv_heads(&self) -> i64 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// Width of one attention head.
     pub fn head_dim(&self) -> i64 {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
+    /// Whether logit row i predicts token i + 1 (the default) rather than token i.
     pub fn shift_logits(&self) -> bool {
         self.shift_logits.unwrap_or(true)
     }
@@ -232,6 +253,7 @@ impl DreamConfig {
         Ok(())
     }
 
+    /// Writes the config as pretty JSON, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
         write_json(path, self)
     }
@@ -241,14 +263,19 @@ impl DreamConfig {
 /// decoding defaults we keep verbatim.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct GenerationConfig {
+    /// Beginning-of-text token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bos_token_id: Option<i64>,
+    /// End-of-text token id(s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<TokenIds>,
+    /// Padding token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<i64>,
+    /// Mask token id of the diffusion model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_token_id: Option<i64>,
+    /// Every other key, kept verbatim.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -293,16 +320,22 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// The files of a model folder, by role.
 #[derive(Debug, Clone)]
 pub struct ModelFolder {
+    /// The folder.
     pub dir: PathBuf,
 }
 
 impl ModelFolder {
+    /// The files of the folder `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         ModelFolder { dir: dir.into() }
     }
+
+    /// `config.json`.
     pub fn config(&self) -> PathBuf {
         self.dir.join("config.json")
     }
+
+    /// `tokenizer.json`.
     pub fn tokenizer(&self) -> PathBuf {
         self.dir.join("tokenizer.json")
     }

@@ -282,6 +282,7 @@ impl DreamModel {
         }
     }
 
+    /// The architecture it was built from.
     pub fn config(&self) -> &DreamConfig {
         &self.config
     }
@@ -291,18 +292,22 @@ impl DreamModel {
         &self.vs
     }
 
+    /// The parameters, mutably (to freeze or load into them).
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
         &mut self.vs
     }
 
+    /// Where the parameters live.
     pub fn device(&self) -> Device {
         self.vs.device()
     }
 
+    /// Element type of the parameters.
     pub fn kind(&self) -> Kind {
         self.vs.kind()
     }
 
+    /// The decoder layers, in order (for layer-wise recomputation).
     pub fn layers(&self) -> &[DecoderLayer] {
         &self.layers
     }

@@ -13,6 +13,7 @@ pub fn kind_from_name(name: &str) -> Option<Kind> {
     }
 }
 
+/// The `torch_dtype` name of `kind` written to `config.json`.
 pub fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::BFloat16 => "bfloat16",
@@ -33,6 +34,7 @@ pub fn kind_from_safetensors(dtype: Dtype) -> Option<Kind> {
     }
 }
 
+/// The safetensors header name of `kind`.
 pub fn safetensors_name(kind: Kind) -> &'static str {
     match kind {
         Kind::BFloat16 => "BF16",
@@ -46,6 +48,7 @@ pub fn safetensors_name(kind: Kind) -> &'static str {
     }
 }
 
+/// Bytes per element of `kind`.
 pub fn element_size(kind: Kind) -> usize {
     match kind {
         Kind::BFloat16 | Kind::Half => 2,

@@ -6,41 +6,78 @@ use std::path::PathBuf;
 /// One tensor that did not fit the architecture described by `config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorProblem {
+    /// The tensor's name.
     pub name: String,
+    /// The safetensors file holding it.
     pub file: PathBuf,
+    /// What is wrong (shape, dtype, unknown name).
     pub problem: String,
 }
 
+/// Why a model folder, tokenizer or tensor operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// A file could not be read or written.
     // The cause is part of the message, not a `source`, so `{:#}` chains print it once.
     #[error("{path}: {error}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
+    /// A file is not valid JSON (or not the expected shape).
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: field `{field}`: {message}")]
-    Field {
+    Parse {
+        /// The file.
         path: PathBuf,
-        field: String,
+        /// The parser's message.
         message: String,
     },
+    /// A field of `config.json` (or another JSON file) is missing or wrong.
+    #[error("{path}: field `{field}`: {message}")]
+    Field {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A weights file is not valid safetensors.
     #[error("{path}: not a valid safetensors file: {message}")]
-    Safetensors { path: PathBuf, message: String },
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The weights do not match the architecture: every problem, listed together.
     #[error("checkpoint {dir} does not match its config.json:\n{}", format_problems(.missing, .unexpected, .wrong))]
     Tensors {
+        /// The model folder.
         dir: PathBuf,
+        /// Tensors the architecture needs that no file has.
         missing: Vec<String>,
+        /// Tensors the architecture has no place for.
         unexpected: Vec<TensorProblem>,
+        /// Tensors with the wrong shape or dtype.
         wrong: Vec<TensorProblem>,
     },
+    /// The tokenizer file or its special tokens.
     #[error("{path}: tokenizer: {message}")]
-    Tokenizer { path: PathBuf, message: String },
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A libtorch operation failed.
     #[error("{context}: {error}")]
     Torch {
+        /// What was being done.
         context: String,
+        /// libtorch's error.
         error: tch::TchError,
     },
 }
@@ -107,4 +144,5 @@ fn format_problems(
     out.trim_end().to_string()
 }
 
+/// The model crate's result type.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -22,7 +22,9 @@ use crate::dtype;
 use crate::error::{ModelError, Result, TensorProblem};
 use crate::fsutil::temp_sibling;
 
+/// Weights file of an unsharded folder.
 pub const SINGLE_FILE: &str = "model.safetensors";
+/// Index of a sharded folder (tensor name → shard file).
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Tokenizer and generation files copied along when a model folder is saved.
 pub const ASSET_FILES: [&str; 5] = [
@@ -36,6 +38,7 @@ pub const ASSET_FILES: [&str; 5] = [
 /// Where the model goes and in which precision.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
+    /// Where the parameters are created.
     pub device: Device,
     /// Parameter dtype; `None` keeps f32 (weights stored in bf16 are upcast).
     pub kind: Option<Kind>,

@@ -8,6 +8,7 @@
 //! Conventions (SPEC section 1): logit row i predicts token i+1 (shifted) unless the
 //! checkpoint's config says `"shift_logits": false`; batches are left-padded with an
 //! attention mask; special-token ids always come from the checkpoint folder.
+#![deny(missing_docs)]
 
 pub mod config;
 pub mod device;
@@ -17,6 +18,7 @@ pub mod error;
 mod fsutil;
 pub mod hf_folder;
 pub mod init;
+pub mod names;
 pub mod random;
 pub mod tokenizer;
 

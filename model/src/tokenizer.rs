@@ -12,11 +12,17 @@ use tokenizers::{AddedToken, Tokenizer};
 use crate::config::{DreamConfig, GenerationConfig};
 use crate::error::{ModelError, Result};
 
+/// Dream's mask token.
 pub const MASK_TOKEN: &str = "<|mask|>";
+/// Dream's beginning-of-text token.
 pub const BEGIN_OF_TEXT_TOKEN: &str = "<|beginoftext|>";
+/// Qwen's end-of-text token.
 pub const END_OF_TEXT_TOKEN: &str = "<|endoftext|>";
+/// Start of a chat turn.
 pub const IM_START_TOKEN: &str = "<|im_start|>";
+/// End of a chat turn (also ends a completion).
 pub const IM_END_TOKEN: &str = "<|im_end|>";
+/// System prompt of the chat template when none is given.
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant.";
 
 /// Ids the decoders and the trainer need.
@@ -30,6 +36,7 @@ pub struct SpecialTokens {
     pub eos: Vec<i64>,
     /// Chat turn delimiters, when the tokenizer has them.
     pub im_start: Option<i64>,
+    /// End of a chat turn, when the vocabulary has one.
     pub im_end: Option<i64>,
 }
 
@@ -106,18 +113,22 @@ impl TextTokenizer {
         })
     }
 
+    /// The special-token ids of the folder.
     pub fn special(&self) -> &SpecialTokens {
         &self.special
     }
 
+    /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
 
+    /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
+    /// The id of `token`, if the vocabulary has it.
     pub fn token_to_id(&self, token: &str) -> Option<i64> {
         self.inner.token_to_id(token).map(i64::from)
     }
@@ -183,6 +194,7 @@ pub struct PromptBatch {
 }
 
 impl PromptBatch {
+    /// Left-pads `rows` with `pad` to the longest (`truncated`: rows that were cut).
     pub fn left_padded(rows: &[Vec<i64>], pad: i64, truncated: usize) -> Self {
         let width = rows.iter().map(Vec::len).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows.len() * width);
@@ -203,6 +215,7 @@ impl PromptBatch {
         }
     }
 
+    /// The batch on `device`.
     pub fn to_device(&self, device: Device) -> PromptBatch {
         PromptBatch {
             ids: self.ids.to_device(device),

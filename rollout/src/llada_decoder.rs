@@ -35,15 +35,10 @@ pub enum Remasking {
     Random,
 }
 
-impl std::str::FromStr for Remasking {
-    type Err = RolloutError;
-
-    fn from_str(name: &str) -> Result<Self, RolloutError> {
-        Remasking::parse(name)
-    }
-}
+couplet_model::from_str_by_name!(Remasking);
 
 impl Remasking {
+    /// The rule called `name`.
     pub fn parse(name: &str) -> Result<Self, RolloutError> {
         match name {
             "low_confidence" => Ok(Remasking::LowConfidence),
@@ -59,15 +54,20 @@ impl Remasking {
 /// Settings of one block-decoding run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockDecodeConfig {
+    /// Diffusion steps over all blocks.
     pub steps: i64,
+    /// Completion canvas length.
     pub max_new_tokens: i64,
+    /// Block size (divides max_new_tokens).
     pub block_length: i64,
     /// τ of the Gumbel-max proposal; 0 = argmax.
     pub temperature: f64,
+    /// How the positions to reveal are chosen.
     pub remasking: Remasking,
 }
 
 impl BlockDecodeConfig {
+    /// Checks every setting's range; the error names the option.
     pub fn validate(&self) -> Result<(), RolloutError> {
         let bad = |option: &str, message: String| {
             Err(RolloutError::Invalid {

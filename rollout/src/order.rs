@@ -9,6 +9,7 @@ use serde::Serialize;
 
 /// Local AR-ness is reported for k = 1..=LOCAL_K, global for k = 1..=GLOBAL_K (the paper's).
 pub const LOCAL_K: usize = 9;
+/// Largest k of global AR-ness.
 pub const GLOBAL_K: usize = 4;
 
 /// The order `p_1, …, p_T` in which positions were revealed, from their reveal steps.
@@ -76,6 +77,7 @@ pub struct ArNess {
 }
 
 impl ArNess {
+    /// AR-ness of one decode order.
     pub fn of_order(order: &[usize]) -> Self {
         ArNess {
             local: (1..=LOCAL_K).map(|k| local_arness(order, k)).collect(),

@@ -21,6 +21,8 @@ pub enum DecoderKind {
     Block,
 }
 
+couplet_model::from_str_by_name!(DecoderKind);
+
 /// Lower bound of Dream's time grid `linspace(1, eps, steps + 1)` (Dream's default).
 pub const DREAM_EPS: f64 = 1e-3;
 

@@ -24,6 +24,7 @@ pub enum DecoderConfig {
 }
 
 impl DecoderConfig {
+    /// Completion canvas length.
     pub fn max_new_tokens(&self) -> i64 {
         match self {
             DecoderConfig::Dream(c) => c.max_new_tokens,
@@ -31,6 +32,7 @@ impl DecoderConfig {
         }
     }
 
+    /// Diffusion steps (an upper bound of forwards per chunk).
     pub fn steps(&self) -> i64 {
         match self {
             DecoderConfig::Dream(c) => c.steps,
@@ -38,6 +40,7 @@ impl DecoderConfig {
         }
     }
 
+    /// Checks every setting's range; the error names the option.
     pub fn validate(&self) -> Result<(), RolloutError> {
         match self {
             DecoderConfig::Dream(c) => c.validate(),
@@ -69,6 +72,7 @@ impl DecoderConfig {
 /// Settings of the worker.
 #[derive(Debug, Clone)]
 pub struct RolloutConfig {
+    /// The decoder.
     pub decoder: DecoderConfig,
     /// G: completions per prompt.
     pub group_size: usize,
@@ -108,6 +112,7 @@ impl RolloutConfig {
 pub struct Rollout {
     /// `[N, P]` left-padded prompt ids and their mask (1 = real token).
     pub prompt_ids: Tensor,
+    /// `[N, P]` 1 on real prompt tokens.
     pub prompt_mask: Tensor,
     /// `[N, K]` completion ids as decoded (after the end token: whatever was decoded).
     pub completion_ids: Tensor,
@@ -127,15 +132,19 @@ pub struct Rollout {
     pub arness: Vec<ArNess>,
     /// Prompts that lost tokens to `max_prompt_length`.
     pub truncated_prompts: usize,
+    /// Forward passes spent.
     pub forward_passes: i64,
+    /// Decoding wall time.
     pub seconds: f64,
 }
 
 impl Rollout {
+    /// Completions.
     pub fn len(&self) -> usize {
         self.texts.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.texts.is_empty()
     }
@@ -151,6 +160,7 @@ impl Rollout {
         Tensor::cat(&[&self.prompt_ids, &self.completion_ids], 1)
     }
 
+    /// AR-ness averaged over the completions.
     pub fn mean_arness(&self) -> ArNess {
         ArNess::mean(&self.arness)
     }

@@ -4,28 +4,15 @@ use couplet_model::{random, PromptBatch};
 use couplet_rollout::dream_decoder::{STREAM_TOKEN, STREAM_TRANSFER};
 use couplet_rollout::llada_decoder::transfer_schedule;
 use couplet_rollout::{
-    block_generate, dream_generate, BlockDecodeConfig, Denoiser, DreamAlg, DreamDecodeConfig,
-    Remasking, SamplingParams,
+    block_generate, dream_generate, BlockDecodeConfig, DreamAlg, DreamDecodeConfig, Remasking,
+    SamplingParams,
 };
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 const V: i64 = 40;
 const MASK: i64 = 39;
 
-/// Logits depend only on the position being scored: `table [L, V]`.
-struct FixedLogits {
-    table: Tensor,
-}
-
-impl Denoiser for FixedLogits {
-    fn score(&self, _x: &Tensor, _mask: Option<&Tensor>, select: &Tensor) -> Tensor {
-        let pos = select.nonzero().select(1, 1);
-        self.table.index_select(0, &pos)
-    }
-    fn device(&self) -> Device {
-        Device::Cpu
-    }
-}
+use couplet_testkit::FixedLogits;
 
 fn dist(probs: &[(i64, f64)]) -> Vec<f32> {
     let mut row = vec![f32::NEG_INFINITY; V as usize];
@@ -240,13 +227,7 @@ fn block_decoder_finishes_each_block_before_the_next() {
     let model = FixedLogits {
         table: Tensor::from_slice(&table).view([6, V]),
     };
-    let cfg = BlockDecodeConfig {
-        steps: 4,
-        max_new_tokens: 4,
-        block_length: 2,
-        temperature: 0.0,
-        remasking: Remasking::LowConfidence,
-    };
+    let cfg = block_config(2, Remasking::LowConfidence);
     let out = block_generate(&model, &prompt(), MASK, &cfg, 0, &[0], |_| {}).unwrap();
     assert_eq!(out.reveal_step[0], vec![1, 0, 2, 3]);
     assert_eq!(
@@ -255,19 +236,24 @@ fn block_decoder_finishes_each_block_before_the_next() {
     );
 }
 
+/// Greedy block decoding of 4 tokens in 4 steps.
+fn block_config(block_length: i64, remasking: Remasking) -> BlockDecodeConfig {
+    BlockDecodeConfig {
+        steps: 4,
+        max_new_tokens: 4,
+        block_length,
+        temperature: 0.0,
+        remasking,
+    }
+}
+
 #[test]
 fn block_decoder_random_remasking_is_seeded() {
     let table: Vec<f32> = (0..6).flat_map(|_| dist(&[(3, 0.5), (4, 0.5)])).collect();
     let model = FixedLogits {
         table: Tensor::from_slice(&table).view([6, V]),
     };
-    let cfg = BlockDecodeConfig {
-        steps: 4,
-        max_new_tokens: 4,
-        block_length: 4,
-        temperature: 0.0,
-        remasking: Remasking::Random,
-    };
+    let cfg = block_config(4, Remasking::Random);
     let a = block_generate(&model, &prompt(), MASK, &cfg, 3, &[0], |_| {}).unwrap();
     let b = block_generate(&model, &prompt(), MASK, &cfg, 3, &[0], |_| {}).unwrap();
     assert_eq!(a.reveal_step, b.reveal_step);

@@ -37,8 +37,11 @@ pub enum InstanceEnd {
 /// Marker events parsed from an instance's stdout.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// The syntax check finished (true: the solution compiles).
     Syntax(bool),
+    /// Test i started.
     Start(usize),
+    /// Test i finished with this result.
     End(usize, TestResult),
 }
 
@@ -48,6 +51,7 @@ pub enum Event {
 pub struct Tracker {
     prefix: Vec<u8>,
     partial: Vec<u8>,
+    /// Events in the order the harness wrote them.
     pub events: Vec<Event>,
     /// Bytes of output that were not markers (kept for diagnostics, capped).
     pub other: Vec<u8>,
@@ -57,6 +61,7 @@ pub struct Tracker {
 const OTHER_CAP: usize = 4096;
 
 impl Tracker {
+    /// A tracker that trusts only lines carrying `token`.
     pub fn new(token: &str) -> Self {
         let mut prefix = token.as_bytes().to_vec();
         prefix.push(b'\t');
@@ -74,6 +79,7 @@ impl Tracker {
         self.running
     }
 
+    /// Parses more of the instance's output.
     pub fn feed(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if b == b'\n' {
@@ -178,7 +184,9 @@ pub fn payload(
 
 /// What one instance run returns to the driver.
 pub struct InstanceRun {
+    /// What the harness reported, test by test.
     pub tracker: Tracker,
+    /// How the instance ended.
     pub end: InstanceEnd,
 }
 

@@ -52,7 +52,10 @@ pub enum Outcome {
     Passed,
     /// An exception: `AssertionError` for a failed assert, else the exception's type name
     /// (`SystemExit` for `sys.exit` — a reward hack never passes).
-    Failed { error: String },
+    Failed {
+        /// The exception's type name.
+        error: String,
+    },
     /// Ran past its time budget, or the job budget ran out before it started.
     Timeout,
     /// Hit the memory cap.
@@ -60,10 +63,14 @@ pub enum Outcome {
     /// Flooded the output channel.
     OutputLimit,
     /// The interpreter died or trapped (os._exit, stack overflow, closed stdout, signal).
-    Crashed { detail: String },
+    Crashed {
+        /// What is known of how it died.
+        detail: String,
+    },
 }
 
 impl Outcome {
+    /// Whether the test passed.
     pub fn passed(&self) -> bool {
         matches!(self, Outcome::Passed)
     }
@@ -72,15 +79,19 @@ impl Outcome {
 /// One test's outcome with what it printed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestResult {
+    /// How the test ended.
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// Captured standard output (capped).
     pub stdout: String,
+    /// Captured standard error (capped).
     pub stderr: String,
     /// Output was cut at the cap.
     pub truncated: bool,
 }
 
 impl TestResult {
+    /// A result with no captured output.
     pub fn bare(outcome: Outcome) -> Self {
         TestResult {
             outcome,
@@ -94,6 +105,7 @@ impl TestResult {
 /// Everything a job produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
+    /// The job's id.
     pub id: String,
     /// One entry per test, in order. Empty when `sandbox_error` is set.
     pub tests: Vec<TestResult>,
@@ -102,12 +114,14 @@ pub struct JobResult {
     /// A failure of ours (interpreter missing, harness broken, module failed to compile):
     /// never to be read as a failing test; rewards become NaN and the failure is counted.
     pub sandbox_error: Option<String>,
+    /// Wall time of the whole job.
     pub wall_seconds: f64,
     /// Interpreter instances started (1 + restarts after traps, crashes and timeouts).
     pub instances: u32,
 }
 
 impl JobResult {
+    /// Tests that passed.
     pub fn passed(&self) -> usize {
         self.tests.iter().filter(|t| t.outcome.passed()).count()
     }
@@ -123,6 +137,7 @@ impl JobResult {
         Some(self.passed() as f64 / self.tests.len() as f64)
     }
 
+    /// A job the sandbox itself could not run (all tests unrun).
     pub fn sandbox_failure(id: &str, error: String, wall_seconds: f64) -> Self {
         JobResult {
             id: id.to_string(),

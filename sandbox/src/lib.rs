@@ -10,6 +10,7 @@
 //! completed (SPEC section 3), so `sys.exit(0)` and friends never earn reward.
 //!
 //! Not for: reward arithmetic or answer extraction (the `reward` crate does that).
+#![deny(missing_docs)]
 
 pub mod harness;
 pub mod job;
@@ -49,15 +50,23 @@ pub enum BackendKind {
     Process,
 }
 
+impl BackendKind {
+    /// The name in configs and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Wasm => "wasm",
+            BackendKind::Process => "process",
+        }
+    }
+}
+
 impl std::str::FromStr for BackendKind {
     type Err = String;
 
     fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "wasm" => Ok(BackendKind::Wasm),
-            "process" => Ok(BackendKind::Process),
-            other => Err(format!("expected wasm or process, got {other:?}")),
-        }
+        let kinds = [BackendKind::Wasm, BackendKind::Process];
+        let found = kinds.into_iter().find(|k| k.name() == name);
+        found.ok_or_else(|| format!("expected wasm or process, got {name:?}"))
     }
 }
 
@@ -111,6 +120,7 @@ impl BackendSpec {
 /// A backend that could not be set up (missing interpreter, bad checksum, ...).
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// What could not be set up.
     #[error("sandbox setup: {0}")]
     Setup(String),
 }

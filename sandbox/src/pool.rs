@@ -24,13 +24,18 @@ type Task = (Job, Limits, Sender<JobResult>);
 /// Throughput counters since the pool started.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolStats {
+    /// Jobs run.
     pub jobs: u64,
+    /// Tests run.
     pub tests: u64,
+    /// Jobs the sandbox failed on.
     pub sandbox_failures: u64,
+    /// Summed job wall time.
     pub seconds: f64,
 }
 
 impl PoolStats {
+    /// Tests per second of summed wall time.
     pub fn tests_per_second(&self) -> f64 {
         self.tests as f64 / self.seconds.max(1e-9)
     }
@@ -43,6 +48,7 @@ struct Counters {
     sandbox_failures: AtomicU64,
 }
 
+/// Runs jobs on a backend from a fixed set of worker threads (a panic in a job is caught).
 pub struct SandboxPool {
     queue: Option<Sender<Task>>,
     workers: Vec<JoinHandle<()>>,
@@ -108,10 +114,12 @@ impl SandboxPool {
         })
     }
 
+    /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.backend_name
     }
 
+    /// Worker threads.
     pub fn workers(&self) -> usize {
         self.workers.len()
     }
@@ -158,6 +166,7 @@ impl SandboxPool {
             .collect()
     }
 
+    /// Totals so far.
     pub fn stats(&self) -> PoolStats {
         PoolStats {
             jobs: self.counters.jobs.load(Ordering::Relaxed),

@@ -50,22 +50,25 @@ impl DecodeArgs {
     /// The decoder these options describe, validated: the block decoder when
     /// `--block-length` is given, else Dream's.
     pub fn decoder(&self) -> Result<DecoderConfig> {
+        let kind = match self.block_length {
+            Some(_) => DecoderKind::Block,
+            None => DecoderKind::Dream,
+        };
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+        };
+        let (alg, alg_temp, remasking) = (self.alg, self.alg_temp, self.remasking);
         let settings = DecoderSettings {
-            kind: match self.block_length {
-                Some(_) => DecoderKind::Block,
-                None => DecoderKind::Dream,
-            },
+            kind,
             steps: self.steps,
             max_new_tokens: self.max_new_tokens,
-            sampling: SamplingParams {
-                temperature: self.temperature,
-                top_p: self.top_p,
-                top_k: self.top_k,
-            },
-            alg: self.alg,
-            alg_temp: self.alg_temp,
             block_length: self.block_length,
-            remasking: self.remasking,
+            sampling,
+            alg,
+            alg_temp,
+            remasking,
         };
         Ok(settings.build()?)
     }

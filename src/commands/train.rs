@@ -183,7 +183,7 @@ impl Job {
         if m.step % logging.log_every == 0 {
             self.say(format!(
                 "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5}  clip {:.3}  |g| {:.4}  lr {:.2e}  len {:.1}  rollout {:.1}s reward {:.1}s update {:.1}s",
-                m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.rollout_seconds, m.reward_seconds, m.update_seconds
+                m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.cost.rollout_seconds, m.cost.reward_seconds, m.update_seconds
             ));
         }
         Ok(())

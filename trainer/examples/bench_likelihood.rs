@@ -94,7 +94,7 @@ fn main() {
                 1,
                 LeanConfig {
                     chunk_rows: 256,
-                    checkpoint: false,
+                    recompute_layers: false,
                 },
             );
             let (loss, _) = grpo_loss(&lean.estimate, None, None, &adv, &cmask, &objective, None);

@@ -13,23 +13,39 @@ pub enum Baseline {
     GroupMean,
 }
 
+/// Rewards that cannot be turned into advantages.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AdvantageError {
+    /// The rewards are not whole groups.
     #[error("{len} rewards do not split into groups of {group_size}")]
-    Ragged { len: usize, group_size: usize },
+    Ragged {
+        /// Rewards given.
+        len: usize,
+        /// Completions per prompt.
+        group_size: usize,
+    },
+    /// A group size of 0.
     #[error("group size must be at least 1")]
     EmptyGroup,
+    /// Leave-one-out with one completion per prompt.
     #[error("leave-one-out advantages need at least 2 completions per prompt (group size is 1); use baseline = \"group_mean\" or raise num_generations")]
     LeaveOneOutNeedsTwo,
+    /// A NaN or infinite reward.
     #[error(
         "reward {index} is not finite ({value}); NaN rewards must be resolved before advantages"
     )]
-    NonFinite { index: usize, value: f64 },
+    NonFinite {
+        /// Its position.
+        index: usize,
+        /// Its value.
+        value: f64,
+    },
 }
 
 /// Advantages plus the statistics the trainer logs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Advantages {
+    /// One advantage per completion, group-major.
     pub values: Vec<f64>,
     /// Share of groups whose reward std is below 1e-6 (no learning signal).
     pub zero_std_ratio: f64,

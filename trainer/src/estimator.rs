@@ -71,21 +71,7 @@ pub enum EstimatorKind {
     Decoupled,
 }
 
-impl std::str::FromStr for EstimatorKind {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "coupled" => Ok(EstimatorKind::Coupled),
-            "d1" => Ok(EstimatorKind::D1),
-            "full_mask" => Ok(EstimatorKind::FullMask),
-            "decoupled" => Ok(EstimatorKind::Decoupled),
-            other => Err(format!(
-                "expected coupled, d1, full_mask or decoupled, got {other:?}"
-            )),
-        }
-    }
-}
+couplet_model::from_str_by_name!(EstimatorKind);
 
 impl EstimatorKind {
     /// The estimator with its knobs (each kind takes the ones it uses).
@@ -123,12 +109,79 @@ impl Estimator {
 
 /// A batch to score: `sequences [B, P + K]` (left-padded prompt, then completion).
 pub struct EstimatorBatch<'a> {
+    /// `[B, P + K]` token ids.
     pub sequences: &'a Tensor,
     /// `[B, P]`: 1 for real prompt tokens.
     pub prompt_mask: &'a Tensor,
+    /// P: columns of the (left-padded) prompt.
     pub prompt_width: i64,
     /// Global sample index of each row (the key of its masks).
     pub samples: &'a [u64],
+}
+
+/// Consecutive rows of a batch, owned: what a micro-batch or a chunk scores. Row i is global
+/// sample `first_sample + start + i`.
+pub struct BatchRows {
+    /// First row in the whole batch.
+    pub start: i64,
+    /// Rows.
+    pub len: i64,
+    sequences: Tensor,
+    prompt_mask: Tensor,
+    samples: Vec<u64>,
+}
+
+impl BatchRows {
+    /// Rows `start .. start + len` of `sequences [N, P + K]` and `prompt_mask [N, P]`.
+    pub fn new(
+        sequences: &Tensor,
+        prompt_mask: &Tensor,
+        first_sample: u64,
+        start: i64,
+        len: i64,
+    ) -> Self {
+        BatchRows {
+            start,
+            len,
+            sequences: sequences.narrow(0, start, len),
+            prompt_mask: prompt_mask.narrow(0, start, len),
+            samples: (start..start + len)
+                .map(|i| first_sample + i as u64)
+                .collect(),
+        }
+    }
+
+    /// Consecutive slices of `size` rows covering the whole batch.
+    pub fn split(
+        sequences: &Tensor,
+        prompt_mask: &Tensor,
+        first_sample: u64,
+        size: i64,
+    ) -> Vec<Self> {
+        let n = sequences.size()[0];
+        (0..n)
+            .step_by(size.max(1) as usize)
+            .map(|start| {
+                Self::new(
+                    sequences,
+                    prompt_mask,
+                    first_sample,
+                    start,
+                    size.min(n - start),
+                )
+            })
+            .collect()
+    }
+
+    /// The estimator's view of the rows.
+    pub fn batch(&self) -> EstimatorBatch<'_> {
+        EstimatorBatch {
+            sequences: &self.sequences,
+            prompt_mask: &self.prompt_mask,
+            prompt_width: self.prompt_mask.size()[1],
+            samples: &self.samples,
+        }
+    }
 }
 
 /// The versions of a batch: what is masked, and how each version's log-probs enter the
@@ -192,9 +245,9 @@ impl VersionGrid {
     /// draws.
     fn mask_prompt(&mut self, row: usize, real: &[i64], p_mask: f64, seed: u64, sample: u64) {
         let first_real = real.iter().position(|&m| m == 1).unwrap_or(self.p);
-        for pos in first_real..self.p {
+        for (pos, &m) in real[..self.p].iter().enumerate().skip(first_real) {
             let offset = (pos - first_real) as u64;
-            if real[pos] == 1 && uniform01(seed, STREAM_PROMPT, sample, offset) < p_mask {
+            if m == 1 && uniform01(seed, STREAM_PROMPT, sample, offset) < p_mask {
                 self.mask(0, row, pos);
             }
         }
@@ -406,13 +459,16 @@ pub fn estimate_versions(
 /// token log-probs; after `loss.backward()`, call [`LeanEstimate::backward`] to push the
 /// exact gradients into the model.
 pub struct LeanEstimate<'m> {
+    /// `[B, K]` estimates, differentiable up to the token log-prob leaf.
     pub estimate: Tensor,
+    /// The versions that were scored.
     pub versions: Versions,
     leaf: Tensor,
     pass: LeanPass<'m>,
 }
 
 impl<'m> LeanEstimate<'m> {
+    /// Scores `batch` under `model` with the iteration's mask `seed`.
     pub fn new(
         model: &'m DreamModel,
         mask_id: i64,

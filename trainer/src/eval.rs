@@ -19,8 +19,11 @@ use crate::reference::with_autocast;
 /// One problem: the question the model sees and the tests its code must pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalProblem {
+    /// The problem's id.
     pub id: String,
+    /// The question (chat-formatted before decoding).
     pub question: String,
+    /// Test statements its code must pass.
     pub tests: Vec<String>,
     /// A known-good full solution, when the benchmark has one (`--canonical` checks the
     /// wiring and the sandbox with it).
@@ -92,8 +95,11 @@ pub struct EvalSettings {
     pub ks: Vec<usize>,
     /// Decoder, batch size and prompt limit (`group_size` is set to `samples`).
     pub rollout: RolloutConfig,
+    /// Decoding seed (the same at every evaluation, so runs compare).
     pub seed: u64,
+    /// System prompt of the chat template.
     pub system_prompt: String,
+    /// Sandbox limits per test.
     pub limits: Limits,
     /// Autocast the decoder to bf16 (CUDA only).
     pub bf16: bool,
@@ -102,27 +108,38 @@ pub struct EvalSettings {
 /// One problem's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProblemResult {
+    /// The problem's id.
     pub id: String,
+    /// Samples drawn.
     pub samples: usize,
+    /// Samples that passed every test.
     pub correct: usize,
+    /// Unbiased pass@k for each k.
     pub pass_at_k: Vec<(usize, f64)>,
     /// Samples whose tests could not run (sandbox failure; not counted as correct).
     pub sandbox_errors: usize,
+    /// The completions, in sample order.
     pub completions: Vec<String>,
+    /// Whether each passed.
     pub passed: Vec<bool>,
 }
 
 /// The whole evaluation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
+    /// Per problem.
     pub problems: Vec<ProblemResult>,
     /// Mean over problems.
     pub pass_at_k: Vec<(usize, f64)>,
     /// Mean AR-ness of the samples' decode orders (absent for given completions).
     pub arness: Option<ArNess>,
+    /// Samples whose tests could not run.
     pub sandbox_errors: usize,
+    /// Decoding wall time.
     pub generation_seconds: f64,
+    /// Decoded tokens per second.
     pub tokens_per_second: f64,
+    /// Total wall time.
     pub seconds: f64,
 }
 

@@ -24,14 +24,14 @@ pub struct LeanConfig {
     /// Rows of `[rows, V]` logits computed at once.
     pub chunk_rows: i64,
     /// Recompute layer activations during backward instead of storing them.
-    pub checkpoint: bool,
+    pub recompute_layers: bool,
 }
 
 impl Default for LeanConfig {
     fn default() -> Self {
         LeanConfig {
             chunk_rows: 1024,
-            checkpoint: false,
+            recompute_layers: false,
         }
     }
 }
@@ -109,10 +109,12 @@ pub struct LeanPass<'m> {
     /// Checkpointing: each layer's input, and the last layer's output as a leaf.
     layer_inputs: Vec<Tensor>,
     top: Option<Tensor>,
+    /// `[N]` log-probs of the selected tokens (a leaf when checkpointing).
     pub logprobs: Tensor,
 }
 
 impl<'m> LeanPass<'m> {
+    /// Forward of `ids` keeping only what backward needs for the `select`ed rows.
     pub fn forward(
         model: &'m DreamModel,
         ids: &Tensor,
@@ -135,7 +137,7 @@ impl<'m> LeanPass<'m> {
     ) -> Self {
         let positions = select.nonzero();
         let targets = truth.index(&[Some(positions.select(1, 0)), Some(positions.select(1, 1))]);
-        let (rows, layer_inputs, top) = if config.checkpoint {
+        let (rows, layer_inputs, top) = if config.recompute_layers {
             let ctx = model.layer_context(ids, attention);
             let mut inputs = Vec::with_capacity(model.layers().len());
             let mut x = tch::no_grad(|| model.embed(ids));

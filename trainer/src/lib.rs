@@ -8,6 +8,7 @@
 //!
 //! Not for: the transformer itself (`model`), decoding (`rollout`) or test execution
 //! (`sandbox`).
+#![deny(missing_docs)]
 
 pub mod advantages;
 pub mod config;
@@ -24,8 +25,8 @@ pub mod train;
 pub use advantages::{compute_advantages, Advantages, Baseline};
 pub use config::{ConfigError, TrainConfig};
 pub use estimator::{
-    build_versions, estimate, estimate_versions, Estimator, EstimatorBatch, EstimatorKind,
-    LeanEstimate, Versions,
+    build_versions, estimate, estimate_versions, BatchRows, Estimator, EstimatorBatch,
+    EstimatorKind, LeanEstimate, Versions,
 };
 pub use eval::{
     check_completions, evaluate, load_benchmark, EvalProblem, EvalReport, EvalSettings,
@@ -41,6 +42,6 @@ pub use sft::{
     SftEvent, SftExample, SftPlan, SftSettings,
 };
 pub use train::checkpoint::{latest_checkpoint, Manifest, RunCheckpoint};
-pub use train::metrics::StepMetrics;
+pub use train::metrics::{RoundCost, StepMetrics};
 pub use train::order::PromptOrder;
 pub use train::{CompletionSample, TrainError, Trainer, TrainerState};

@@ -10,6 +10,7 @@ use tensorboard_rs::summary_writer::SummaryWriter;
 use crate::eval::EvalReport;
 use crate::train::{metrics::StepMetrics, CompletionSample};
 
+/// A run's logs: `metrics.jsonl`, `eval.jsonl`, `completions.jsonl` and TensorBoard events.
 pub struct RunLog {
     tensorboard: Option<SummaryWriter>,
     metrics: File,
@@ -40,6 +41,7 @@ impl RunLog {
         })
     }
 
+    /// Appends a step's metrics (and TensorBoard scalars).
     pub fn step(&mut self, m: &StepMetrics) -> std::io::Result<()> {
         writeln!(
             self.metrics,
@@ -78,12 +80,15 @@ impl RunLog {
         for (k, v) in m.arness_global.iter().enumerate() {
             put(&format!("arness/global@{}", k + 1), *v);
         }
-        put("rollout/tokens_per_second", m.rollout_tokens_per_second);
-        put("sandbox/tests_per_second", m.sandbox_tests_per_second);
-        put("sandbox/timeouts", m.sandbox_timeouts as f64);
-        put("sandbox/failures", m.sandbox_failures as f64);
-        put("time/rollout", m.rollout_seconds);
-        put("time/reward", m.reward_seconds);
+        put(
+            "rollout/tokens_per_second",
+            m.cost.rollout_tokens_per_second,
+        );
+        put("sandbox/tests_per_second", m.cost.sandbox_tests_per_second);
+        put("sandbox/timeouts", m.cost.sandbox_timeouts as f64);
+        put("sandbox/failures", m.cost.sandbox_failures as f64);
+        put("time/rollout", m.cost.rollout_seconds);
+        put("time/reward", m.cost.reward_seconds);
         put("time/update", m.update_seconds);
         tb.flush();
         Ok(())
@@ -118,6 +123,7 @@ impl RunLog {
         Ok(())
     }
 
+    /// Appends sampled completions to `completions.jsonl`.
     pub fn completions(&mut self, samples: &[CompletionSample]) -> std::io::Result<()> {
         for s in samples {
             writeln!(

@@ -20,7 +20,9 @@ fn k3(d: &Tensor) -> Tensor {
 /// Clipping and KL settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectiveConfig {
+    /// ε_low: ratios below 1 − ε_low are clipped (for A < 0).
     pub epsilon_low: f64,
+    /// ε_high: ratios above 1 + ε_high are clipped (for A > 0).
     pub epsilon_high: f64,
     /// KL weight; 0 means no reference model is held at all.
     pub beta: f64,
@@ -40,6 +42,7 @@ impl Default for ObjectiveConfig {
 /// Scalars of one micro-batch, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct ObjectiveMetrics {
+    /// The loss (token-normalised).
     pub loss: f64,
     /// Masked mean of the k3 KL (0 when β = 0).
     pub kl: f64,
@@ -47,9 +50,11 @@ pub struct ObjectiveMetrics {
     pub clip_low: f64,
     /// Share with ρ > 1 + ε_high and A > 0.
     pub clip_high: f64,
+    /// Share in either clipped region.
     pub clip_region: f64,
     /// Masked mean of the per-token estimate.
     pub mean_estimate: f64,
+    /// Completion tokens of the micro-batch.
     pub tokens: f64,
 }
 

@@ -14,10 +14,15 @@ use tch::{Kind, Tensor};
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
+    /// Learning rate.
     pub lr: f64,
+    /// β₁ of the first moment.
     pub beta1: f64,
+    /// β₂ of the second moment.
     pub beta2: f64,
+    /// ε of the denominator.
     pub eps: f64,
+    /// Decoupled weight decay.
     pub weight_decay: f64,
     /// Also decay 1-D parameters (norm weights, biases).
     pub decay_norms_and_biases: bool,
@@ -73,6 +78,8 @@ pub enum ScheduleKind {
     CosineWithMinLr,
 }
 
+couplet_model::from_str_by_name!(ScheduleKind);
+
 impl ScheduleKind {
     /// The schedule, with the floor `min_lr_rate` · lr where the kind has one.
     pub fn with_floor(self, min_lr_rate: f64) -> Schedule {
@@ -81,22 +88,6 @@ impl ScheduleKind {
             ScheduleKind::Linear => Schedule::Linear,
             ScheduleKind::Cosine => Schedule::Cosine,
             ScheduleKind::CosineWithMinLr => Schedule::CosineWithMinLr { min_lr_rate },
-        }
-    }
-}
-
-impl std::str::FromStr for ScheduleKind {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "constant" => Ok(ScheduleKind::Constant),
-            "linear" => Ok(ScheduleKind::Linear),
-            "cosine" => Ok(ScheduleKind::Cosine),
-            "cosine_with_min_lr" => Ok(ScheduleKind::CosineWithMinLr),
-            other => Err(format!(
-                "expected constant, linear, cosine or cosine_with_min_lr, got {other:?}"
-            )),
         }
     }
 }
@@ -126,18 +117,26 @@ pub fn warmup_steps(total: u64, ratio: f64) -> u64 {
 
 /// One parameter with its Adam moments.
 pub struct ParamState {
+    /// Its name in the model.
     pub name: String,
+    /// The parameter.
     pub param: Tensor,
+    /// First moment (empty when not owned).
     pub exp_avg: Tensor,
+    /// Second moment (empty when not owned).
     pub exp_avg_sq: Tensor,
+    /// Whether weight decay applies.
     pub decay: bool,
     /// This rank updates the parameter (always, except under ZeRO-1 sharding, where the
     /// moments of parameters owned by other ranks are not even allocated).
     pub owned: bool,
 }
 
+/// AdamW over a model's parameters, with state we own (checkpointed, shardable).
 pub struct AdamW {
+    /// Hyperparameters.
     pub config: AdamWConfig,
+    /// Every parameter with its moments.
     pub params: Vec<ParamState>,
     /// Optimizer steps taken.
     pub step: u64,
@@ -146,8 +145,11 @@ pub struct AdamW {
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct StepReport {
+    /// Pre-clip global gradient norm.
     pub grad_norm: f64,
+    /// Learning rate used.
     pub lr: f64,
+    /// Whether the gradients were clipped.
     pub clipped: bool,
 }
 
@@ -256,6 +258,7 @@ impl AdamW {
         }
     }
 
+    /// Drops every gradient (a skipped step).
     pub fn zero_grad(&mut self) {
         for p in &self.params {
             let mut g = p.param.grad();

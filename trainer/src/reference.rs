@@ -5,11 +5,15 @@
 use couplet_model::{DreamModel, Init};
 use tch::{Device, Kind};
 
+/// The frozen reference model of the KL term, optionally synced towards the policy.
 pub struct ReferenceModel {
+    /// The copy.
     pub model: DreamModel,
     /// Sync every this many optimizer steps (`None`: never).
     pub sync_every: Option<u64>,
+    /// α of the sync: reference ← α · policy + (1 − α) · reference.
     pub mixup_alpha: f64,
+    /// Syncs so far (a synced reference is saved with checkpoints).
     pub syncs: u64,
 }
 

@@ -27,7 +27,9 @@ use couplet_model::random::stream::SFT_RATIO as STREAM_T;
 /// Token ids and mask settings shared by every SFT step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SftSettings {
+    /// Id of the mask token.
     pub mask_id: i64,
+    /// Id of the padding token.
     pub pad: i64,
     /// Lower bound of t ~ U(eps, 1).
     pub eps: f64,
@@ -43,6 +45,7 @@ pub struct SftSettings {
 /// One supervised example, tokenised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftExample {
+    /// The chat prompt's token ids.
     pub prompt: Vec<i64>,
     /// The answer followed by its end-token padding.
     pub answer: Vec<i64>,

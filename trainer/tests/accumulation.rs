@@ -6,8 +6,8 @@ mod common;
 use common::{grads, zero};
 use couplet_model::DreamModel;
 use couplet_trainer::{
-    compute_advantages, estimate, grpo_loss, Baseline, Estimator, EstimatorBatch, LeanConfig,
-    LeanEstimate, ObjectiveConfig, ReferenceModel,
+    compute_advantages, estimate, grpo_loss, Baseline, BatchRows, Estimator, EstimatorBatch,
+    LeanConfig, LeanEstimate, ObjectiveConfig, ReferenceModel,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -43,7 +43,6 @@ fn accumulated_gradients_do_not_depend_on_the_split() {
     let adv = compute_advantages(&rewards, 4, Baseline::LeaveOneOut, false).unwrap();
     let adv = Tensor::from_slice(&adv.values).to_kind(Kind::Float);
     let total_tokens = cmask.sum(Kind::Float).double_value(&[]);
-    let samples: Vec<u64> = (0..8).collect();
     let cfg = ObjectiveConfig {
         beta: 0.0,
         ..Default::default()
@@ -55,16 +54,8 @@ fn accumulated_gradients_do_not_depend_on_the_split() {
     let mut results = Vec::new();
     for micro in [8i64, 4, 1] {
         zero(&m);
-        for c in 0..8 / micro {
-            let s = seqs.narrow(0, c * micro, micro);
-            let pm = pmask.narrow(0, c * micro, micro);
-            let ids = &samples[(c * micro) as usize..((c + 1) * micro) as usize];
-            let b = EstimatorBatch {
-                sequences: &s,
-                prompt_mask: &pm,
-                prompt_width: 4,
-                samples: ids,
-            };
+        for rows in BatchRows::split(&seqs, &pmask, 0, micro) {
+            let (c, b) = (rows.start / micro, rows.batch());
             let lean = LeanEstimate::new(&m, MASK, &est, &b, 3, LeanConfig::default());
             let (loss, _) = grpo_loss(
                 &lean.estimate,

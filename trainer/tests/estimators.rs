@@ -1,26 +1,13 @@
 //! Estimators on a stub model with known logits: hand-computed values, complementarity,
 //! mask statistics, and independence from the batch split.
 
-use couplet_rollout::Denoiser;
-use couplet_trainer::{build_versions, estimate, Estimator, EstimatorBatch};
+use couplet_trainer::{build_versions, estimate, BatchRows, Estimator, EstimatorBatch};
 use tch::{Device, Kind, Tensor};
 
 const V: i64 = 8;
 const MASK: i64 = 7;
 
-/// Logits depend only on the scored position: row `pos` of `table [L, V]`.
-struct FixedLogits {
-    table: Tensor,
-}
-
-impl Denoiser for FixedLogits {
-    fn score(&self, _x: &Tensor, _mask: Option<&Tensor>, select: &Tensor) -> Tensor {
-        self.table.index_select(0, &select.nonzero().select(1, 1))
-    }
-    fn device(&self) -> Device {
-        Device::Cpu
-    }
-}
+use couplet_testkit::FixedLogits;
 
 fn batch_tensors(rows: i64, p: i64, k: i64) -> (Tensor, Tensor) {
     let seqs: Vec<i64> = (0..rows * (p + k)).map(|i| i % 5).collect();
@@ -166,19 +153,9 @@ fn estimates_do_not_depend_on_the_split() {
         };
         let (all, _) = estimate(&model, MASK, &est, &whole, 9);
         for chunk in [1i64, 2, 4] {
-            let parts: Vec<Tensor> = (0..rows / chunk)
-                .map(|c| {
-                    let s = seqs.narrow(0, c * chunk, chunk);
-                    let m = prompt_mask.narrow(0, c * chunk, chunk);
-                    let ids = &samples[(c * chunk) as usize..((c + 1) * chunk) as usize];
-                    let b = EstimatorBatch {
-                        sequences: &s,
-                        prompt_mask: &m,
-                        prompt_width: p,
-                        samples: ids,
-                    };
-                    estimate(&model, MASK, &est, &b, 9).0
-                })
+            let parts: Vec<Tensor> = BatchRows::split(&seqs, &prompt_mask, 100, chunk)
+                .iter()
+                .map(|r| estimate(&model, MASK, &est, &r.batch(), 9).0)
                 .collect();
             let joined = Tensor::cat(&parts, 0);
             let diff = (&all - joined).abs().max().double_value(&[]);

@@ -54,16 +54,19 @@ fn lean_and_checkpointed_gradients_equal_naive() {
         let old = tch::no_grad(|| estimate(&m, 299, &est, &batch, 5).0) - 0.3;
 
         let (naive, _) = estimate(&m, 299, &est, &batch, 5);
-        let (loss, _) = grpo_loss(
-            &naive,
-            Some(&old),
-            Some(&reference),
-            &adv,
-            &cmask,
-            &cfg,
-            None,
-        );
-        loss.backward();
+        let loss_of = |estimate: &Tensor| {
+            let (loss, _) = grpo_loss(
+                estimate,
+                Some(&old),
+                Some(&reference),
+                &adv,
+                &cmask,
+                &cfg,
+                None,
+            );
+            loss
+        };
+        loss_of(&naive).backward();
         let want = grads(&m);
         for checkpoint in [false, true] {
             zero(&m);
@@ -75,7 +78,7 @@ fn lean_and_checkpointed_gradients_equal_naive() {
                 5,
                 LeanConfig {
                     chunk_rows: 3,
-                    checkpoint,
+                    recompute_layers: checkpoint,
                 },
             );
             // Chunked rows change the matmul blocking: the longest reduction is the
@@ -84,16 +87,7 @@ fn lean_and_checkpointed_gradients_equal_naive() {
                 common::f32_order_tolerance(naive.abs().max().double_value(&[]), VOCAB, DEPTH);
             let diff_est = (&lean.estimate - &naive).abs().max().double_value(&[]);
             assert!(diff_est <= tol, "estimates differ by {diff_est} > {tol}");
-            let (loss, _) = grpo_loss(
-                &lean.estimate,
-                Some(&old),
-                Some(&reference),
-                &adv,
-                &cmask,
-                &cfg,
-                None,
-            );
-            loss.backward();
+            loss_of(&lean.estimate).backward();
             lean.backward();
             for ((name, a), (_, b)) in want.iter().zip(grads(&m)) {
                 let scale = a.abs().max().double_value(&[]).max(1e-8);

@@ -64,18 +64,31 @@ pub(crate) fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 pub struct TrainConfig {
     /// Seed of everything random: data order, rollouts, masks.
     pub seed: u64,
+    /// `[model]`: the starting policy and where it runs.
     pub model: ModelSection,
+    /// `[data]`: training and validation rows.
     pub data: DataSection,
+    /// `[rollout]`: how completions are sampled.
     pub rollout: RolloutSection,
+    /// `[reward]`: the weighted reward functions.
     pub reward: RewardSection,
+    /// `[sandbox]`: where tests run.
     pub sandbox: SandboxSection,
+    /// `[estimator]`: how token likelihoods are estimated.
     pub estimator: EstimatorSection,
+    /// `[objective]`: the clipped GRPO objective and its reference.
     pub objective: ObjectiveSection,
+    /// `[optimizer]`: AdamW.
     pub optimizer: OptimizerSection,
+    /// `[schedule]`: learning-rate schedule, run length, batch geometry.
     pub schedule: ScheduleSection,
+    /// `[checkpointing]`: run checkpoints.
     pub checkpointing: CheckpointSection,
+    /// `[logging]`: scalars, TensorBoard, sampled completions.
     pub logging: LoggingSection,
+    /// `[eval]`: periodic validation.
     pub eval: EvalSection,
+    /// `[distributed]`: data parallelism.
     pub distributed: DistributedSection,
 }
 

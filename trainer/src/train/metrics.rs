@@ -43,18 +43,9 @@ pub struct StepMetrics {
     pub arness_local: Vec<f64>,
     /// Global AR-ness@1..4 of the round's decode orders.
     pub arness_global: Vec<f64>,
-    /// Decoded tokens per second (summed over ranks).
-    pub rollout_tokens_per_second: f64,
-    /// Sandbox tests per second (summed over ranks).
-    pub sandbox_tests_per_second: f64,
-    /// Tests that hit the time limit.
-    pub sandbox_timeouts: usize,
-    /// Jobs the sandbox itself failed on.
-    pub sandbox_failures: usize,
-    /// Decoding time (slowest rank).
-    pub rollout_seconds: f64,
-    /// Reward time not hidden behind decoding (slowest rank).
-    pub reward_seconds: f64,
+    /// Throughput and time of the round (rates summed over ranks, times of the slowest).
+    #[serde(flatten)]
+    pub cost: RoundCost,
     /// Time of this step's forward/backward passes and update.
     pub update_seconds: f64,
     /// Steps skipped so far because the loss or gradient norm was NaN/inf.
@@ -62,9 +53,10 @@ pub struct StepMetrics {
     pub skipped_nonfinite: u64,
 }
 
-/// One rank's costs of a round (rates add over ranks, times take the slowest).
+/// What a round cost: one rank's, or the whole round's (rates add over ranks, times take
+/// the slowest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RankCost {
+pub struct RoundCost {
     /// Decoded tokens per second.
     pub rollout_tokens_per_second: f64,
     /// Sandbox tests per second.
@@ -77,6 +69,22 @@ pub struct RankCost {
     pub rollout_seconds: f64,
     /// Reward seconds not hidden behind decoding.
     pub reward_seconds: f64,
+}
+
+impl RoundCost {
+    /// The round's cost from every rank's.
+    pub fn merge(costs: &[RoundCost]) -> RoundCost {
+        let sum = |f: fn(&RoundCost) -> f64| costs.iter().map(f).sum::<f64>();
+        let max = |f: fn(&RoundCost) -> f64| costs.iter().map(f).fold(0.0, f64::max);
+        RoundCost {
+            rollout_tokens_per_second: sum(|c| c.rollout_tokens_per_second),
+            sandbox_tests_per_second: sum(|c| c.sandbox_tests_per_second),
+            sandbox_timeouts: costs.iter().map(|c| c.sandbox_timeouts).sum(),
+            sandbox_failures: costs.iter().map(|c| c.sandbox_failures).sum(),
+            rollout_seconds: max(|c| c.rollout_seconds),
+            reward_seconds: max(|c| c.reward_seconds),
+        }
+    }
 }
 
 /// The raw material of a round's statistics, per sample (in global sample order once
@@ -98,7 +106,7 @@ pub struct RoundRecord {
     /// Decode-order AR-ness per completion.
     pub arness: Vec<ArNess>,
     /// Per rank.
-    pub costs: Vec<RankCost>,
+    pub costs: Vec<RoundCost>,
 }
 
 impl RoundRecord {
@@ -107,7 +115,7 @@ impl RoundRecord {
         rollout: &Rollout,
         rewards: &RewardBatch,
         advantages: &crate::Advantages,
-        cost: RankCost,
+        cost: RoundCost,
     ) -> Self {
         let mut per_function: Vec<(String, Vec<f64>)> = rewards
             .per_function
@@ -159,7 +167,6 @@ impl RoundRecord {
         let lengths = self.lengths.iter().map(|&l| l as f64);
         let arness = ArNess::mean(&self.arness);
         let groups = self.group_zero_std.len().max(1) as f64;
-        let costs = &self.costs;
         StepMetrics {
             reward,
             reward_std: var.sqrt(),
@@ -176,12 +183,7 @@ impl RoundRecord {
             zero_std_ratio: self.group_zero_std.iter().filter(|z| **z).count() as f64 / groups,
             arness_local: arness.local,
             arness_global: arness.global,
-            rollout_tokens_per_second: costs.iter().map(|c| c.rollout_tokens_per_second).sum(),
-            sandbox_tests_per_second: costs.iter().map(|c| c.sandbox_tests_per_second).sum(),
-            sandbox_timeouts: costs.iter().map(|c| c.sandbox_timeouts).sum(),
-            sandbox_failures: costs.iter().map(|c| c.sandbox_failures).sum(),
-            rollout_seconds: costs.iter().map(|c| c.rollout_seconds).fold(0.0, f64::max),
-            reward_seconds: costs.iter().map(|c| c.reward_seconds).fold(0.0, f64::max),
+            cost: RoundCost::merge(&self.costs),
             ..StepMetrics::default()
         }
     }
@@ -210,10 +212,10 @@ mod tests {
             advantages: rewards.to_vec(),
             group_zero_std: vec![rewards[0] == rewards[1]],
             arness: Vec::new(),
-            costs: vec![RankCost {
+            costs: vec![RoundCost {
                 rollout_seconds: cost,
                 sandbox_timeouts: 1,
-                ..RankCost::default()
+                ..RoundCost::default()
             }],
         }
     }
@@ -238,6 +240,9 @@ mod tests {
         }
         assert_eq!(two.reward_per_function[0].1, 2.0 / 3.0);
         assert_eq!((one.zero_std_ratio, two.zero_std_ratio), (0.0, 0.5));
-        assert_eq!((two.sandbox_timeouts, two.rollout_seconds), (2, 5.0));
+        assert_eq!(
+            (two.cost.sandbox_timeouts, two.cost.rollout_seconds),
+            (2, 5.0)
+        );
     }
 }

@@ -120,6 +120,9 @@ pub enum TrainError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A helper thread panicked (a bug: please report it).
+    #[error("{0} panicked")]
+    Panicked(&'static str),
     /// Periodic evaluation.
     #[error("evaluation: {0}")]
     Eval(String),

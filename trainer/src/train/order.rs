@@ -137,6 +137,7 @@ impl PromptOrder {
         self.n
     }
 
+    /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
         self.n == 0
     }

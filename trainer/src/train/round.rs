@@ -12,11 +12,11 @@ use couplet_reward::{score_batch, RewardBatch};
 use couplet_rollout::{generate_rollout, Rollout};
 use tch::{Device, Kind, Tensor};
 
-use super::metrics::{RankCost, RoundRecord, StepMetrics};
+use super::metrics::{RoundCost, RoundRecord, StepMetrics};
 use super::order::rank_share;
 use super::{CompletionSample, TrainError, Trainer};
 use crate::advantages::{compute_advantages, Advantages};
-use crate::estimator::{estimate, EstimatorBatch};
+use crate::estimator::{estimate, BatchRows};
 use crate::reference::with_autocast;
 
 /// The rollout batch of a round, kept until its μ iterations are done.
@@ -35,29 +35,6 @@ pub struct RoundBuffer {
     pub reference: Vec<Option<Tensor>>,
     /// The round's statistics.
     pub metrics: StepMetrics,
-}
-
-/// One micro-batch's slice of a round buffer, with the global sample indices of its rows.
-pub struct MicroBatch {
-    /// First row in the buffer.
-    pub start: i64,
-    /// Rows.
-    pub len: i64,
-    sequences: Tensor,
-    prompt_mask: Tensor,
-    samples: Vec<u64>,
-}
-
-impl MicroBatch {
-    /// The estimator's view of the slice.
-    pub fn batch(&self) -> EstimatorBatch<'_> {
-        EstimatorBatch {
-            sequences: &self.sequences,
-            prompt_mask: &self.prompt_mask,
-            prompt_width: self.prompt_mask.size()[1],
-            samples: &self.samples,
-        }
-    }
 }
 
 impl RoundBuffer {
@@ -116,21 +93,8 @@ impl RoundBuffer {
     }
 
     /// Consecutive micro-batches of `size` rows; row i is global sample `first + i`.
-    pub fn micro_batches(&self, size: i64, first: u64) -> Vec<MicroBatch> {
-        let n = self.sequences.size()[0];
-        (0..n)
-            .step_by(size.max(1) as usize)
-            .map(|start| {
-                let len = size.min(n - start);
-                MicroBatch {
-                    start,
-                    len,
-                    sequences: self.sequences.narrow(0, start, len),
-                    prompt_mask: self.prompt_mask.narrow(0, start, len),
-                    samples: (start..start + len).map(|i| first + i as u64).collect(),
-                }
-            })
-            .collect()
+    pub fn micro_batches(&self, size: i64, first: u64) -> Vec<BatchRows> {
+        BatchRows::split(&self.sequences, &self.prompt_mask, first, size)
     }
 }
 
@@ -222,7 +186,7 @@ impl Trainer {
                 .into_iter()
                 .map(|h| {
                     h.join()
-                        .map_err(|_| TrainError::Setup("a reward thread panicked".into()))
+                        .map_err(|_| TrainError::Panicked("a reward thread"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((parts, scored))
@@ -315,8 +279,8 @@ impl Trainer {
 }
 
 /// This rank's decoding and sandbox costs; `elapsed` is the round's wall time so far.
-fn rank_cost(rollout: &Rollout, rewards: &RewardBatch, elapsed: f64) -> RankCost {
-    RankCost {
+fn rank_cost(rollout: &Rollout, rewards: &RewardBatch, elapsed: f64) -> RoundCost {
+    RoundCost {
         rollout_tokens_per_second: rollout.tokens_per_second(),
         sandbox_tests_per_second: rewards.tests_run as f64 / rewards.sandbox_seconds.max(1e-9),
         sandbox_timeouts: rewards.timeouts,

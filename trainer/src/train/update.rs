@@ -64,7 +64,7 @@ impl Trainer {
         let objective = self.config.objective.objective();
         let lean = LeanConfig {
             chunk_rows: self.config.estimator.logits_chunk_rows,
-            checkpoint: self.config.model.gradient_checkpointing,
+            recompute_layers: self.config.model.gradient_checkpointing,
         };
         let mask_id = self.policy.tokenizer.special().mask;
         let mb = self.config.schedule.micro_batch_size as i64;

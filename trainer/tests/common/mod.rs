@@ -1,4 +1,5 @@
-//! Helpers shared by the trainer's integration tests.
+//! The trainer tests' own helpers (tiny in-memory models, optimizer, gradients); the
+//! project-wide ones come from `couplet-testkit`.
 #![allow(dead_code)]
 
 use couplet_model::{DreamModel, Init, Preset};
@@ -51,14 +52,5 @@ pub fn zero(m: &DreamModel) {
     }
 }
 
-/// Unit roundoff of f32 (2⁻²⁴).
-pub const F32_UNIT_ROUNDOFF: f64 = 5.960_464_477_539_063e-8;
-
-/// How far two f32 evaluations that differ only in summation order (batch size, chunking,
-/// SIMD width: kernels and CPUs differ) may drift apart: a length-`n` sum carries at most
-/// n·u relative error of its terms' magnitude (Higham §3.1), for each of the two
-/// evaluations, and `depth` chained reductions add to first order. `magnitude` bounds the
-/// compared values (floored at 1). A real bug moves values by O(magnitude).
-pub fn f32_order_tolerance(magnitude: f64, n: usize, depth: usize) -> f64 {
-    2.0 * (n * depth) as f64 * F32_UNIT_ROUNDOFF * magnitude.max(1.0)
-}
+#[allow(unused_imports)]
+pub use couplet_testkit::f32_order_tolerance;

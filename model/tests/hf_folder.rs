@@ -1,6 +1,6 @@
 //! Hugging Face checkpoint folders: round trips and every documented error case.
 
-mod common;
+use couplet_testkit as common;
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! Tokenizer, special tokens and chat template (SPEC sections 1 and 8).
 
-mod common;
+use couplet_testkit as common;
 
 use couplet_model::tokenizer::{add_dream_tokens, chat_prompt, load_tokenizer_file, MASK_TOKEN};
 use couplet_model::{init_model_folder, LoadOptions, LoadedModel, Preset};

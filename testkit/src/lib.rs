@@ -1,26 +1,35 @@
-//! Helpers shared by the integration tests: repository paths, tiny model folders, and the
-//! plain-PyTorch reference run by the project's `.venv` python.
-#![allow(dead_code)]
+//! Helpers shared by every crate's tests (one copy, so a fix lands everywhere): repository
+//! paths, tiny model folders, the plain-PyTorch reference run by the project's `.venv`
+//! python, a TensorBoard reader that does not trust the writer, and f32 tolerances derived
+//! from the arithmetic rather than from one machine.
+#![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use couplet_model::{init_model_folder, DreamConfig, Preset};
 
+/// The workspace root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
+/// The project's `.venv` python (with torch), for reference implementations.
 pub fn python() -> PathBuf {
     let p = repo().join(".venv/bin/python");
     assert!(p.exists(), "{} missing: run scripts/setup.sh", p.display());
     p
 }
 
+/// The bundled 4k-vocabulary CPU tokenizer.
 pub fn cpu_tokenizer() -> PathBuf {
     repo().join("data/tokenizer-cpu/tokenizer.json")
 }
 
+/// The Qwen2.5 tokenizer fetched by setup.
 pub fn qwen_tokenizer() -> PathBuf {
     let p = repo().join(".cache/assets/qwen2.5-tokenizer/tokenizer.json");
     assert!(p.exists(), "{} missing: run scripts/setup.sh", p.display());
@@ -60,6 +69,7 @@ pub fn reference(args: &[&str]) {
     );
 }
 
+/// A file of little-endian f32 values (what the references write).
 pub fn read_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).expect("read reference output");
     bytes
@@ -173,4 +183,26 @@ pub const F32_UNIT_ROUNDOFF: f64 = 5.960_464_477_539_063e-8;
 /// shift) moves values by O(magnitude), far above this.
 pub fn f32_order_tolerance(magnitude: f64, n: usize, depth: usize) -> f64 {
     2.0 * (n * depth) as f64 * F32_UNIT_ROUNDOFF * magnitude.max(1.0)
+}
+
+/// A stub denoiser whose logits depend only on the scored position: row `pos` of
+/// `table [L, V]`, so decoders and estimators can be checked by hand.
+pub struct FixedLogits {
+    /// `[L, V]` logits per position.
+    pub table: tch::Tensor,
+}
+
+impl couplet_rollout::Denoiser for FixedLogits {
+    fn score(
+        &self,
+        _x: &tch::Tensor,
+        _mask: Option<&tch::Tensor>,
+        select: &tch::Tensor,
+    ) -> tch::Tensor {
+        self.table.index_select(0, &select.nonzero().select(1, 1))
+    }
+
+    fn device(&self) -> tch::Device {
+        tch::Device::Cpu
+    }
 }

@@ -1,6 +1,6 @@
 //! The Dream forward pass against an independent plain-PyTorch implementation (SPEC 1).
 
-mod common;
+use couplet_testkit as common;
 
 use couplet_model::{load_model, LoadOptions};
 use serde_json::json;
