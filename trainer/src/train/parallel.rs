@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use couplet_dist::{Backend, DistError, ProcessGroup, Rendezvous};
 use couplet_model::DreamModel;
+use serde::{de::DeserializeOwned, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::TrainError;
@@ -96,12 +97,18 @@ impl DataParallel {
         Ok(self.sum(&[f64::from(u8::from(local))])?[0] > 0.0)
     }
 
-    /// Every rank's `bytes`, in rank order.
-    pub fn gather_bytes(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, TrainError> {
-        match &self.group {
-            None => Ok(vec![bytes]),
-            Some(g) => g.all_gather_bytes(&bytes).map_err(dist("gathering")),
-        }
+    /// Every rank's `mine`, in rank order (exchanged as JSON; a single process keeps its
+    /// value untouched).
+    pub fn gather<T: Serialize + DeserializeOwned>(&self, mine: T) -> Result<Vec<T>, TrainError> {
+        let Some(g) = &self.group else {
+            return Ok(vec![mine]);
+        };
+        let bytes = serde_json::to_vec(&mine).map_err(TrainError::Json)?;
+        let parts = g.all_gather_bytes(&bytes).map_err(dist("gathering"))?;
+        parts
+            .iter()
+            .map(|b| serde_json::from_slice(b).map_err(TrainError::Json))
+            .collect()
     }
 
     /// Every rank learns whether every rank's `local` part succeeded: its own error, or an

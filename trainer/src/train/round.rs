@@ -238,14 +238,7 @@ impl Trainer {
 
     /// Statistics of the whole round, from every rank's record.
     fn round_statistics(&self, mine: RoundRecord) -> Result<StepMetrics, TrainError> {
-        let bytes = serde_json::to_vec(&mine).map_err(TrainError::Json)?;
-        let parts = self
-            .parallel
-            .gather_bytes(bytes)?
-            .iter()
-            .map(|b| serde_json::from_slice::<RoundRecord>(b))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(TrainError::Json)?;
+        let parts = self.parallel.gather(mine)?;
         Ok(RoundRecord::concat(parts).statistics())
     }
 
