@@ -99,16 +99,26 @@ fn estimates_match_reference() {
             serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         let want: Vec<Vec<f64>> = serde_json::from_value(v["estimates"].clone()).unwrap();
         let got = Vec::<Vec<f64>>::try_from(&got.to_kind(tch::Kind::Double)).unwrap();
-        // f32 logits: compare relative to the magnitude (estimates reach ~50 when a
-        // log-prob of ~−10 is divided by t ≈ 0.2).
+        // Two implementations, two summation orders: the forward's chained reductions (the
+        // MLP's intermediate_size terms per layer, the lm_head), then the log-softmax over the
+        // vocabulary. An estimate is a weighted sum of same-signed log-probs, so its rounding
+        // is bounded by the rule at its own magnitude (estimates reach ~50 when a log-prob
+        // of ~−10 is divided by t ≈ 0.2).
+        let cfg = model.config();
+        let magnitude = want.iter().flatten().fold(0f64, |m, x| m.max(x.abs()));
+        let tol = common::f32_order_tolerance(
+            magnitude,
+            cfg.vocab_size.max(cfg.intermediate_size) as usize,
+            cfg.num_hidden_layers as usize + 2,
+        );
         let max = got
             .iter()
             .flatten()
             .zip(want.iter().flatten())
-            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .map(|(a, b)| (a - b).abs())
             .fold(0f64, f64::max);
-        eprintln!("{est:?}: max |Δ| / max(1, |ref|) = {max:e}");
-        assert!(max <= 1e-5, "{est:?}: max relative diff {max}");
+        eprintln!("{est:?}: max |Δ| = {max:e} (tolerance {tol:e})");
+        assert!(max <= tol, "{est:?}: max diff {max} > tolerance {tol}");
         let o = &v["objective"];
         for (name, ours, theirs) in [
             ("loss", metrics.loss, o["loss"].as_f64().unwrap()),
@@ -124,9 +134,10 @@ fn estimates_match_reference() {
                 o["clip_high"].as_f64().unwrap(),
             ),
         ] {
+            // The scalars inherit the estimates' rounding through exp(estimate − old).
             let rel = (ours - theirs).abs() / theirs.abs().max(1.0);
             eprintln!("  {name}: ours {ours:.6} reference {theirs:.6}");
-            assert!(rel <= 1e-5, "{est:?} {name}: {ours} vs {theirs}");
+            assert!(rel <= tol, "{est:?} {name}: {ours} vs {theirs}");
         }
     }
 }

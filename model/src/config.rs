@@ -141,16 +141,21 @@ impl DreamConfig {
 
     /// Checks that the values describe an architecture this crate implements.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let err = |field: &str, msg: String| Err(ModelError::field(path, field, msg));
+        self.check_shape()
+            .and_then(|()| self.check_features())
+            .and_then(|()| self.check_token_ids())
+            .map_err(|(field, message)| ModelError::field(path, field, message))
+    }
+
+    /// Model type, positive sizes, and head arithmetic that divides.
+    fn check_shape(&self) -> Result<(), (&'static str, String)> {
         if !SUPPORTED_MODEL_TYPES.contains(&self.model_type.as_str()) {
-            return err(
-                "model_type",
-                format!(
-                    "unsupported model type {:?} (supported: {})",
-                    self.model_type,
-                    SUPPORTED_MODEL_TYPES.join(", ")
-                ),
+            let supported = SUPPORTED_MODEL_TYPES.join(", ");
+            let message = format!(
+                "unsupported model type {:?} (supported: {supported})",
+                self.model_type
             );
+            return Err(("model_type", message));
         }
         for (field, value) in [
             ("vocab_size", self.vocab_size),
@@ -162,92 +167,86 @@ impl DreamConfig {
             ("head_dim", self.head_dim()),
         ] {
             if value <= 0 {
-                return err(field, format!("must be positive, got {value}"));
+                return Err((field, format!("must be positive, got {value}")));
             }
         }
         if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
-            return err(
+            return Err((
                 "num_attention_heads",
                 format!(
                     "hidden_size {} is not divisible by {} heads (set head_dim explicitly)",
                     self.hidden_size, self.num_attention_heads
                 ),
-            );
+            ));
         }
         if self.head_dim() % 2 != 0 {
-            return err(
-                "head_dim",
-                format!(
-                    "rotary embedding needs an even head_dim, got {}",
-                    self.head_dim()
-                ),
+            let message = format!(
+                "rotary embedding needs an even head_dim, got {}",
+                self.head_dim()
             );
+            return Err(("head_dim", message));
         }
         if self.num_attention_heads % self.num_kv_heads() != 0 {
-            return err(
+            return Err((
                 "num_key_value_heads",
                 format!(
                     "{} attention heads are not a multiple of {} key/value heads",
                     self.num_attention_heads,
                     self.num_kv_heads()
                 ),
-            );
+            ));
         }
-        if self.hidden_act != "silu" {
-            return err(
+        Ok(())
+    }
+
+    /// Activation, norm and rotary settings, and the features this crate does not have.
+    fn check_features(&self) -> Result<(), (&'static str, String)> {
+        let act = &self.hidden_act;
+        if act != "silu" {
+            return Err((
                 "hidden_act",
-                format!(
-                    "only \"silu\" (SwiGLU) is supported, got {:?}",
-                    self.hidden_act
-                ),
-            );
+                format!("only \"silu\" (SwiGLU) is supported, got {act:?}"),
+            ));
         }
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            return err(
-                "rms_norm_eps",
-                format!("must be positive, got {}", self.rms_norm_eps),
-            );
-        }
-        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
-            return err(
-                "rope_theta",
-                format!("must be positive, got {}", self.rope_theta),
-            );
-        }
-        if let Some(v) = self.extra.get("rope_scaling") {
-            if !v.is_null() {
-                return err(
-                    "rope_scaling",
-                    format!("rope scaling is not supported, got {v}"),
-                );
+        for (field, value) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if value.is_nan() || value <= 0.0 {
+                return Err((field, format!("must be positive, got {value}")));
             }
         }
+        if let Some(v) = self.extra.get("rope_scaling").filter(|v| !v.is_null()) {
+            return Err((
+                "rope_scaling",
+                format!("rope scaling is not supported, got {v}"),
+            ));
+        }
         if let Some(Value::Bool(true)) = self.extra.get("use_sliding_window") {
-            return err(
-                "use_sliding_window",
-                "sliding-window attention is not supported".to_string(),
-            );
+            let message = "sliding-window attention is not supported".to_string();
+            return Err(("use_sliding_window", message));
         }
         if let Some(dtype) = &self.torch_dtype {
-            crate::dtype::kind_from_name(dtype).ok_or_else(|| {
-                ModelError::field(path, "torch_dtype", format!("unknown dtype {dtype:?}"))
-            })?;
+            if crate::dtype::kind_from_name(dtype).is_none() {
+                return Err(("torch_dtype", format!("unknown dtype {dtype:?}")));
+            }
         }
+        Ok(())
+    }
+
+    /// Special-token ids inside the vocabulary.
+    fn check_token_ids(&self) -> Result<(), (&'static str, String)> {
         for (field, id) in [
             ("mask_token_id", self.mask_token_id),
             ("pad_token_id", self.pad_token_id),
             ("bos_token_id", self.bos_token_id),
         ] {
-            if let Some(id) = id {
-                if id < 0 || id >= self.vocab_size {
-                    return err(
-                        field,
-                        format!(
-                            "token id {id} is outside the vocabulary (size {})",
-                            self.vocab_size
-                        ),
-                    );
-                }
+            if let Some(id) = id.filter(|&id| id < 0 || id >= self.vocab_size) {
+                let message = format!(
+                    "token id {id} is outside the vocabulary (size {})",
+                    self.vocab_size
+                );
+                return Err((field, message));
             }
         }
         Ok(())

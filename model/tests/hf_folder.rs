@@ -106,7 +106,15 @@ fn sharded_round_trip_and_python_reads_it() {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    assert!(max < 1e-4, "max diff {max}");
+    // Two implementations, two summation orders (see `model_parity.rs`).
+    let magnitude = want.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    let cfg = b.config();
+    let tol = common::f32_order_tolerance(
+        magnitude,
+        cfg.intermediate_size as usize,
+        cfg.num_hidden_layers as usize + 1,
+    );
+    assert!(f64::from(max) <= tol, "max diff {max} > tolerance {tol}");
 }
 
 #[test]

@@ -201,116 +201,38 @@ pub fn score_batch(
     pool: &SandboxPool,
     limits: Limits,
 ) -> RewardBatch {
-    let n = completions.len();
-    let wants = |k: RewardKind| config.functions.iter().any(|(f, _)| *f == k);
-    let needs_sandbox =
-        wants(RewardKind::Code) || wants(RewardKind::BinaryCode) || wants(RewardKind::CodeFormat);
     let shaped: Vec<bool> = completions.iter().map(|c| format_matches(c)).collect();
-
-    // One job per well-shaped completion: the syntax check and the tests together.
     let started = std::time::Instant::now();
-    let mut results: Vec<Option<JobResult>> = vec![None; n];
-    if needs_sandbox {
-        let jobs: Vec<(usize, Job)> = (0..n)
-            .filter(|&i| shaped[i])
-            .map(|i| {
-                let run_tests = wants(RewardKind::Code) || wants(RewardKind::BinaryCode);
-                let job = Job {
-                    id: i.to_string(),
-                    solution: extract_code(&completions[i]).to_string(),
-                    tests: if run_tests {
-                        tests[i].clone()
-                    } else {
-                        Vec::new()
-                    },
-                    check_syntax: true,
-                };
-                (i, job)
-            })
-            .collect();
-        let (index, jobs): (Vec<usize>, Vec<Job>) = jobs.into_iter().unzip();
-        for (i, result) in index.into_iter().zip(pool.run_all(jobs, limits)) {
-            results[i] = Some(result);
-        }
-    }
+    let results = run_jobs(completions, tests, &shaped, config, pool, limits);
     let sandbox_seconds = started.elapsed().as_secs_f64();
-
-    let format: Vec<f64> = (0..n)
-        .map(|i| match (&results[i], shaped[i]) {
-            (_, false) => 0.0,
-            (Some(r), true) if r.sandbox_error.is_some() => f64::NAN,
-            (Some(r), true) => match r.syntax_ok {
-                Some(true) => 1.0,
-                Some(false) => 0.5,
-                None => f64::NAN,
-            },
-            (None, true) => f64::NAN,
-        })
-        .collect();
-    let pass_rate: Vec<f64> = (0..n)
-        .map(|i| {
-            if format[i].is_nan() {
-                return f64::NAN;
-            }
-            if format[i] != 1.0 {
-                return 0.0;
-            }
-            results[i]
-                .as_ref()
-                .and_then(|r| r.pass_rate())
-                .unwrap_or(f64::NAN)
-        })
-        .collect();
-
-    let mut per_function = Vec::new();
-    for &(kind, _) in &config.functions {
-        let values: Vec<f64> = match kind {
-            RewardKind::CodeFormat => format.clone(),
-            RewardKind::Code => pass_rate.clone(),
-            RewardKind::BinaryCode => pass_rate
-                .iter()
-                .map(|&p| {
-                    if p.is_nan() {
-                        p
-                    } else {
-                        f64::from(u8::from(p > 0.99))
-                    }
-                })
-                .collect(),
-            RewardKind::SoftOverlong => lengths
-                .iter()
-                .map(|&l| soft_overlong(l, config.max_completion_tokens, config.overlong_buffer))
-                .collect(),
-        };
-        per_function.push((kind, values));
-    }
-    let total = (0..n)
-        .map(|i| {
-            nansum(
-                config
-                    .functions
+    let format = format_rewards(&results, &shaped);
+    let pass_rate = pass_rates(&results, &format);
+    let per_function: Vec<(RewardKind, Vec<f64>)> = config
+        .functions
+        .iter()
+        .map(|&(kind, _)| {
+            let values = match kind {
+                RewardKind::CodeFormat => format.clone(),
+                RewardKind::Code => pass_rate.clone(),
+                RewardKind::BinaryCode => pass_rate.iter().map(|&p| binary(p)).collect(),
+                RewardKind::SoftOverlong => lengths
                     .iter()
-                    .zip(&per_function)
-                    .map(|((_, w), (_, v))| w * v[i]),
-            )
+                    .map(|&l| {
+                        soft_overlong(l, config.max_completion_tokens, config.overlong_buffer)
+                    })
+                    .collect(),
+            };
+            (kind, values)
+        })
+        .collect();
+    let total = (0..completions.len())
+        .map(|i| {
+            let terms = config.functions.iter().zip(&per_function);
+            nansum(terms.map(|((_, w), (_, v))| w * v[i]))
         })
         .collect();
     let (means, nan_counts) = summarize(&per_function);
-    let executed = results.iter().flatten();
-    let sandbox_failures = results
-        .iter()
-        .flatten()
-        .filter(|r| r.sandbox_error.is_some())
-        .count();
-    let (mut timeouts, mut tests_run) = (0, 0);
-    for r in executed {
-        tests_run += r.tests.len();
-        timeouts += r
-            .tests
-            .iter()
-            .filter(|t| t.outcome == couplet_sandbox::Outcome::Timeout)
-            .count();
-    }
+    let (sandbox_failures, timeouts, tests_run) = sandbox_counts(&results);
     RewardBatch {
         per_function,
         total,
@@ -321,6 +243,108 @@ pub fn score_batch(
         tests_run,
         sandbox_seconds,
     }
+}
+
+/// One job per well-shaped completion, when a reward needs the sandbox: the syntax check
+/// and (for the pass-rate rewards) the tests together. `None` for the others.
+fn run_jobs(
+    completions: &[String],
+    tests: &[Vec<String>],
+    shaped: &[bool],
+    config: &RewardConfig,
+    pool: &SandboxPool,
+    limits: Limits,
+) -> Vec<Option<JobResult>> {
+    let wants = |k: RewardKind| config.functions.iter().any(|(f, _)| *f == k);
+    let run_tests = wants(RewardKind::Code) || wants(RewardKind::BinaryCode);
+    let mut results: Vec<Option<JobResult>> = vec![None; completions.len()];
+    if !(run_tests || wants(RewardKind::CodeFormat)) {
+        return results;
+    }
+    let (index, jobs): (Vec<usize>, Vec<Job>) = (0..completions.len())
+        .filter(|&i| shaped[i])
+        .map(|i| {
+            let job = Job {
+                id: i.to_string(),
+                solution: extract_code(&completions[i]).to_string(),
+                tests: if run_tests {
+                    tests[i].clone()
+                } else {
+                    Vec::new()
+                },
+                check_syntax: true,
+            };
+            (i, job)
+        })
+        .unzip();
+    for (i, result) in index.into_iter().zip(pool.run_all(jobs, limits)) {
+        results[i] = Some(result);
+    }
+    results
+}
+
+/// `code_format`: 0 for a badly shaped answer, 0.5 when its code does not parse, 1 when it
+/// does; NaN when the sandbox could not tell.
+fn format_rewards(results: &[Option<JobResult>], shaped: &[bool]) -> Vec<f64> {
+    results
+        .iter()
+        .zip(shaped)
+        .map(|(result, &shaped)| match (result, shaped) {
+            (_, false) => 0.0,
+            (Some(r), true) if r.sandbox_error.is_some() => f64::NAN,
+            (Some(r), true) => match r.syntax_ok {
+                Some(true) => 1.0,
+                Some(false) => 0.5,
+                None => f64::NAN,
+            },
+            (None, true) => f64::NAN,
+        })
+        .collect()
+}
+
+/// `code`: the tests' pass rate of well-formatted answers (0 otherwise, NaN when unknown).
+fn pass_rates(results: &[Option<JobResult>], format: &[f64]) -> Vec<f64> {
+    results
+        .iter()
+        .zip(format)
+        .map(|(result, &format)| {
+            if format.is_nan() {
+                return f64::NAN;
+            }
+            if format != 1.0 {
+                return 0.0;
+            }
+            result
+                .as_ref()
+                .and_then(|r| r.pass_rate())
+                .unwrap_or(f64::NAN)
+        })
+        .collect()
+}
+
+/// `binary_code` from a pass rate: 1 when every test passed.
+fn binary(pass_rate: f64) -> f64 {
+    if pass_rate.is_nan() {
+        pass_rate
+    } else {
+        f64::from(u8::from(pass_rate > 0.99))
+    }
+}
+
+/// (sandbox failures, timed-out tests, tests run) of the executed jobs.
+fn sandbox_counts(results: &[Option<JobResult>]) -> (usize, usize, usize) {
+    let executed: Vec<&JobResult> = results.iter().flatten().collect();
+    let failures = executed
+        .iter()
+        .filter(|r| r.sandbox_error.is_some())
+        .count();
+    let tests_run = executed.iter().map(|r| r.tests.len()).sum();
+    let timeouts = executed
+        .iter()
+        .flat_map(|r| &r.tests)
+        .filter(|t| t.outcome == couplet_sandbox::Outcome::Timeout)
+        .count();
+    (failures, timeouts, tests_run)
 }
 
 #[cfg(test)]

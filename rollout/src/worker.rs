@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use couplet_model::{PromptBatch, TextTokenizer};
+use couplet_model::{PromptBatch, SpecialTokens, TextTokenizer};
 use tch::{Device, Kind, Tensor};
 
 use crate::canvas::Decoded;
@@ -87,6 +87,23 @@ pub struct RolloutConfig {
 }
 
 impl RolloutConfig {
+    /// The decoder's rules, and group and batch sizes of at least 1.
+    pub fn validate(&self) -> Result<(), RolloutError> {
+        self.decoder.validate()?;
+        let at_least_one = |option: &str, value: usize| {
+            if value == 0 {
+                Err(RolloutError::Invalid {
+                    option: option.into(),
+                    message: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("group_size", self.group_size)?;
+        at_least_one("generation_batch_size", self.generation_batch_size)
+    }
+
     /// `group_size` completions per prompt decoded `generation_batch_size` at a time, prompts
     /// cut to their last `max_prompt_length` tokens; the tokenizer's end tokens, no bar.
     pub fn new(
@@ -271,60 +288,119 @@ pub fn generate_rollout(
     seed: u64,
     first_sample: u64,
 ) -> Result<Rollout, RolloutError> {
-    cfg.decoder.validate()?;
-    let invalid = |option: &str, message: String| RolloutError::Invalid {
-        option: option.into(),
-        message,
-    };
-    if cfg.group_size == 0 {
-        return Err(invalid("group_size", "must be at least 1".into()));
-    }
-    if cfg.generation_batch_size == 0 {
-        return Err(invalid(
-            "generation_batch_size",
-            "must be at least 1".into(),
-        ));
-    }
+    cfg.validate()?;
     let special = tokenizer.special();
     let end_tokens = cfg
         .end_tokens
         .clone()
         .unwrap_or_else(|| special.end_of_completion());
     let start = Instant::now();
+    let prompt_rows = PromptRows::tokenize(tokenizer, prompts, cfg)?;
+    let rows = &prompt_rows.rows;
+    let decoded = decode_rows(model, rows, cfg, special, seed, first_sample)?;
+    let device = model.device();
+    let prompt_batch =
+        PromptBatch::left_padded(rows, special.pad, prompt_rows.truncated).to_device(device);
+    let completion_ids = Tensor::stack(&decoded.completions, 0);
+    let ids_cpu = Vec::<Vec<i64>>::try_from(&completion_ids.to_device(Device::Cpu))
+        .map_err(RolloutError::torch("completion ids"))?;
+    let ends = CompletionEnds::find(&ids_cpu, &end_tokens, tokenizer)?;
+    let k = cfg.decoder.max_new_tokens();
+    let decode_orders: Vec<Vec<usize>> = decoded
+        .reveal_steps
+        .iter()
+        .map(|r| reveal_order(r))
+        .collect();
+    let arness = decode_orders.iter().map(|o| ArNess::of_order(o)).collect();
+    Ok(Rollout {
+        prompt_ids: prompt_batch.ids,
+        prompt_mask: prompt_batch.attention_mask,
+        completion_mask: Tensor::from_slice(&ends.mask)
+            .view([rows.len() as i64, k])
+            .to_device(device)
+            .to_kind(Kind::Int64),
+        completion_ids,
+        texts: ends.texts,
+        completion_lengths: ends.lengths,
+        terminated: ends.terminated,
+        prompt_index: prompt_rows.prompt_index,
+        decode_orders,
+        arness,
+        truncated_prompts: prompt_rows.truncated,
+        forward_passes: decoded.forward_passes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
 
-    // Tokenise each prompt once; rows repeat it G times.
-    let mut truncated_prompts = 0;
-    let mut rows: Vec<Vec<i64>> = Vec::with_capacity(prompts.len() * cfg.group_size);
-    let mut prompt_index = Vec::with_capacity(rows.capacity());
-    for (i, prompt) in prompts.iter().enumerate() {
-        let mut ids = tokenizer.encode(prompt)?;
-        if let Some(max) = cfg.max_prompt_length {
-            if ids.len() > max {
-                ids.drain(..ids.len() - max);
-                truncated_prompts += 1;
+/// The token rows of a rollout: each prompt tokenised once and repeated G times.
+struct PromptRows {
+    rows: Vec<Vec<i64>>,
+    /// The prompt of each row.
+    prompt_index: Vec<usize>,
+    /// Prompts cut to `max_prompt_length`.
+    truncated: usize,
+}
+
+impl PromptRows {
+    fn tokenize(
+        tokenizer: &TextTokenizer,
+        prompts: &[String],
+        cfg: &RolloutConfig,
+    ) -> Result<Self, RolloutError> {
+        let mut out = PromptRows {
+            rows: Vec::with_capacity(prompts.len() * cfg.group_size),
+            prompt_index: Vec::with_capacity(prompts.len() * cfg.group_size),
+            truncated: 0,
+        };
+        for (i, prompt) in prompts.iter().enumerate() {
+            let mut ids = tokenizer.encode(prompt)?;
+            if let Some(max) = cfg.max_prompt_length {
+                if ids.len() > max {
+                    ids.drain(..ids.len() - max);
+                    out.truncated += 1;
+                }
+            }
+            for _ in 0..cfg.group_size {
+                out.rows.push(ids.clone());
+                out.prompt_index.push(i);
             }
         }
-        for _ in 0..cfg.group_size {
-            rows.push(ids.clone());
-            prompt_index.push(i);
-        }
+        Ok(out)
     }
+}
 
+/// What decoding every row produced, in row order.
+struct DecodedRows {
+    /// `[K]` completion ids per row.
+    completions: Vec<Tensor>,
+    /// Per row, the step that revealed each completion position.
+    reveal_steps: Vec<Vec<i64>>,
+    forward_passes: i64,
+}
+
+/// Decodes `rows` in length buckets of at most `generation_batch_size`, with a progress bar
+/// when asked; row r is global sample `first_sample + r`.
+fn decode_rows(
+    model: &dyn Denoiser,
+    rows: &[Vec<i64>],
+    cfg: &RolloutConfig,
+    special: &SpecialTokens,
+    seed: u64,
+    first_sample: u64,
+) -> Result<DecodedRows, RolloutError> {
     let k = cfg.decoder.max_new_tokens();
-    let steps = cfg.decoder.steps() as u64;
     let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
     let chunks = length_buckets(&lengths, cfg.generation_batch_size, k as usize);
+    let steps = cfg.decoder.steps() as u64;
     let bar = crate::progress_bar(
         steps * chunks.len() as u64,
         "rollout",
         "steps",
         cfg.progress,
     );
-
     let mut completions: Vec<Option<Tensor>> = (0..rows.len()).map(|_| None).collect();
     let mut reveal_steps: Vec<Vec<i64>> = vec![Vec::new(); rows.len()];
-    let mut forward_passes = 0;
-    let mut done = 0;
+    let (mut forward_passes, mut done) = (0, 0);
     for chunk in &chunks {
         let chunk_rows: Vec<Vec<i64>> = chunk.iter().map(|&r| rows[r].clone()).collect();
         let samples: Vec<u64> = chunk.iter().map(|&r| first_sample + r as u64).collect();
@@ -342,46 +418,44 @@ pub fn generate_rollout(
         bar.set_message(format!("{done}/{} sequences", rows.len()));
     }
     bar.finish_and_clear();
-    let completions: Vec<Tensor> = completions.into_iter().flatten().collect();
-
-    let device = model.device();
-    let prompt_batch =
-        PromptBatch::left_padded(&rows, special.pad, truncated_prompts).to_device(device);
-    let completion_ids = Tensor::stack(&completions, 0);
-    let ids_cpu = Vec::<Vec<i64>>::try_from(&completion_ids.to_device(Device::Cpu))
-        .map_err(RolloutError::torch("completion ids"))?;
-    let mut texts = Vec::with_capacity(rows.len());
-    let mut lengths = Vec::with_capacity(rows.len());
-    let mut terminated = Vec::with_capacity(rows.len());
-    let mut mask = Vec::with_capacity(rows.len() * k as usize);
-    for ids in &ids_cpu {
-        let end = ids.iter().position(|t| end_tokens.contains(t));
-        let len = end.map_or(ids.len(), |e| e + 1);
-        texts.push(tokenizer.decode(&ids[..len])?);
-        lengths.push(len);
-        terminated.push(end.is_some());
-        mask.extend((0..ids.len()).map(|j| i64::from(j < len)));
-    }
-    let decode_orders: Vec<Vec<usize>> = reveal_steps.iter().map(|r| reveal_order(r)).collect();
-    let arness = decode_orders.iter().map(|o| ArNess::of_order(o)).collect();
-    Ok(Rollout {
-        prompt_ids: prompt_batch.ids,
-        prompt_mask: prompt_batch.attention_mask,
-        completion_mask: Tensor::from_slice(&mask)
-            .view([rows.len() as i64, k])
-            .to_device(device)
-            .to_kind(Kind::Int64),
-        completion_ids,
-        texts,
-        completion_lengths: lengths,
-        terminated,
-        prompt_index,
-        decode_orders,
-        arness,
-        truncated_prompts,
+    Ok(DecodedRows {
+        completions: completions.into_iter().flatten().collect(),
+        reveal_steps,
         forward_passes,
-        seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Where each completion ends: at its first end token (included), else the canvas end.
+struct CompletionEnds {
+    texts: Vec<String>,
+    lengths: Vec<usize>,
+    terminated: Vec<bool>,
+    /// `[N · K]` 1 up to and including the end.
+    mask: Vec<i64>,
+}
+
+impl CompletionEnds {
+    fn find(
+        ids: &[Vec<i64>],
+        end_tokens: &[i64],
+        tokenizer: &TextTokenizer,
+    ) -> Result<Self, RolloutError> {
+        let mut out = CompletionEnds {
+            texts: Vec::with_capacity(ids.len()),
+            lengths: Vec::with_capacity(ids.len()),
+            terminated: Vec::with_capacity(ids.len()),
+            mask: Vec::new(),
+        };
+        for row in ids {
+            let end = row.iter().position(|t| end_tokens.contains(t));
+            let len = end.map_or(row.len(), |e| e + 1);
+            out.texts.push(tokenizer.decode(&row[..len])?);
+            out.lengths.push(len);
+            out.terminated.push(end.is_some());
+            out.mask.extend((0..row.len()).map(|j| i64::from(j < len)));
+        }
+        Ok(out)
+    }
 }
 
 /// Groups rows into decoding chunks of at most `batch` rows: rows sorted by prompt length

@@ -168,43 +168,16 @@ impl ProcessBackend {
         };
 
         let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
-        let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let mut stderr = child.stderr.take().ok_or("no stderr pipe")?;
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
         let payload = payload.as_bytes().to_vec();
         let writer = std::thread::spawn(move || {
             let _ = stdin.write_all(&payload);
         });
         let tracker = Arc::new(Mutex::new(Tracker::new(token)));
         let overflow = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reader = {
-            let (tracker, overflow) = (tracker.clone(), overflow.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16 << 10];
-                let mut total = 0usize;
-                loop {
-                    match stdout.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            total += n;
-                            if total > STDOUT_CAPACITY {
-                                overflow.store(true, std::sync::atomic::Ordering::Relaxed);
-                                break;
-                            }
-                            if let Ok(mut t) = tracker.lock() {
-                                t.feed(&buf[..n]);
-                            }
-                        }
-                    }
-                }
-            })
-        };
-        let err_reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = (&mut stderr).take(8 << 10).read_to_end(&mut buf);
-            let mut sink = [0u8; 8 << 10];
-            while matches!(stderr.read(&mut sink), Ok(n) if n > 0) {}
-            buf
-        });
+        let reader = spawn_stdout_reader(stdout, tracker.clone(), overflow.clone());
+        let err_reader = spawn_stderr_reader(stderr);
 
         let end = loop {
             if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
@@ -247,6 +220,45 @@ impl ProcessBackend {
         }
         Ok(InstanceRun { tracker, end })
     }
+}
+
+/// Feeds the instance's stdout to the tracker until EOF, or until it exceeds
+/// `STDOUT_CAPACITY` (then `overflow` is set and reading stops).
+fn spawn_stdout_reader(
+    mut stdout: std::process::ChildStdout,
+    tracker: Arc<Mutex<Tracker>>,
+    overflow: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 << 10];
+        let mut total = 0usize;
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    total += n;
+                    if total > STDOUT_CAPACITY {
+                        overflow.store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                    if let Ok(mut t) = tracker.lock() {
+                        t.feed(&buf[..n]);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Keeps the first 8 KiB of the instance's stderr and drains the rest (so it never blocks).
+fn spawn_stderr_reader(mut stderr: std::process::ChildStderr) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(8 << 10).read_to_end(&mut buf);
+        let mut sink = [0u8; 8 << 10];
+        while matches!(stderr.read(&mut sink), Ok(n) if n > 0) {}
+        buf
+    })
 }
 
 fn exit_end(status: std::process::ExitStatus) -> InstanceEnd {
