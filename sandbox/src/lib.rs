@@ -124,3 +124,16 @@ pub enum SandboxError {
     #[error("sandbox setup: {0}")]
     Setup(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::BackendKind;
+
+    #[test]
+    fn backend_names_parse_back() {
+        for kind in [BackendKind::Wasm, BackendKind::Process] {
+            assert_eq!(kind.name().parse::<BackendKind>(), Ok(kind));
+        }
+        assert!("docker".parse::<BackendKind>().is_err());
+    }
+}

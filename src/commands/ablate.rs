@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_trainer::{RunCheckpoint, TrainConfig};
+use couplet_trainer::{EstimatorKind, RunCheckpoint, TrainConfig};
 
 use super::train::{install_stop_handler, run_job, JobEnd};
 
@@ -19,7 +19,7 @@ pub struct AblateArgs {
         value_delimiter = ',',
         default_value = "coupled,d1,full_mask,decoupled"
     )]
-    estimators: Vec<String>,
+    estimators: Vec<EstimatorKind>,
     /// Seeds per estimator: the config's seed, +1, +2, …
     #[arg(long, default_value_t = 3)]
     seeds: u64,
@@ -46,16 +46,11 @@ pub fn ablate(args: AblateArgs) -> Result<()> {
     if args.seeds == 0 || args.estimators.is_empty() {
         bail!("--seeds and --estimators must not be empty");
     }
-    for e in &args.estimators {
-        if !["coupled", "d1", "full_mask", "decoupled"].contains(&e.as_str()) {
-            bail!("--estimators: unknown estimator {e:?} (expected coupled, d1, full_mask or decoupled)");
-        }
-    }
     // Validate the base config (and every override) before any run starts.
     let base = TrainConfig::load(&args.config, &args.overrides)?;
     install_stop_handler();
     let mut dirs = Vec::new();
-    for e in &args.estimators {
+    for e in args.estimators.iter().map(|e| e.name()) {
         for s in 0..args.seeds {
             let dir = args.out.join(format!("{e}-seed{s}"));
             let mut overrides = args.overrides.clone();

@@ -74,6 +74,16 @@ pub enum EstimatorKind {
 couplet_model::from_str_by_name!(EstimatorKind);
 
 impl EstimatorKind {
+    /// The name in configs and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            EstimatorKind::Coupled => "coupled",
+            EstimatorKind::D1 => "d1",
+            EstimatorKind::FullMask => "full_mask",
+            EstimatorKind::Decoupled => "decoupled",
+        }
+    }
+
     /// The estimator with its knobs (each kind takes the ones it uses).
     pub fn with_knobs(
         self,
@@ -517,5 +527,26 @@ impl<'m> LeanEstimate<'m> {
             self.leaf.zeros_like()
         };
         self.pass.backward(&g);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EstimatorKind;
+
+    #[test]
+    fn kind_names_are_the_config_names() {
+        for kind in [
+            EstimatorKind::Coupled,
+            EstimatorKind::D1,
+            EstimatorKind::FullMask,
+            EstimatorKind::Decoupled,
+        ] {
+            assert_eq!(kind.name().parse::<EstimatorKind>(), Ok(kind));
+        }
+        assert!("magic"
+            .parse::<EstimatorKind>()
+            .unwrap_err()
+            .contains("`full_mask`"));
     }
 }
