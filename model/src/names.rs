@@ -24,6 +24,21 @@ macro_rules! from_str_by_name {
     )+};
 }
 
+/// `impl FromStr` through an existing parse function `fn(&str) -> Result<T, E>` (for enums
+/// whose own errors name the option).
+#[macro_export]
+macro_rules! from_str_via {
+    ($t:ty, $err:ty, $parse:path) => {
+        impl std::str::FromStr for $t {
+            type Err = $err;
+
+            fn from_str(name: &str) -> Result<Self, $err> {
+                $parse(name)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug, PartialEq, serde::Deserialize)]

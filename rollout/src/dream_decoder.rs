@@ -40,7 +40,7 @@ pub enum DreamAlg {
     Entropy,
 }
 
-couplet_model::from_str_by_name!(DreamAlg);
+couplet_model::from_str_via!(DreamAlg, RolloutError, DreamAlg::parse);
 
 impl DreamAlg {
     /// The names, in variant order.

@@ -35,7 +35,7 @@ pub enum Remasking {
     Random,
 }
 
-couplet_model::from_str_by_name!(Remasking);
+couplet_model::from_str_via!(Remasking, RolloutError, Remasking::parse);
 
 impl Remasking {
     /// The rule called `name`.
