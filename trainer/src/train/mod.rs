@@ -209,10 +209,8 @@ impl Trainer {
         let mut parallel = DataParallel::join(&config)?;
         check_world_size(&config, parallel.world())?;
         let device = parallel.device(config.model.device.device());
-        let resume = resume.map(|dir| {
-            RunCheckpoint::at(dir).unwrap_or(RunCheckpoint {
-                dir: dir.to_path_buf(),
-            })
+        let resume = resume.map(|dir| RunCheckpoint {
+            dir: dir.to_path_buf(),
         });
         let source = resume
             .as_ref()

@@ -5,6 +5,7 @@
 
 use tch::Kind;
 
+use super::round::RoundBuffer;
 use super::{TrainError, Trainer};
 use crate::estimator::LeanEstimate;
 use crate::lean::LeanConfig;
@@ -39,7 +40,7 @@ impl Trainer {
             .ok_or_else(|| TrainError::Setup("no round is buffered (sample_round first)".into()))?;
         let local_tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
         let tokens = self.parallel.sum(&[local_tokens])?[0];
-        let (loss, kl, clip) = self.accumulate_gradients(round, iteration, tokens);
+        let (loss, kl, clip) = self.accumulate_gradients(buffer, round, iteration, tokens);
         self.parallel
             .all_reduce_grads(&self.policy.model, self.config.distributed.bucket_mb)?;
         let sums = self.parallel.sum(&[loss, kl, clip])?;
@@ -56,10 +57,13 @@ impl Trainer {
 
     /// Backward over every micro-batch; returns this rank's (loss, KL, clip) sums, each
     /// term weighted by its share of the `tokens` completion tokens of the step.
-    fn accumulate_gradients(&self, round: u64, iteration: usize, tokens: f64) -> (f64, f64, f64) {
-        let Some(buffer) = self.buffer.as_ref() else {
-            return (0.0, 0.0, 0.0);
-        };
+    fn accumulate_gradients(
+        &self,
+        buffer: &RoundBuffer,
+        round: u64,
+        iteration: usize,
+        tokens: f64,
+    ) -> (f64, f64, f64) {
         let seed = self.mask_seed(round, iteration);
         let objective = self.config.objective.objective();
         let lean = LeanConfig {
