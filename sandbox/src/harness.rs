@@ -1,144 +1,61 @@
-//! The host side of the test harness, shared by both backends.
+//! The wire between the host and the two interpreter roles of `harness.py`: frames and the
+//! few plain-data values the host itself writes or reads.
 //!
-//! One interpreter instance runs the tests of a job from some index on (see `harness.py`),
-//! announcing each with a `start` marker and closing it with an `end` marker carrying the
-//! outcome. Markers begin with a random per-job token the solution cannot guess, so
-//! printing a fake "pass" earns nothing; a test passes only when its own `end … pass`
-//! marker arrives. When an instance dies mid-test (trap, timeout, `os._exit`, closed
-//! stdout, output flood), that test gets the matching outcome and a fresh instance goes on
-//! with the next test — a hung or hostile test fails only itself.
-
-use std::time::Instant;
+//! host → guest: `<kind> <seq> <length>\n<payload>`. guest → host: `\n<token> <kind> <seq>
+//! <length>\n<payload>`; bytes around guest frames are the guest's own writes to fd 1
+//! (kept, capped, for diagnostics). The token is random per instance; it does not protect
+//! anything (the untrusted side may read it) — it only lets an honest solution's raw
+//! writes to fd 1 pass without breaking the framing. What protects verdicts is that they
+//! come only from the trusted instance's frames (see `judge.rs`).
+//!
+//! Values use `harness.py`'s tagged encoding (`n`, `t`, `f`, `i<hex>;`, `s<len>:`,
+//! `b<len>:`, `u<n>:` …); the host needs only a strict subset: it builds the trusted
+//! side's test frames and reads verdicts, captured output and exception names.
 
 use rand::Rng;
 
-use crate::job::{Job, JobResult, Limits, Outcome, TestResult};
-
-/// The harness program, run as `python -I -S -B -c HARNESS` with the payload on stdin.
+/// The harness program, run as `python -I -S -B -c HARNESS`; the first frame says the role.
 pub const HARNESS: &str = include_str!("harness.py");
 
-/// How an interpreter instance ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum InstanceEnd {
-    /// The process / module exited by itself with this code.
-    Exited(i32),
-    /// We stopped it: the running test exceeded its budget.
-    TestTimeout,
-    /// We stopped it: the job budget ran out.
-    JobTimeout,
-    /// The memory cap was hit at a level Python could not turn into `MemoryError`.
-    Memory,
-    /// The output channel filled up.
-    OutputFull,
-    /// A trap, a signal, or another abnormal end.
-    Crashed(String),
+/// A guest frame larger than this ends the instance as an output flood.
+pub const FRAME_CAP: usize = 64 << 20;
+/// Bytes a guest may write to fd 1 outside frames before it counts as an output flood.
+pub const JUNK_CAP: usize = 4 << 20;
+const JUNK_KEPT: usize = 4096;
+
+/// Which part an interpreter instance plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Runs tests and decides verdicts; never executes solution code.
+    Trusted,
+    /// Executes the solution and answers requests.
+    Untrusted,
 }
 
-/// Marker events parsed from an instance's stdout.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// The syntax check finished (true: the solution compiles).
-    Syntax(bool),
-    /// Test i started.
-    Start(usize),
-    /// Test i finished with this result.
-    End(usize, TestResult),
+/// The first frame an instance reads: its role, the token for its replies, the audit rules
+/// (process backend: the extra allowed roots), the output cap and the solution.
+pub fn init_frame(
+    role: Role,
+    token: &str,
+    audit: Option<&[String]>,
+    output_cap: usize,
+    solution: &str,
+) -> Vec<u8> {
+    let flags = if audit.is_some() { "audit" } else { "" };
+    let roots = audit.unwrap_or(&[]).join("\0");
+    let body = format!("{token}\n{flags}\n{roots}\n{output_cap}\n{solution}");
+    let kind = match role {
+        Role::Trusted => b'T',
+        Role::Untrusted => b'U',
+    };
+    host_frame(kind, 0, body.as_bytes())
 }
 
-/// Incremental marker parser, fed with output as it arrives. Tracks which test is running
-/// and since when, which is how both backends enforce per-test time budgets.
-#[derive(Debug)]
-pub struct Tracker {
-    prefix: Vec<u8>,
-    partial: Vec<u8>,
-    /// Events in the order the harness wrote them.
-    pub events: Vec<Event>,
-    /// Bytes of output that were not markers (kept for diagnostics, capped).
-    pub other: Vec<u8>,
-    running: Option<(usize, Instant)>,
-}
-
-const OTHER_CAP: usize = 4096;
-
-impl Tracker {
-    /// A tracker that trusts only lines carrying `token`.
-    pub fn new(token: &str) -> Self {
-        let mut prefix = token.as_bytes().to_vec();
-        prefix.push(b'\t');
-        Tracker {
-            prefix,
-            partial: Vec::new(),
-            events: Vec::new(),
-            other: Vec::new(),
-            running: None,
-        }
-    }
-
-    /// The test currently running and when it started.
-    pub fn running(&self) -> Option<(usize, Instant)> {
-        self.running
-    }
-
-    /// Parses more of the instance's output.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if b == b'\n' {
-                let line = std::mem::take(&mut self.partial);
-                self.line(&line);
-            } else if self.partial.len() < (1 << 22) {
-                self.partial.push(b);
-            }
-        }
-    }
-
-    fn line(&mut self, line: &[u8]) {
-        let Some(rest) = line.strip_prefix(self.prefix.as_slice()) else {
-            if self.other.len() < OTHER_CAP && !line.is_empty() {
-                let room = OTHER_CAP - self.other.len();
-                self.other.extend_from_slice(&line[..line.len().min(room)]);
-                self.other.push(b'\n');
-            }
-            return;
-        };
-        let text = String::from_utf8_lossy(rest);
-        let fields: Vec<&str> = text.split('\t').collect();
-        let index = fields.get(1).and_then(|i| i.parse::<usize>().ok());
-        match (fields.first().copied(), index) {
-            (Some("syntax"), _) => self
-                .events
-                .push(Event::Syntax(fields.get(2) == Some(&"ok"))),
-            (Some("start"), Some(i)) => {
-                self.running = Some((i, Instant::now()));
-                self.events.push(Event::Start(i));
-            }
-            (Some("end"), Some(i)) if fields.len() >= 7 => {
-                let error = fields[3].to_string();
-                let outcome = match fields[2] {
-                    "pass" => Outcome::Passed,
-                    "memory" => Outcome::Memory,
-                    _ => Outcome::Failed { error },
-                };
-                self.running = None;
-                self.events.push(Event::End(
-                    i,
-                    TestResult {
-                        outcome,
-                        stdout: unhex(fields[4]),
-                        stderr: unhex(fields[5]),
-                        truncated: fields.get(6) == Some(&"1"),
-                    },
-                ));
-            }
-            _ => {}
-        }
-    }
-}
-
-fn unhex(s: &str) -> String {
-    let bytes: Vec<u8> = (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+/// A host → guest frame.
+pub fn host_frame(kind: u8, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut frame = format!("{} {seq} {}\n", kind as char, payload.len()).into_bytes();
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// A fresh 128-bit token in hex.
@@ -149,146 +66,245 @@ pub fn new_token() -> String {
         .collect()
 }
 
-/// The payload an instance reads from stdin (format documented in `harness.py`).
-pub fn payload(
-    job: &Job,
-    token: &str,
-    start: usize,
-    limits: &Limits,
-    audit: Option<&[String]>,
-) -> String {
-    let mut flags = Vec::new();
-    if job.check_syntax {
-        flags.push("check_syntax");
-    }
-    if audit.is_some() {
-        flags.push("audit");
-    }
-    let roots = audit.unwrap_or(&[]);
-    let mut out = format!(
-        "{token}\n{start}\n{}\n{}\n{}\n{}\n",
-        limits.output_bytes,
-        flags.join(","),
-        job.tests.len(),
-        roots.len()
-    );
-    for item in std::iter::once(&job.solution)
-        .chain(&job.tests)
-        .chain(roots)
-    {
-        out.push_str(&format!("{}\n", item.len()));
-        out.push_str(item);
-    }
-    out
+/// One guest → host frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// What it is (`H` hello, `N` names, `V` value, `X` exception, `O` output, `C` request,
+    /// `D` verdict, `S` syntax).
+    pub kind: u8,
+    /// The request it answers (guests echo the host's sequence number).
+    pub seq: u64,
+    /// The encoded body.
+    pub payload: Vec<u8>,
 }
 
-/// What one instance run returns to the driver.
-pub struct InstanceRun {
-    /// What the harness reported, test by test.
-    pub tracker: Tracker,
-    /// How the instance ended.
-    pub end: InstanceEnd,
+/// What a [`FrameReader`] found wrong with a guest's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flood {
+    /// A frame announced more than [`FRAME_CAP`] bytes.
+    FrameTooLarge,
+    /// More than [`JUNK_CAP`] bytes outside frames.
+    TooMuchOutput,
 }
 
-/// Runs a job to completion with as many instances as it takes. `run_instance(payload,
-/// token, job_deadline)` starts one interpreter and returns its markers and how it ended,
-/// or `Err` for a failure of the sandbox itself.
-pub fn drive(
-    job: &Job,
-    limits: &Limits,
-    audit: Option<&[String]>,
-    mut run_instance: impl FnMut(&str, &str, Instant) -> Result<InstanceRun, String>,
-) -> JobResult {
-    let started = Instant::now();
-    let deadline = started + limits.per_job;
-    let n = job.tests.len();
-    let mut results: Vec<Option<TestResult>> = vec![None; n];
-    let mut syntax_ok = None;
-    let mut instances = 0;
-    let mut start = 0;
-    let elapsed = || started.elapsed().as_secs_f64();
-    while start < n || (instances == 0 && job.check_syntax) {
-        if Instant::now() >= deadline {
-            break;
+/// Incremental parser of a guest's fd 1, fed as output arrives.
+#[derive(Debug)]
+pub struct FrameReader {
+    prefix: Vec<u8>,
+    buffer: Vec<u8>,
+    /// Bytes seen outside frames (the first few KiB are kept in `junk`).
+    pub junk_bytes: usize,
+    /// The start of the guest's non-frame output, for diagnostics.
+    pub junk: Vec<u8>,
+}
+
+impl FrameReader {
+    /// A reader for frames carrying `token`.
+    pub fn new(token: &str) -> Self {
+        FrameReader {
+            prefix: format!("\n{token} ").into_bytes(),
+            buffer: Vec::new(),
+            junk_bytes: 0,
+            junk: Vec::new(),
         }
-        let token = new_token();
-        let text = payload(job, &token, start, limits, audit);
-        instances += 1;
-        let run = match run_instance(&text, &token, deadline) {
-            Ok(run) => run,
-            Err(e) => return JobResult::sandbox_failure(&job.id, e, elapsed()),
-        };
-        let mut progressed = false;
-        let mut open: Option<usize> = None;
-        for event in run.tracker.events {
-            match event {
-                Event::Syntax(ok) => syntax_ok = Some(ok),
-                Event::Start(i) if i < n => {
-                    open = Some(i);
-                    progressed = true;
+    }
+
+    /// Appends output.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` when more output is needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, Flood> {
+        loop {
+            let Some(at) = find(&self.buffer, &self.prefix) else {
+                // Keep a tail that could be the start of a header.
+                let keep = self.prefix.len().saturating_sub(1).min(self.buffer.len());
+                let drop = self.buffer.len() - keep;
+                self.skip(drop);
+                return self.flood_check().map(|()| None);
+            };
+            self.skip(at);
+            let header_start = self.prefix.len();
+            let Some(line_end) = self.buffer[header_start..]
+                .iter()
+                .take(64)
+                .position(|&b| b == b'\n')
+            else {
+                if self.buffer.len() - header_start >= 64 {
+                    self.skip(1); // not a header after all
+                    continue;
                 }
-                Event::End(i, result) if i < n => {
-                    if open == Some(i) && results[i].is_none() {
-                        results[i] = Some(result);
-                    } else {
-                        // A second or unannounced end marker: the token leaked or was
-                        // forged; never count it as a pass.
-                        results[i] = Some(TestResult::bare(Outcome::Failed {
-                            error: "TamperedMarker".into(),
-                        }));
-                    }
-                    open = None;
+                return Ok(None);
+            };
+            let header = &self.buffer[header_start..header_start + line_end];
+            let Some((kind, seq, size)) = parse_header(header) else {
+                self.skip(1);
+                continue;
+            };
+            if size > FRAME_CAP {
+                return Err(Flood::FrameTooLarge);
+            }
+            let body = header_start + line_end + 1;
+            if self.buffer.len() < body + size {
+                return Ok(None);
+            }
+            let payload = self.buffer[body..body + size].to_vec();
+            self.buffer.drain(..body + size);
+            return Ok(Some(Frame { kind, seq, payload }));
+        }
+    }
+
+    fn skip(&mut self, n: usize) {
+        let room = JUNK_KEPT.saturating_sub(self.junk.len()).min(n);
+        self.junk.extend_from_slice(&self.buffer[..room]);
+        self.junk_bytes += n;
+        self.buffer.drain(..n);
+    }
+
+    fn flood_check(&self) -> Result<(), Flood> {
+        if self.junk_bytes > JUNK_CAP {
+            Err(Flood::TooMuchOutput)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_header(header: &[u8]) -> Option<(u8, u64, usize)> {
+    let text = std::str::from_utf8(header).ok()?;
+    let mut parts = text.split(' ');
+    let kind = parts.next().filter(|k| k.len() == 1)?.as_bytes()[0];
+    let seq = parts.next()?.parse().ok()?;
+    let size = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((kind, seq, size))
+}
+
+/// The plain-data values the host reads and writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `None`.
+    None,
+    /// A bool.
+    Bool(bool),
+    /// An int that fits 64 bits.
+    Int(i64),
+    /// A str.
+    Str(String),
+    /// A bytes object.
+    Bytes(Vec<u8>),
+    /// A tuple or a list.
+    Seq(Vec<Value>),
+}
+
+impl Value {
+    /// Appends the tagged encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::None => out.push(b'n'),
+            Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
+            Value::Int(i) => {
+                let sign = if *i < 0 { "-" } else { "" };
+                out.extend_from_slice(format!("i{sign}0x{:x};", i.unsigned_abs()).as_bytes());
+            }
+            Value::Str(s) => put_sized(out, b's', s.as_bytes()),
+            Value::Bytes(b) => put_sized(out, b'b', b),
+            Value::Seq(items) => {
+                out.extend_from_slice(format!("u{}:", items.len()).as_bytes());
+                for item in items {
+                    item.encode(out);
                 }
-                _ => {}
             }
         }
-        if let Some(i) = open {
-            let outcome = match &run.end {
-                InstanceEnd::TestTimeout | InstanceEnd::JobTimeout => Outcome::Timeout,
-                InstanceEnd::Memory => Outcome::Memory,
-                InstanceEnd::OutputFull => Outcome::OutputLimit,
-                InstanceEnd::Exited(code) => Outcome::Crashed {
-                    detail: format!("interpreter exited with code {code} during the test"),
-                },
-                InstanceEnd::Crashed(detail) => Outcome::Crashed {
-                    detail: detail.clone(),
-                },
-            };
-            results[i] = Some(TestResult::bare(outcome));
-        }
-        // Continue after the last test that has a result.
-        let next = results
-            .iter()
-            .rposition(Option::is_some)
-            .map_or(0, |i| i + 1);
-        if !progressed && next <= start && start < n {
-            let other = String::from_utf8_lossy(&run.tracker.other).into_owned();
-            return JobResult::sandbox_failure(
-                &job.id,
-                format!(
-                    "the harness made no progress ({:?}); interpreter output: {}",
-                    run.end,
-                    other.trim()
-                ),
-                elapsed(),
-            );
-        }
-        start = next.max(start + usize::from(!progressed));
-        if start >= n && !(instances == 0 && job.check_syntax) {
-            break;
+    }
+
+    /// Decodes exactly one value of the subset (`None` for anything else or trailing bytes).
+    pub fn decode(data: &[u8]) -> Option<Value> {
+        let mut pos = 0;
+        let value = decode_at(data, &mut pos, 0)?;
+        (pos == data.len()).then_some(value)
+    }
+
+    /// The items of a tuple or list.
+    pub fn items(&self) -> Option<&[Value]> {
+        match self {
+            Value::Seq(items) => Some(items),
+            _ => None,
         }
     }
-    let tests = results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| TestResult::bare(Outcome::Timeout)))
-        .collect();
-    JobResult {
-        id: job.id.clone(),
-        tests,
-        syntax_ok,
-        sandbox_error: None,
-        wall_seconds: elapsed(),
-        instances,
+
+    /// The text of a str.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The bytes of a bytes object.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+fn put_sized(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(format!("{}:", bytes.len()).as_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn decode_at(data: &[u8], pos: &mut usize, depth: usize) -> Option<Value> {
+    if depth > 8 {
+        return None;
+    }
+    let tag = *data.get(*pos)?;
+    *pos += 1;
+    let upto = |pos: &mut usize, sep: u8| -> Option<String> {
+        let end = *pos + data.get(*pos..)?.iter().position(|&b| b == sep)?;
+        let text = std::str::from_utf8(&data[*pos..end]).ok()?.to_string();
+        *pos = end + 1;
+        Some(text)
+    };
+    match tag {
+        b'n' => Some(Value::None),
+        b't' | b'f' => Some(Value::Bool(tag == b't')),
+        b'i' => {
+            let text = upto(pos, b';')?;
+            let (negative, digits) = match text.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, text.as_str()),
+            };
+            let magnitude = i64::from_str_radix(digits.strip_prefix("0x")?, 16).ok()?;
+            Some(Value::Int(if negative { -magnitude } else { magnitude }))
+        }
+        b's' | b'b' => {
+            let size: usize = upto(pos, b':')?.parse().ok()?;
+            let raw = data.get(*pos..pos.checked_add(size)?)?.to_vec();
+            *pos += size;
+            if tag == b's' {
+                Some(Value::Str(String::from_utf8_lossy(&raw).into_owned()))
+            } else {
+                Some(Value::Bytes(raw))
+            }
+        }
+        b'u' | b'l' => {
+            let n: usize = upto(pos, b':')?.parse().ok()?;
+            if n > data.len() {
+                return None;
+            }
+            let items = (0..n)
+                .map(|_| decode_at(data, pos, depth + 1))
+                .collect::<Option<Vec<_>>>()?;
+            Some(Value::Seq(items))
+        }
+        _ => None,
     }
 }
 
@@ -296,21 +312,62 @@ pub fn drive(
 mod tests {
     use super::*;
 
+    fn guest_frame(token: &str, kind: char, seq: u64, payload: &[u8]) -> Vec<u8> {
+        let mut f = format!("\n{token} {kind} {seq} {}\n", payload.len()).into_bytes();
+        f.extend_from_slice(payload);
+        f
+    }
+
     #[test]
-    fn tracker_parses_markers_across_chunks() {
-        let mut t = Tracker::new("tok");
-        t.feed(b"\ntok\tstart\t0\t\t\t\t\t0\nnoise\ntok\tend\t0\tpass\t\t6869\t\t0");
-        assert_eq!(t.running().map(|r| r.0), Some(0));
-        t.feed(b"\n\ntok\tend\t1\tfail\tAssertionError\t\t\t0\nfake\tend\t2\tpass\t\t\t\t0\n");
-        assert_eq!(t.events[0], Event::Start(0));
-        assert!(
-            matches!(&t.events[1], Event::End(0, r) if r.outcome == Outcome::Passed && r.stdout == "hi")
-        );
-        assert!(
-            matches!(&t.events[2], Event::End(1, r) if r.outcome == Outcome::Failed { error: "AssertionError".into() })
-        );
-        assert_eq!(t.events.len(), 3, "lines without the token are not markers");
-        assert!(String::from_utf8_lossy(&t.other).contains("noise"));
+    fn frames_are_found_between_junk_and_across_chunks() {
+        let mut stream = b"hello from the solution\n".to_vec();
+        stream.extend(guest_frame("tok", 'V', 3, b"i0x2;"));
+        stream.extend(b"\ntok garbage header\n");
+        stream.extend(guest_frame("tok", 'X', 4, b"with\nnewlines"));
+        let mut reader = FrameReader::new("tok");
+        let mut frames = Vec::new();
+        for chunk in stream.chunks(5) {
+            reader.feed(chunk);
+            while let Some(f) = reader.next_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!((frames[0].kind, frames[0].seq), (b'V', 3));
+        assert_eq!(frames[0].payload, b"i0x2;");
+        assert_eq!(frames[1].payload, b"with\nnewlines");
+        assert!(String::from_utf8_lossy(&reader.junk).contains("hello from the solution"));
+        let mut other = FrameReader::new("other");
+        other.feed(&stream);
+        assert_eq!(other.next_frame(), Ok(None), "another token's frames are junk");
+    }
+
+    #[test]
+    fn floods_are_reported() {
+        let mut reader = FrameReader::new("tok");
+        reader.feed(format!("\ntok V 1 {}\n", FRAME_CAP + 1).as_bytes());
+        assert_eq!(reader.next_frame(), Err(Flood::FrameTooLarge));
+        let mut reader = FrameReader::new("tok");
+        reader.feed(&vec![b'x'; JUNK_CAP + 10]);
+        assert_eq!(reader.next_frame(), Err(Flood::TooMuchOutput));
+    }
+
+    #[test]
+    fn values_round_trip_and_reject_malformed_input() {
+        let v = Value::Seq(vec![
+            Value::Int(-255),
+            Value::Int(i64::MAX),
+            Value::Str("é\n".into()),
+            Value::Bytes(vec![0, 255]),
+            Value::Bool(true),
+            Value::None,
+        ]);
+        let mut out = Vec::new();
+        v.encode(&mut out);
+        assert_eq!(Value::decode(&out), Some(v));
+        for bad in [&b"i0x1"[..], b"s5:abc", b"u2:n", b"nn", b"q", b"i12;"] {
+            assert_eq!(Value::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! Not for: reward arithmetic or answer extraction (the `reward` crate does that).
 #![deny(missing_docs)]
 
+pub mod guest;
 pub mod harness;
 pub mod job;
+pub mod judge;
 pub mod pool;
 pub mod process;
 pub mod wasm;

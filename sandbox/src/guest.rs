@@ -1,0 +1,201 @@
+//! One running interpreter instance as the judge sees it, whatever the backend: frames in,
+//! frames out, a deadline on every wait, and a way to stop it and learn how it ended.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::harness::{init_frame, new_token, Flood, Frame, FrameReader, Role};
+use crate::job::Limits;
+
+/// How an interpreter instance ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InstanceEnd {
+    /// The process / module exited by itself with this code.
+    Exited(i32),
+    /// We stopped it: the running test exceeded its budget.
+    TestTimeout,
+    /// We stopped it: the job budget ran out.
+    JobTimeout,
+    /// The memory cap was hit at a level Python could not turn into `MemoryError`.
+    Memory,
+    /// The output channel filled up.
+    OutputFull,
+    /// A trap, a signal, or another abnormal end.
+    Crashed(String),
+    /// We stopped it because its job is over (not an outcome of any test).
+    Released,
+}
+
+/// The backend's side of an instance: stopping it and learning how it ended.
+pub trait Control: Send {
+    /// Stops the instance if it still runs and returns how it ended (`reason` when it was
+    /// still running).
+    fn stop(&mut self, reason: InstanceEnd) -> InstanceEnd;
+    /// How the instance ended, once its output has closed.
+    fn ended(&mut self) -> InstanceEnd;
+    /// The start of what it wrote to stderr (diagnostics of a sandbox failure).
+    fn stderr(&self) -> Vec<u8>;
+}
+
+/// The byte pipes and control of a freshly started instance, as a backend returns them.
+pub struct Pipes {
+    /// Host → guest stdin.
+    pub to_guest: Sender<Vec<u8>>,
+    /// Guest fd 1 → host, closed when the guest ends.
+    pub from_guest: Receiver<Vec<u8>>,
+    /// Stop / end status.
+    pub control: Box<dyn Control>,
+}
+
+/// Starts interpreter instances: the one thing a backend provides to the judge.
+pub trait Launcher: Send + Sync {
+    /// Starts `python -I -S -B -c HARNESS` confined as the backend confines; the first
+    /// frame sent on `to_guest` will be the instance's init frame.
+    fn launch(&self, role: Role, limits: &Limits) -> Result<Pipes, String>;
+    /// The process backend's audit rules (extra allowed roots); `None`: no OS audit rules.
+    fn audit_roots(&self) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// What waiting on an instance produced.
+#[derive(Debug)]
+pub enum Recv {
+    /// A complete frame.
+    Frame(Frame),
+    /// The deadline passed (the instance still runs).
+    Timeout,
+    /// The instance ended (or was stopped for flooding its output).
+    Ended(InstanceEnd),
+}
+
+/// A running instance with its role and frame reader.
+pub struct Guest {
+    pipes: Pipes,
+    frames: FrameReader,
+    /// Role it plays.
+    pub role: Role,
+    /// Memory cap it was started with (trusted instances are reused only under the same).
+    pub memory_bytes: u64,
+    ended: Option<InstanceEnd>,
+}
+
+/// How long an instance may take to start (CPython's own start-up, not a test's time).
+const START_BUDGET: Duration = Duration::from_secs(30);
+
+impl Guest {
+    /// Starts an instance and waits for its hello. `Err` is a sandbox failure (the
+    /// interpreter cannot start, or died before running anything of the job's).
+    pub fn start(
+        launcher: &dyn Launcher,
+        role: Role,
+        limits: &Limits,
+        solution: &str,
+    ) -> Result<Guest, String> {
+        let token = new_token();
+        let pipes = launcher.launch(role, limits)?;
+        let roots = launcher.audit_roots();
+        let init = init_frame(role, &token, roots.as_deref(), limits.output_bytes, solution);
+        let _ = pipes.to_guest.send(init);
+        let mut guest = Guest {
+            pipes,
+            frames: FrameReader::new(&token),
+            role,
+            memory_bytes: limits.memory_bytes,
+            ended: None,
+        };
+        match guest.recv(Instant::now() + START_BUDGET) {
+            Recv::Frame(f) if f.kind == b'H' => Ok(guest),
+            other => {
+                let end = guest.stop(InstanceEnd::Released);
+                let stderr = String::from_utf8_lossy(&guest.pipes.control.stderr()).into_owned();
+                let junk = String::from_utf8_lossy(&guest.frames.junk).into_owned();
+                Err(format!(
+                    "the {role:?} interpreter did not start ({other:?}, {end:?}); output: {} {}",
+                    junk.trim(),
+                    stderr.trim()
+                ))
+            }
+        }
+    }
+
+    /// Sends a host frame (never blocks: the pipe is buffered).
+    pub fn send(&self, frame: Vec<u8>) {
+        let _ = self.pipes.to_guest.send(frame);
+    }
+
+    /// The next frame, waiting at most until `deadline`.
+    pub fn recv(&mut self, deadline: Instant) -> Recv {
+        if let Some(end) = &self.ended {
+            return Recv::Ended(end.clone());
+        }
+        loop {
+            match self.frames.next_frame() {
+                Ok(Some(frame)) => return Recv::Frame(frame),
+                Ok(None) => {}
+                Err(Flood::FrameTooLarge | Flood::TooMuchOutput) => {
+                    return Recv::Ended(self.stop(InstanceEnd::OutputFull));
+                }
+            }
+            match self.pipes.from_guest.recv_deadline(deadline) {
+                Ok(bytes) => self.frames.feed(&bytes),
+                Err(RecvTimeoutError::Timeout) => return Recv::Timeout,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let end = self.pipes.control.ended();
+                    self.ended = Some(end.clone());
+                    return Recv::Ended(end);
+                }
+            }
+        }
+    }
+
+    /// Stops the instance (if running) and returns how it ended.
+    pub fn stop(&mut self, reason: InstanceEnd) -> InstanceEnd {
+        if let Some(end) = &self.ended {
+            return end.clone();
+        }
+        let end = self.pipes.control.stop(reason);
+        self.ended = Some(end.clone());
+        end
+    }
+
+    /// Whether it is still running as far as the host knows.
+    pub fn alive(&self) -> bool {
+        self.ended.is_none()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.stop(InstanceEnd::Released);
+    }
+}
+
+/// Idle trusted instances, reused across jobs: they never execute solution code, so one
+/// job cannot leave anything behind for the next.
+#[derive(Default)]
+pub struct TrustedPool {
+    idle: Mutex<Vec<Guest>>,
+}
+
+impl TrustedPool {
+    /// An idle trusted instance started with `limits`' memory cap, if any.
+    pub fn take(&self, limits: &Limits) -> Option<Guest> {
+        let mut idle = self.idle.lock().ok()?;
+        let at = idle
+            .iter()
+            .position(|g| g.memory_bytes == limits.memory_bytes)?;
+        Some(idle.swap_remove(at))
+    }
+
+    /// Returns a healthy trusted instance for the next job.
+    pub fn put(&self, guest: Guest) {
+        if guest.alive() && guest.role == Role::Trusted {
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push(guest);
+            }
+        }
+    }
+}

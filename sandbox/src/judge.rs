@@ -1,0 +1,420 @@
+//! Runs one job across the two interpreter roles, and is the only place a verdict is formed.
+//!
+//! The untrusted instance executes the solution and answers requests; the trusted instance
+//! runs each test, sending a request whenever the test touches a name the solution
+//! defines. The judge forwards requests and answers between them (untrusted answers are
+//! only ever plain data or handles, decoded strictly by the trusted side), enforces the
+//! per-test and per-job deadlines on whichever side is working, and takes each test's
+//! verdict from the trusted instance alone. When the untrusted instance hangs, crashes or
+//! floods, the test that was waiting on it gets that outcome, the trusted side is told to
+//! abort the test, and a fresh untrusted instance continues with the next test.
+
+use std::time::{Duration, Instant};
+
+use crate::guest::{Guest, InstanceEnd, Launcher, Recv, TrustedPool};
+use crate::harness::{host_frame, Frame, Role, Value};
+use crate::job::{Job, JobResult, Limits, Outcome, TestResult};
+
+/// How long the trusted side may take to wind a test down after an abort.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+/// How long the untrusted side may take to hand over its captured output.
+const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
+/// Error reason of a test whose solution result was used as anything but plain data.
+pub const NON_DATA_RESULT: &str = "non-data result";
+/// Error reason of a test that passed the solution something that is not plain data.
+pub const NON_DATA_ARGUMENT: &str = "non-data argument";
+
+/// Runs `job` on instances from `launcher`, taking and returning a trusted instance from
+/// `pool`.
+pub fn run_job(job: &Job, limits: &Limits, launcher: &dyn Launcher, pool: &TrustedPool) -> JobResult {
+    let started = Instant::now();
+    let mut judge = Judge {
+        job,
+        limits,
+        launcher,
+        job_deadline: started + limits.per_job,
+        trusted: pool.take(limits),
+        untrusted: None,
+        seq: 0,
+        instances: 0,
+    };
+    let outcome = judge.run();
+    if let Some(trusted) = judge.trusted.take() {
+        pool.put(trusted);
+    }
+    let wall_seconds = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok((tests, syntax_ok)) => JobResult {
+            id: job.id.clone(),
+            tests,
+            syntax_ok,
+            sandbox_error: None,
+            wall_seconds,
+            instances: judge.instances,
+        },
+        Err(error) => JobResult::sandbox_failure(&job.id, error, wall_seconds),
+    }
+}
+
+struct Judge<'a> {
+    job: &'a Job,
+    limits: &'a Limits,
+    launcher: &'a dyn Launcher,
+    job_deadline: Instant,
+    trusted: Option<Guest>,
+    untrusted: Option<Guest>,
+    seq: u64,
+    instances: u32,
+}
+
+/// Why a test's exchange stopped early, when it did.
+enum Cut {
+    /// The untrusted side answered the reset with an exception (the solution failed to run).
+    Raised(String),
+    /// An instance timed out, died or flooded: the test's outcome.
+    Outcome(Outcome),
+}
+
+impl Judge<'_> {
+    fn run(&mut self) -> Result<(Vec<TestResult>, Option<bool>), String> {
+        let syntax_ok = if self.job.check_syntax {
+            self.syntax()?
+        } else {
+            None
+        };
+        let mut tests = Vec::with_capacity(self.job.tests.len());
+        for index in 0..self.job.tests.len() {
+            if Instant::now() >= self.job_deadline {
+                break;
+            }
+            tests.push(self.test(index)?);
+        }
+        tests.resize(self.job.tests.len(), TestResult::bare(Outcome::Timeout));
+        Ok((tests, syntax_ok))
+    }
+
+    /// Parsed by the trusted side (parsing only: nothing of the solution runs there).
+    fn syntax(&mut self) -> Result<Option<bool>, String> {
+        let deadline = self.test_deadline();
+        let seq = self.next_seq();
+        let frame = host_frame(b'S', seq, self.job.solution.as_bytes());
+        let trusted = self.trusted()?;
+        trusted.send(frame);
+        Ok(match trusted.recv(deadline) {
+            Recv::Frame(f) if f.kind == b'S' && f.seq == seq => Some(f.payload == b"ok"),
+            Recv::Timeout => {
+                self.drop_trusted(InstanceEnd::TestTimeout);
+                None
+            }
+            _ => {
+                self.drop_trusted(InstanceEnd::Released);
+                None
+            }
+        })
+    }
+
+    fn test(&mut self, index: usize) -> Result<TestResult, String> {
+        self.trusted()?;
+        if self.untrusted.is_none() {
+            self.untrusted = Some(Guest::start(
+                self.launcher,
+                Role::Untrusted,
+                self.limits,
+                &self.job.solution,
+            )?);
+            self.instances += 1;
+        }
+        let deadline = self.test_deadline();
+        let mut result = match self.reset(deadline) {
+            Ok(names) => self.exchange(index, names, deadline),
+            Err(Cut::Raised(error)) => TestResult::bare(Outcome::Failed { error }),
+            Err(Cut::Outcome(outcome)) => TestResult::bare(outcome),
+        };
+        self.append_untrusted_output(&mut result);
+        Ok(result)
+    }
+
+    /// Executes the solution afresh in the untrusted instance; its names on success.
+    fn reset(&mut self, deadline: Instant) -> Result<Vec<u8>, Cut> {
+        let seq = self.next_seq();
+        let reply = self.ask_untrusted(host_frame(b'R', seq, b""), deadline);
+        match reply.map_err(Cut::Outcome)? {
+            Frame { kind: b'N', seq: s, payload } if s == seq => Ok(payload),
+            Frame { kind: b'X', seq: s, payload } if s == seq => {
+                Err(Cut::Raised(exception_name(&payload)))
+            }
+            _ => Err(Cut::Raised("protocol violation".into())),
+        }
+    }
+
+    /// Runs test `index` on the trusted side, forwarding its requests, until its verdict.
+    fn exchange(&mut self, index: usize, names: Vec<u8>, deadline: Instant) -> TestResult {
+        let test = Value::Seq(vec![
+            Value::Int(index as i64),
+            Value::Int(self.limits.output_bytes as i64),
+            Value::Bytes(self.job.tests[index].as_bytes().to_vec()),
+            Value::Bytes(names),
+        ]);
+        let mut payload = Vec::new();
+        test.encode(&mut payload);
+        let seq = self.next_seq();
+        let Some(trusted) = self.trusted.as_mut() else {
+            return TestResult::bare(crashed("the trusted interpreter is gone"));
+        };
+        trusted.send(host_frame(b'T', seq, &payload));
+        let mut decided: Option<Outcome> = None;
+        let mut wait_until = deadline;
+        loop {
+            let Some(trusted) = self.trusted.as_mut() else {
+                return TestResult::bare(decided.unwrap_or_else(|| crashed("trusted interpreter lost")));
+            };
+            match trusted.recv(wait_until) {
+                Recv::Frame(f) if f.kind == b'C' => {
+                    if let Some(cut) = self.forward(f, decided.is_some(), deadline) {
+                        decided.get_or_insert(cut);
+                        wait_until = Instant::now() + ABORT_GRACE;
+                    }
+                }
+                Recv::Frame(f) if f.kind == b'D' && f.seq == seq => {
+                    return verdict(&f.payload, decided);
+                }
+                Recv::Frame(_) => {
+                    self.drop_trusted(InstanceEnd::Released);
+                    return TestResult::bare(decided.unwrap_or_else(|| crashed("trusted protocol")));
+                }
+                Recv::Timeout => {
+                    self.drop_trusted(InstanceEnd::TestTimeout);
+                    return TestResult::bare(decided.unwrap_or(Outcome::Timeout));
+                }
+                Recv::Ended(end) => {
+                    self.trusted = None;
+                    return TestResult::bare(decided.unwrap_or_else(|| trusted_outcome(&end)));
+                }
+            }
+        }
+    }
+
+    /// Forwards one request of the trusted side and relays the answer; `Some(outcome)` when
+    /// the untrusted side timed out, died or flooded (the trusted side is told to abort).
+    fn forward(&mut self, request: Frame, aborted: bool, deadline: Instant) -> Option<Outcome> {
+        let reply_seq = request.seq;
+        let relay = |judge: &mut Self, kind: u8, payload: &[u8]| {
+            if let Some(trusted) = judge.trusted.as_ref() {
+                trusted.send(host_frame(kind, reply_seq, payload));
+            }
+        };
+        if aborted {
+            relay(self, b'A', b"");
+            return None;
+        }
+        let seq = self.next_seq();
+        match self.ask_untrusted(host_frame(b'C', seq, &request.payload), deadline) {
+            Ok(Frame { kind, seq: s, payload }) if (kind == b'V' || kind == b'X') && s == seq => {
+                relay(self, kind, &payload);
+                None
+            }
+            Ok(_) => {
+                relay(self, b'N', b"protocol violation");
+                None
+            }
+            Err(outcome) => {
+                relay(self, b'A', b"");
+                Some(outcome)
+            }
+        }
+    }
+
+    /// Sends a frame to the untrusted instance and waits for its reply frame.
+    fn ask_untrusted(&mut self, frame: Vec<u8>, deadline: Instant) -> Result<Frame, Outcome> {
+        let Some(untrusted) = self.untrusted.as_mut() else {
+            return Err(crashed("the untrusted interpreter is gone"));
+        };
+        untrusted.send(frame);
+        match untrusted.recv(deadline) {
+            Recv::Frame(reply) => Ok(reply),
+            Recv::Timeout => {
+                let reason = if Instant::now() >= self.job_deadline {
+                    InstanceEnd::JobTimeout
+                } else {
+                    InstanceEnd::TestTimeout
+                };
+                let end = untrusted.stop(reason);
+                self.untrusted = None;
+                Err(untrusted_outcome(&end))
+            }
+            Recv::Ended(end) => {
+                self.untrusted = None;
+                Err(untrusted_outcome(&end))
+            }
+        }
+    }
+
+    /// Adds what the solution printed during the test (informational: it is the
+    /// untrusted side's own account) in front of what the test printed.
+    fn append_untrusted_output(&mut self, result: &mut TestResult) {
+        let Some(untrusted) = self.untrusted.as_mut() else {
+            return;
+        };
+        let seq = self.seq + 1;
+        self.seq = seq;
+        untrusted.send(host_frame(b'O', seq, b""));
+        let reply = untrusted.recv(Instant::now() + OUTPUT_GRACE);
+        let payload = match reply {
+            Recv::Frame(Frame { kind: b'O', seq: s, payload }) if s == seq => payload,
+            _ => {
+                untrusted.stop(InstanceEnd::Released);
+                self.untrusted = None;
+                return;
+            }
+        };
+        let parts = Value::decode(&payload);
+        let Some([out, err, truncated]) = parts.as_ref().and_then(|v| v.items()) else {
+            return;
+        };
+        let cap = self.limits.output_bytes;
+        let join = |mine: &str, theirs: Option<&[u8]>| {
+            let mut text = String::from_utf8_lossy(theirs.unwrap_or(b"")).into_owned();
+            text.push_str(mine);
+            cut_to(text, cap)
+        };
+        result.stdout = join(&result.stdout, out.bytes());
+        result.stderr = join(&result.stderr, err.bytes());
+        result.truncated |= *truncated == Value::Bool(true);
+    }
+
+    fn trusted(&mut self) -> Result<&mut Guest, String> {
+        if self.trusted.is_none() {
+            self.trusted = Some(Guest::start(self.launcher, Role::Trusted, self.limits, "")?);
+        }
+        self.trusted
+            .as_mut()
+            .ok_or_else(|| "the trusted interpreter did not start".to_string())
+    }
+
+    fn drop_trusted(&mut self, reason: InstanceEnd) {
+        if let Some(mut trusted) = self.trusted.take() {
+            trusted.stop(reason);
+        }
+    }
+
+    fn test_deadline(&self) -> Instant {
+        (Instant::now() + self.limits.per_test).min(self.job_deadline)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
+/// The trusted side's verdict `(status, error, stdout, stderr, truncated)`, unless the
+/// judge already decided the test.
+fn verdict(payload: &[u8], decided: Option<Outcome>) -> TestResult {
+    let value = Value::decode(payload);
+    let Some([status, error, out, err, truncated]) = value.as_ref().and_then(|v| v.items()) else {
+        return TestResult::bare(decided.unwrap_or_else(|| crashed("unreadable verdict")));
+    };
+    let error = sanitize(error.text().unwrap_or(""));
+    let outcome = decided.unwrap_or(match status.text() {
+        Some("pass") => Outcome::Passed,
+        Some("memory") => Outcome::Memory,
+        _ => Outcome::Failed { error },
+    });
+    TestResult {
+        outcome,
+        stdout: String::from_utf8_lossy(out.bytes().unwrap_or(b"")).into_owned(),
+        stderr: String::from_utf8_lossy(err.bytes().unwrap_or(b"")).into_owned(),
+        truncated: *truncated == Value::Bool(true),
+    }
+}
+
+/// The exception type name in an `X` payload `(name, message)`.
+fn exception_name(payload: &[u8]) -> String {
+    let value = Value::decode(payload);
+    let name = value
+        .as_ref()
+        .and_then(|v| v.items())
+        .and_then(|items| items.first())
+        .and_then(|name| name.text())
+        .unwrap_or("Exception");
+    match sanitize(name) {
+        s if s.is_empty() => "Exception".into(),
+        s => s,
+    }
+}
+
+/// Keeps names readable and bounded (they come from the untrusted side).
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_.- ".contains(*c))
+        .take(64)
+        .collect()
+}
+
+fn cut_to(mut text: String, cap: usize) -> String {
+    if text.len() > cap {
+        let mut end = cap;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+fn crashed(detail: &str) -> Outcome {
+    Outcome::Crashed {
+        detail: detail.into(),
+    }
+}
+
+fn untrusted_outcome(end: &InstanceEnd) -> Outcome {
+    match end {
+        InstanceEnd::TestTimeout | InstanceEnd::JobTimeout => Outcome::Timeout,
+        InstanceEnd::Memory => Outcome::Memory,
+        InstanceEnd::OutputFull => Outcome::OutputLimit,
+        InstanceEnd::Exited(code) => crashed(&format!("interpreter exited with code {code} during the test")),
+        InstanceEnd::Crashed(detail) => crashed(detail),
+        InstanceEnd::Released => crashed("interpreter stopped"),
+    }
+}
+
+fn trusted_outcome(end: &InstanceEnd) -> Outcome {
+    match untrusted_outcome(end) {
+        Outcome::Crashed { detail } => crashed(&format!("trusted interpreter: {detail}")),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_decode_and_the_judge_overrides_them() {
+        let v = Value::Seq(vec![
+            Value::Str("pass".into()),
+            Value::Str(String::new()),
+            Value::Bytes(b"hi".to_vec()),
+            Value::Bytes(Vec::new()),
+            Value::Bool(false),
+        ]);
+        let mut payload = Vec::new();
+        v.encode(&mut payload);
+        let r = verdict(&payload, None);
+        assert_eq!((r.outcome.clone(), r.stdout.as_str()), (Outcome::Passed, "hi"));
+        let r = verdict(&payload, Some(Outcome::Timeout));
+        assert_eq!(r.outcome, Outcome::Timeout, "a decided test stays decided");
+        assert!(matches!(verdict(b"garbage", None).outcome, Outcome::Crashed { .. }));
+    }
+
+    #[test]
+    fn exception_names_are_sanitized() {
+        let mut payload = Vec::new();
+        Value::Seq(vec![Value::Str("Bad\n\tName<>".into()), Value::Str("m".into())])
+            .encode(&mut payload);
+        assert_eq!(exception_name(&payload), "BadName");
+        assert_eq!(exception_name(b"junk"), "Exception");
+    }
+}
