@@ -265,6 +265,7 @@ def _untrusted(read_frame, send, cap, solution):
         elif kind == b"C":
             send(*_answer(seq, payload, handles, handle_of))
         elif kind == b"O":
+            handles.clear()  # the test's objects die now: their finalizers are its time
             blob = _encode((bytes(out.buf), bytes(err.buf), out.truncated or err.truncated), None)
             out.buf, err.buf, out.truncated, err.truncated = bytearray(), bytearray(), False, False
             send(b"O", seq, blob)
@@ -310,6 +311,8 @@ def _answer(seq, payload, handles, handle_of):
             return b"V", seq, _encode((result, moved), handle_of)
         result = _OPERATIONS[op](target, *rest)
         return b"V", seq, _encode((result, []), handle_of)
+    except _NotData as e:
+        return b"X", seq, _encode(("NonDataResult", str(e)), None)
     except BaseException as e:
         try:
             return b"X", seq, _encode((type(e).__name__, _exception_message(e)), None)
@@ -455,6 +458,8 @@ class _Link:
         except _NotData:
             raise self.fail("non-data result")
         if kind == b"X":
+            if type(value) is tuple and value[:1] == ("NonDataResult",):
+                raise self.fail("non-data result")
             raise _solution_exception(value)
         if type(value) is not tuple or len(value) != 2 or type(value[1]) is not list:
             raise self.fail("protocol violation")

@@ -17,8 +17,8 @@ use crate::job::{Job, JobResult, Limits, Outcome, TestResult};
 
 /// How long the trusted side may take to wind a test down after an abort.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
-/// How long the untrusted side may take to hand over its captured output.
-const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+/// Least time the untrusted side gets to end a test (release its objects, hand over output).
+const FINISH_MINIMUM: Duration = Duration::from_millis(200);
 
 /// Error reason of a test whose solution result was used as anything but plain data.
 pub const NON_DATA_RESULT: &str = "non-data result";
@@ -131,7 +131,7 @@ impl Judge<'_> {
             Err(Cut::Raised(error)) => TestResult::bare(Outcome::Failed { error }),
             Err(Cut::Outcome(outcome)) => TestResult::bare(outcome),
         };
-        self.append_untrusted_output(&mut result);
+        self.finish_untrusted(&mut result, deadline);
         Ok(result)
     }
 
@@ -144,7 +144,10 @@ impl Judge<'_> {
             Frame { kind: b'X', seq: s, payload } if s == seq => {
                 Err(Cut::Raised(exception_name(&payload)))
             }
-            _ => Err(Cut::Raised("protocol violation".into())),
+            _ => {
+                self.drop_untrusted();
+                Err(Cut::Raised("protocol violation".into()))
+            }
         }
     }
 
@@ -204,7 +207,8 @@ impl Judge<'_> {
                 trusted.send(host_frame(kind, reply_seq, payload));
             }
         };
-        if aborted {
+        if aborted || self.untrusted.is_none() {
+            // Decided already, or the instance was dropped for a protocol violation.
             relay(self, b'A', b"");
             return None;
         }
@@ -215,6 +219,9 @@ impl Judge<'_> {
                 None
             }
             Ok(_) => {
+                // Out-of-turn frames: this instance's channel can no longer be trusted to
+                // pair answers with requests, so it is replaced for the next test.
+                self.drop_untrusted();
                 relay(self, b'N', b"protocol violation");
                 None
             }
@@ -250,21 +257,24 @@ impl Judge<'_> {
         }
     }
 
-    /// Adds what the solution printed during the test (informational: it is the
-    /// untrusted side's own account) in front of what the test printed.
-    fn append_untrusted_output(&mut self, result: &mut TestResult) {
-        let Some(untrusted) = self.untrusted.as_mut() else {
+    /// Ends the test on the untrusted side: its objects are released (their finalizers run
+    /// on the test's clock) and what the solution printed is put in front of what the test
+    /// printed (informational: it is the untrusted side's own account). A hang or crash
+    /// here is the test's outcome.
+    fn finish_untrusted(&mut self, result: &mut TestResult, deadline: Instant) {
+        if self.untrusted.is_none() {
             return;
-        };
-        let seq = self.seq + 1;
-        self.seq = seq;
-        untrusted.send(host_frame(b'O', seq, b""));
-        let reply = untrusted.recv(Instant::now() + OUTPUT_GRACE);
-        let payload = match reply {
-            Recv::Frame(Frame { kind: b'O', seq: s, payload }) if s == seq => payload,
-            _ => {
-                untrusted.stop(InstanceEnd::Released);
-                self.untrusted = None;
+        }
+        let seq = self.next_seq();
+        let deadline = deadline.max(Instant::now() + FINISH_MINIMUM);
+        let payload = match self.ask_untrusted(host_frame(b'O', seq, b""), deadline) {
+            Ok(Frame { kind: b'O', seq: s, payload }) if s == seq => payload,
+            Ok(_) => {
+                self.drop_untrusted();
+                return;
+            }
+            Err(outcome) => {
+                result.outcome = outcome;
                 return;
             }
         };
@@ -281,6 +291,12 @@ impl Judge<'_> {
         result.stdout = join(&result.stdout, out.bytes());
         result.stderr = join(&result.stderr, err.bytes());
         result.truncated |= *truncated == Value::Bool(true);
+    }
+
+    fn drop_untrusted(&mut self) {
+        if let Some(mut untrusted) = self.untrusted.take() {
+            untrusted.stop(InstanceEnd::Released);
+        }
     }
 
     fn trusted(&mut self) -> Result<&mut Guest, String> {
@@ -340,6 +356,7 @@ fn exception_name(payload: &[u8]) -> String {
         .unwrap_or("Exception");
     match sanitize(name) {
         s if s.is_empty() => "Exception".into(),
+        s if s == "NonDataResult" => NON_DATA_RESULT.into(),
         s => s,
     }
 }
