@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use couplet_sandbox::{Job, JobResult, Limits, SandboxPool};
+use couplet_sandbox::{Job, JobResult, Limits, NonDataCounts, SandboxPool};
 use serde::{Deserialize, Serialize};
 
 /// Reward functions by name.
@@ -150,6 +150,9 @@ pub struct RewardBatch {
     pub sandbox_failures: usize,
     /// Sandbox timeouts among executed tests.
     pub timeouts: usize,
+    /// Tests failed because a value could not cross as plain data (a policy returning
+    /// objects instead of values shows up here).
+    pub non_data: usize,
     /// Tests executed.
     pub tests_run: usize,
     /// Summed sandbox wall time.
@@ -185,6 +188,7 @@ impl RewardBatch {
             nan_counts,
             sandbox_failures: parts.iter().map(|p| p.sandbox_failures).sum(),
             timeouts: parts.iter().map(|p| p.timeouts).sum(),
+            non_data: parts.iter().map(|p| p.non_data).sum(),
             tests_run: parts.iter().map(|p| p.tests_run).sum(),
             sandbox_seconds: parts.iter().map(|p| p.sandbox_seconds).sum(),
         }
@@ -240,6 +244,7 @@ pub fn score_batch(
         nan_counts,
         sandbox_failures,
         timeouts,
+        non_data: NonDataCounts::of(results.iter().flatten()).total(),
         tests_run,
         sandbox_seconds,
     }

@@ -1,12 +1,14 @@
 //! One running interpreter instance as the judge sees it, whatever the backend: frames in,
 //! frames out, a deadline on every wait, and a way to stop it and learn how it ended.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::harness::{init_frame, new_token, Flood, Frame, FrameReader, Role};
+use crate::harness::{
+    code_frame, init_frame, new_token, source_frame, Flood, Frame, FrameReader, Role,
+};
 use crate::job::Limits;
 
 /// How an interpreter instance ended.
@@ -51,8 +53,8 @@ pub struct Pipes {
 
 /// Starts interpreter instances: the one thing a backend provides to the judge.
 pub trait Launcher: Send + Sync {
-    /// Starts `python -I -S -B -c HARNESS` confined as the backend confines; the first
-    /// frame sent on `to_guest` will be the instance's init frame.
+    /// Starts `python -I -S -B -c BOOT` confined as the backend confines; the first frame
+    /// sent on `to_guest` will be a bootstrap frame (see `harness::BOOT`).
     fn launch(&self, role: Role, limits: &Limits) -> Result<Pipes, String>;
     /// The process backend's audit rules (extra allowed roots); `None`: no OS audit rules.
     fn audit_roots(&self) -> Option<Vec<String>> {
@@ -90,14 +92,23 @@ impl Guest {
     /// interpreter cannot start, or died before running anything of the job's).
     pub fn start(
         launcher: &dyn Launcher,
+        cache: &InstanceCache,
         role: Role,
         limits: &Limits,
         solution: &str,
     ) -> Result<Guest, String> {
+        let code = cache.harness_code(launcher)?;
         let token = new_token();
         let pipes = launcher.launch(role, limits)?;
         let roots = launcher.audit_roots();
-        let init = init_frame(role, &token, roots.as_deref(), limits.output_bytes, solution);
+        let init = init_frame(
+            role,
+            &token,
+            roots.as_deref(),
+            limits.output_bytes,
+            solution,
+        );
+        let _ = pipes.to_guest.send(code_frame(code));
         let _ = pipes.to_guest.send(init);
         let mut guest = Guest {
             pipes,
@@ -173,14 +184,24 @@ impl Drop for Guest {
     }
 }
 
-/// Idle trusted instances, reused across jobs: they never execute solution code, so one
-/// job cannot leave anything behind for the next.
+/// What a backend keeps between jobs: the harness compiled by its own interpreter, and idle
+/// trusted instances, which are reused because they never execute solution code (one job
+/// cannot leave anything behind for the next).
 #[derive(Default)]
-pub struct TrustedPool {
+pub struct InstanceCache {
+    code: OnceLock<Result<Vec<u8>, String>>,
     idle: Mutex<Vec<Guest>>,
 }
 
-impl TrustedPool {
+impl InstanceCache {
+    /// The marshalled harness (compiled on first use by an instance of `launcher`).
+    pub fn harness_code(&self, launcher: &dyn Launcher) -> Result<&[u8], String> {
+        match self.code.get_or_init(|| compile_harness(launcher)) {
+            Ok(code) => Ok(code),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
     /// An idle trusted instance started with `limits`' memory cap, if any.
     pub fn take(&self, limits: &Limits) -> Option<Guest> {
         let mut idle = self.idle.lock().ok()?;
@@ -197,5 +218,30 @@ impl TrustedPool {
                 idle.push(guest);
             }
         }
+    }
+}
+
+/// Has the backend's interpreter compile the harness and hand it back marshalled.
+fn compile_harness(launcher: &dyn Launcher) -> Result<Vec<u8>, String> {
+    let mut pipes = launcher.launch(Role::Trusted, &Limits::default())?;
+    let _ = pipes.to_guest.send(source_frame());
+    let deadline = Instant::now() + START_BUDGET;
+    let mut code = Vec::new();
+    loop {
+        match pipes.from_guest.recv_deadline(deadline) {
+            Ok(bytes) => code.extend_from_slice(&bytes),
+            Err(RecvTimeoutError::Timeout) => {
+                pipes.control.stop(InstanceEnd::Released);
+                return Err("compiling the harness: the interpreter did not answer".into());
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    match pipes.control.ended() {
+        InstanceEnd::Exited(0) if !code.is_empty() => Ok(code),
+        end => Err(format!(
+            "compiling the harness: the interpreter ended with {end:?}: {}",
+            String::from_utf8_lossy(&pipes.control.stderr()).trim()
+        )),
     }
 }

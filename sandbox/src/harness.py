@@ -15,7 +15,8 @@
 # Framing. host -> guest: "<kind> <seq> <length>\n<payload>".
 #          guest -> host: "\n<token> <kind> <seq> <length>\n<payload>" (bytes around frames
 #          are the guest's own output to fd 1 and are ignored).
-# Run as `python -I -S -B -c <this>`; the first frame says the role.
+# Loaded by boot.py (the `-c` program) as a marshalled code object; the first frame after
+# it says the role.
 
 
 def _couplet_main():
@@ -24,7 +25,8 @@ def _couplet_main():
     _read, _write = os.read, os.write
     _int, _len, _type, _str, _bytes = int, len, type, str, bytes
     _BaseException = BaseException
-    state = {"token": b"", "buffer": bytearray()}
+    # Bytes the bootstrap (boot.py) read past the harness code belong to the first frame.
+    state = {"token": b"", "buffer": bytearray(globals().get("_couplet_pending", b""))}
 
     def read_frame():
         buf = state["buffer"]
@@ -237,8 +239,8 @@ _CALL, _GETATTR, _SETATTR, _ITER, _NEXT, _LEN, _GETITEM, _CONTAINS = range(8)
 
 
 def _untrusted(read_frame, send, cap, solution):
-    """Execute the solution (afresh on every `R`), answer requests (`C`), hand over the
-    captured output (`O`). Nothing here is trusted by anyone: a solution may rewrite all
+    """Execute the solution (at start and again after every `O`, announcing its names with
+    `N`), answer requests (`C`), end a test and hand over its captured output (`O`). Nothing here is trusted by anyone: a solution may rewrite all
     of it, and can still only answer with plain data or handles."""
     import sys, builtins
 
@@ -257,18 +259,18 @@ def _untrusted(read_frame, send, cap, solution):
     out, err = _Capped(cap), _Capped(cap)
     sys.stdout, sys.stderr = out, err
     send(b"H", 0, b"")
+    send(*_reset(0, code, pristine, handle_of))
     while True:
         kind, seq, payload = read_frame()
-        if kind == b"R":
-            handles.clear()
-            send(*_reset(seq, code, pristine, handle_of))
-        elif kind == b"C":
+        if kind == b"C":
             send(*_answer(seq, payload, handles, handle_of))
         elif kind == b"O":
             handles.clear()  # the test's objects die now: their finalizers are its time
             blob = _encode((bytes(out.buf), bytes(err.buf), out.truncated or err.truncated), None)
             out.buf, err.buf, out.truncated, err.truncated = bytearray(), bytearray(), False, False
             send(b"O", seq, blob)
+            # Ready for the next test at once (saves the judge a round trip per test).
+            send(*_reset(seq, code, pristine, handle_of))
 
 
 def _reset(seq, code, pristine, handle_of):

@@ -14,8 +14,31 @@
 
 use rand::Rng;
 
-/// The harness program, run as `python -I -S -B -c HARNESS`; the first frame says the role.
+/// The harness program. Instances load it marshalled (see [`BOOT`]); the first frame after
+/// it says the role.
 pub const HARNESS: &str = include_str!("harness.py");
+
+/// The `-c` program of every instance: loads the harness from its first frame, either as
+/// source to compile and send back marshalled ([`source_frame`], once per backend) or as
+/// that marshalled code ([`code_frame`]), which spares each instance compiling it.
+pub const BOOT: &str = include_str!("boot.py");
+
+/// The bootstrap frame asking the interpreter to compile the harness and return it marshalled.
+pub fn source_frame() -> Vec<u8> {
+    boot_frame(b'P', HARNESS.as_bytes())
+}
+
+/// The bootstrap frame carrying the marshalled harness.
+pub fn code_frame(code: &[u8]) -> Vec<u8> {
+    boot_frame(b'M', code)
+}
+
+fn boot_frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![kind];
+    frame.extend_from_slice(format!("{}\n", body.len()).as_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
 
 /// A guest frame larger than this ends the instance as an output flood.
 pub const FRAME_CAP: usize = 64 << 20;
@@ -339,7 +362,11 @@ mod tests {
         assert!(String::from_utf8_lossy(&reader.junk).contains("hello from the solution"));
         let mut other = FrameReader::new("other");
         other.feed(&stream);
-        assert_eq!(other.next_frame(), Ok(None), "another token's frames are junk");
+        assert_eq!(
+            other.next_frame(),
+            Ok(None),
+            "another token's frames are junk"
+        );
     }
 
     #[test]
@@ -366,7 +393,12 @@ mod tests {
         v.encode(&mut out);
         assert_eq!(Value::decode(&out), Some(v));
         for bad in [&b"i0x1"[..], b"s5:abc", b"u2:n", b"nn", b"q", b"i12;"] {
-            assert_eq!(Value::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                Value::decode(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

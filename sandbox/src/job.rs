@@ -120,7 +120,57 @@ pub struct JobResult {
     pub instances: u32,
 }
 
+/// Error reason of a test whose solution result was used as anything but plain data (see
+/// the README's sandbox protocol): the solution returned an object and the test compared
+/// it, tested its truth, hashed or printed it.
+pub const NON_DATA_RESULT: &str = "non-data result";
+/// Error reason of a test that passed the solution something that is not plain data (a
+/// function, an instance of a class the test defines, a `collections` object, ...).
+pub const NON_DATA_ARGUMENT: &str = "non-data argument";
+
+/// Tests that failed because a value could not cross between test and solution as plain
+/// data. Run over canonical solutions, this is the part of a dataset the sandbox cannot
+/// evaluate; during training, a rising count means the policy is returning objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NonDataCounts {
+    /// Tests failed with [`NON_DATA_RESULT`].
+    pub results: usize,
+    /// Tests failed with [`NON_DATA_ARGUMENT`].
+    pub arguments: usize,
+}
+
+impl NonDataCounts {
+    /// Summed over jobs.
+    pub fn of<'a>(jobs: impl IntoIterator<Item = &'a JobResult>) -> Self {
+        jobs.into_iter()
+            .map(JobResult::non_data)
+            .fold(NonDataCounts::default(), |a, b| NonDataCounts {
+                results: a.results + b.results,
+                arguments: a.arguments + b.arguments,
+            })
+    }
+
+    /// Both kinds together.
+    pub fn total(&self) -> usize {
+        self.results + self.arguments
+    }
+}
+
 impl JobResult {
+    /// This job's tests that failed for a non-data value.
+    pub fn non_data(&self) -> NonDataCounts {
+        let count = |reason: &str| {
+            self.tests
+                .iter()
+                .filter(|t| matches!(&t.outcome, Outcome::Failed { error } if error == reason))
+                .count()
+        };
+        NonDataCounts {
+            results: count(NON_DATA_RESULT),
+            arguments: count(NON_DATA_ARGUMENT),
+        }
+    }
+
     /// Tests that passed.
     pub fn passed(&self) -> usize {
         self.tests.iter().filter(|t| t.outcome.passed()).count()

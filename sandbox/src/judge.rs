@@ -11,37 +11,39 @@
 
 use std::time::{Duration, Instant};
 
-use crate::guest::{Guest, InstanceEnd, Launcher, Recv, TrustedPool};
+use crate::guest::{Guest, InstanceCache, InstanceEnd, Launcher, Recv};
 use crate::harness::{host_frame, Frame, Role, Value};
-use crate::job::{Job, JobResult, Limits, Outcome, TestResult};
+use crate::job::{Job, JobResult, Limits, Outcome, TestResult, NON_DATA_RESULT};
 
 /// How long the trusted side may take to wind a test down after an abort.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
 /// Least time the untrusted side gets to end a test (release its objects, hand over output).
 const FINISH_MINIMUM: Duration = Duration::from_millis(200);
 
-/// Error reason of a test whose solution result was used as anything but plain data.
-pub const NON_DATA_RESULT: &str = "non-data result";
-/// Error reason of a test that passed the solution something that is not plain data.
-pub const NON_DATA_ARGUMENT: &str = "non-data argument";
-
 /// Runs `job` on instances from `launcher`, taking and returning a trusted instance from
-/// `pool`.
-pub fn run_job(job: &Job, limits: &Limits, launcher: &dyn Launcher, pool: &TrustedPool) -> JobResult {
+/// `cache`.
+pub fn run_job(
+    job: &Job,
+    limits: &Limits,
+    launcher: &dyn Launcher,
+    cache: &InstanceCache,
+) -> JobResult {
     let started = Instant::now();
     let mut judge = Judge {
         job,
         limits,
         launcher,
         job_deadline: started + limits.per_job,
-        trusted: pool.take(limits),
+        cache,
+        trusted: cache.take(limits),
         untrusted: None,
         seq: 0,
+        names_seq: 0,
         instances: 0,
     };
     let outcome = judge.run();
     if let Some(trusted) = judge.trusted.take() {
-        pool.put(trusted);
+        cache.put(trusted);
     }
     let wall_seconds = started.elapsed().as_secs_f64();
     match outcome {
@@ -61,10 +63,13 @@ struct Judge<'a> {
     job: &'a Job,
     limits: &'a Limits,
     launcher: &'a dyn Launcher,
+    cache: &'a InstanceCache,
     job_deadline: Instant,
     trusted: Option<Guest>,
     untrusted: Option<Guest>,
     seq: u64,
+    /// Sequence number the untrusted instance's next names announcement carries.
+    names_seq: u64,
     instances: u32,
 }
 
@@ -119,10 +124,12 @@ impl Judge<'_> {
         if self.untrusted.is_none() {
             self.untrusted = Some(Guest::start(
                 self.launcher,
+                self.cache,
                 Role::Untrusted,
                 self.limits,
                 &self.job.solution,
             )?);
+            self.names_seq = 0;
             self.instances += 1;
         }
         let deadline = self.test_deadline();
@@ -135,15 +142,22 @@ impl Judge<'_> {
         Ok(result)
     }
 
-    /// Executes the solution afresh in the untrusted instance; its names on success.
+    /// The names of the solution's fresh execution, which the untrusted instance announces
+    /// on its own after starting and after ending each test.
     fn reset(&mut self, deadline: Instant) -> Result<Vec<u8>, Cut> {
-        let seq = self.next_seq();
-        let reply = self.ask_untrusted(host_frame(b'R', seq, b""), deadline);
+        let seq = self.names_seq;
+        let reply = self.await_untrusted(deadline);
         match reply.map_err(Cut::Outcome)? {
-            Frame { kind: b'N', seq: s, payload } if s == seq => Ok(payload),
-            Frame { kind: b'X', seq: s, payload } if s == seq => {
-                Err(Cut::Raised(exception_name(&payload)))
-            }
+            Frame {
+                kind: b'N',
+                seq: s,
+                payload,
+            } if s == seq => Ok(payload),
+            Frame {
+                kind: b'X',
+                seq: s,
+                payload,
+            } if s == seq => Err(Cut::Raised(exception_name(&payload))),
             _ => {
                 self.drop_untrusted();
                 Err(Cut::Raised("protocol violation".into()))
@@ -170,7 +184,9 @@ impl Judge<'_> {
         let mut wait_until = deadline;
         loop {
             let Some(trusted) = self.trusted.as_mut() else {
-                return TestResult::bare(decided.unwrap_or_else(|| crashed("trusted interpreter lost")));
+                return TestResult::bare(
+                    decided.unwrap_or_else(|| crashed("trusted interpreter lost")),
+                );
             };
             match trusted.recv(wait_until) {
                 Recv::Frame(f) if f.kind == b'C' => {
@@ -184,7 +200,9 @@ impl Judge<'_> {
                 }
                 Recv::Frame(_) => {
                     self.drop_trusted(InstanceEnd::Released);
-                    return TestResult::bare(decided.unwrap_or_else(|| crashed("trusted protocol")));
+                    return TestResult::bare(
+                        decided.unwrap_or_else(|| crashed("trusted protocol")),
+                    );
                 }
                 Recv::Timeout => {
                     self.drop_trusted(InstanceEnd::TestTimeout);
@@ -214,7 +232,11 @@ impl Judge<'_> {
         }
         let seq = self.next_seq();
         match self.ask_untrusted(host_frame(b'C', seq, &request.payload), deadline) {
-            Ok(Frame { kind, seq: s, payload }) if (kind == b'V' || kind == b'X') && s == seq => {
+            Ok(Frame {
+                kind,
+                seq: s,
+                payload,
+            }) if (kind == b'V' || kind == b'X') && s == seq => {
                 relay(self, kind, &payload);
                 None
             }
@@ -234,10 +256,17 @@ impl Judge<'_> {
 
     /// Sends a frame to the untrusted instance and waits for its reply frame.
     fn ask_untrusted(&mut self, frame: Vec<u8>, deadline: Instant) -> Result<Frame, Outcome> {
+        if let Some(untrusted) = self.untrusted.as_ref() {
+            untrusted.send(frame);
+        }
+        self.await_untrusted(deadline)
+    }
+
+    /// The untrusted instance's next frame; a timeout stops it.
+    fn await_untrusted(&mut self, deadline: Instant) -> Result<Frame, Outcome> {
         let Some(untrusted) = self.untrusted.as_mut() else {
             return Err(crashed("the untrusted interpreter is gone"));
         };
-        untrusted.send(frame);
         match untrusted.recv(deadline) {
             Recv::Frame(reply) => Ok(reply),
             Recv::Timeout => {
@@ -268,7 +297,14 @@ impl Judge<'_> {
         let seq = self.next_seq();
         let deadline = deadline.max(Instant::now() + FINISH_MINIMUM);
         let payload = match self.ask_untrusted(host_frame(b'O', seq, b""), deadline) {
-            Ok(Frame { kind: b'O', seq: s, payload }) if s == seq => payload,
+            Ok(Frame {
+                kind: b'O',
+                seq: s,
+                payload,
+            }) if s == seq => {
+                self.names_seq = seq;
+                payload
+            }
             Ok(_) => {
                 self.drop_untrusted();
                 return;
@@ -301,7 +337,13 @@ impl Judge<'_> {
 
     fn trusted(&mut self) -> Result<&mut Guest, String> {
         if self.trusted.is_none() {
-            self.trusted = Some(Guest::start(self.launcher, Role::Trusted, self.limits, "")?);
+            self.trusted = Some(Guest::start(
+                self.launcher,
+                self.cache,
+                Role::Trusted,
+                self.limits,
+                "",
+            )?);
         }
         self.trusted
             .as_mut()
@@ -391,7 +433,9 @@ fn untrusted_outcome(end: &InstanceEnd) -> Outcome {
         InstanceEnd::TestTimeout | InstanceEnd::JobTimeout => Outcome::Timeout,
         InstanceEnd::Memory => Outcome::Memory,
         InstanceEnd::OutputFull => Outcome::OutputLimit,
-        InstanceEnd::Exited(code) => crashed(&format!("interpreter exited with code {code} during the test")),
+        InstanceEnd::Exited(code) => crashed(&format!(
+            "interpreter exited with code {code} during the test"
+        )),
         InstanceEnd::Crashed(detail) => crashed(detail),
         InstanceEnd::Released => crashed("interpreter stopped"),
     }
@@ -420,17 +464,26 @@ mod tests {
         let mut payload = Vec::new();
         v.encode(&mut payload);
         let r = verdict(&payload, None);
-        assert_eq!((r.outcome.clone(), r.stdout.as_str()), (Outcome::Passed, "hi"));
+        assert_eq!(
+            (r.outcome.clone(), r.stdout.as_str()),
+            (Outcome::Passed, "hi")
+        );
         let r = verdict(&payload, Some(Outcome::Timeout));
         assert_eq!(r.outcome, Outcome::Timeout, "a decided test stays decided");
-        assert!(matches!(verdict(b"garbage", None).outcome, Outcome::Crashed { .. }));
+        assert!(matches!(
+            verdict(b"garbage", None).outcome,
+            Outcome::Crashed { .. }
+        ));
     }
 
     #[test]
     fn exception_names_are_sanitized() {
         let mut payload = Vec::new();
-        Value::Seq(vec![Value::Str("Bad\n\tName<>".into()), Value::Str("m".into())])
-            .encode(&mut payload);
+        Value::Seq(vec![
+            Value::Str("Bad\n\tName<>".into()),
+            Value::Str("m".into()),
+        ])
+        .encode(&mut payload);
         assert_eq!(exception_name(&payload), "BadName");
         assert_eq!(exception_name(b"junk"), "Exception");
     }

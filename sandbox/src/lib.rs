@@ -20,7 +20,9 @@ pub mod pool;
 pub mod process;
 pub mod wasm;
 
-pub use job::{Job, JobResult, Limits, Outcome, TestResult};
+pub use job::{
+    Job, JobResult, Limits, NonDataCounts, Outcome, TestResult, NON_DATA_ARGUMENT, NON_DATA_RESULT,
+};
 pub use pool::{PoolStats, SandboxPool};
 pub use process::ProcessBackend;
 pub use wasm::WasmBackend;

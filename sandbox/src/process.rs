@@ -1,7 +1,7 @@
 //! Process backend (`--sandbox process`): the native `python3` with OS limits.
 //!
 //! Each instance (both roles: the trusted one runs dataset code, so it is confined alike)
-//! is a `python3 -I -S -B -c HARNESS` in its own session and process group, with an empty
+//! is a `python3 -I -S -B -c BOOT` in its own session and process group, with an empty
 //! environment, the judge's frames on stdin, a fresh temp working directory (removed
 //! afterwards), and rlimits: address space, CPU seconds (untrusted instances: the job's
 //! budget; the long-lived trusted one is bounded per test by the judge), file size, open
@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use crate::guest::{Control, InstanceEnd, Launcher, Pipes, TrustedPool};
-use crate::harness::{Role, HARNESS};
+use crate::guest::{Control, InstanceCache, InstanceEnd, Launcher, Pipes};
+use crate::harness::{Role, BOOT};
 use crate::job::{Job, JobResult, Limits};
 use crate::judge::run_job;
 use crate::{Backend, SandboxError};
@@ -40,7 +40,7 @@ pub struct ProcessBackend {
     drop_privileges: bool,
     /// Whether instances run in an empty network namespace.
     pub network_isolated: bool,
-    trusted: TrustedPool,
+    cache: InstanceCache,
 }
 
 impl ProcessBackend {
@@ -52,7 +52,7 @@ impl ProcessBackend {
             python: python.to_path_buf(),
             drop_privileges,
             network_isolated: false,
-            trusted: TrustedPool::default(),
+            cache: InstanceCache::default(),
         };
         backend.network_isolated = backend.probe(true);
         if !backend.network_isolated && !backend.probe(false) {
@@ -81,7 +81,13 @@ impl ProcessBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        self.confine(&mut cmd, &Limits::default(), Some(10), Path::new("/"), netns);
+        self.confine(
+            &mut cmd,
+            &Limits::default(),
+            Some(10),
+            Path::new("/"),
+            netns,
+        );
         cmd.status().map(|s| s.success()).unwrap_or(false)
     }
 
@@ -141,7 +147,7 @@ impl ProcessBackend {
         }
     }
 
-    /// Starts one confined `python3 -c HARNESS` with pipes wired to the judge.
+    /// Starts one confined `python3 -c BOOT` with pipes wired to the judge.
     fn spawn(&self, role: Role, limits: &Limits) -> Result<Pipes, String> {
         let dir = tempdir().map_err(|e| format!("creating a temp dir: {e}"))?;
         if self.drop_privileges {
@@ -151,7 +157,7 @@ impl ProcessBackend {
             unsafe { libc::chown(c.as_ptr(), NOBODY, NOGROUP) };
         }
         let mut cmd = Command::new(&self.python);
-        cmd.args(["-I", "-S", "-B", "-c", HARNESS])
+        cmd.args(["-I", "-S", "-B", "-c", BOOT])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -197,7 +203,11 @@ impl ProcessBackend {
 fn spawn_stdin_writer(mut stdin: std::process::ChildStdin, inbox: Receiver<Vec<u8>>) {
     std::thread::spawn(move || {
         for frame in inbox.iter() {
-            if stdin.write_all(&frame).and_then(|()| stdin.flush()).is_err() {
+            if stdin
+                .write_all(&frame)
+                .and_then(|()| stdin.flush())
+                .is_err()
+            {
                 break;
             }
         }
@@ -362,7 +372,7 @@ impl Backend for ProcessBackend {
     }
 
     fn run(&self, job: &Job, limits: &Limits) -> JobResult {
-        run_job(job, limits, self, &self.trusted)
+        run_job(job, limits, self, &self.cache)
     }
 }
 

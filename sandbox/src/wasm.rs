@@ -29,8 +29,8 @@ use wasmtime::{
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use crate::guest::{Control, InstanceEnd, Launcher, Pipes, TrustedPool};
-use crate::harness::{Role, HARNESS};
+use crate::guest::{Control, InstanceCache, InstanceEnd, Launcher, Pipes};
+use crate::harness::{Role, BOOT};
 use crate::job::{Job, JobResult, Limits};
 use crate::judge::run_job;
 use crate::{Backend, SandboxError};
@@ -180,7 +180,11 @@ fn fd_read(
             break;
         }
     }
-    Ok(if put_u32(mem, nread, total) { 0 } else { ERRNO_FAULT })
+    Ok(if put_u32(mem, nread, total) {
+        0
+    } else {
+        ERRNO_FAULT
+    })
 }
 
 /// Our `fd_write`: fd 1 goes to the judge (capped over the instance's life), fd 2 to a
@@ -218,7 +222,11 @@ fn fd_write(
         let room = STDERR_CAPACITY.saturating_sub(err.len()).min(bytes.len());
         err.extend_from_slice(&bytes[..room]);
     }
-    Ok(if put_u32(mem, nwritten, bytes.len()) { 0 } else { ERRNO_FAULT })
+    Ok(if put_u32(mem, nwritten, bytes.len()) {
+        0
+    } else {
+        ERRNO_FAULT
+    })
 }
 
 /// Replacement for WASI's `poll_oneoff`. The stock one sleeps inside the host, where epoch
@@ -313,7 +321,7 @@ pub struct WasmBackend {
     engine: Engine,
     instance_pre: InstancePre<State>,
     ticker_stop: Arc<AtomicBool>,
-    trusted: TrustedPool,
+    cache: InstanceCache,
     /// Whether the module came from the on-disk cache (false = compiled now).
     pub from_cache: bool,
 }
@@ -358,7 +366,7 @@ impl WasmBackend {
             engine,
             instance_pre,
             ticker_stop,
-            trusted: TrustedPool::default(),
+            cache: InstanceCache::default(),
             from_cache,
         })
     }
@@ -371,7 +379,7 @@ impl WasmBackend {
     fn store(&self, limits: &Limits, io: GuestIo) -> Store<State> {
         let clock_base = Instant::now();
         let wasi = WasiCtxBuilder::new()
-            .args(&["python", "-I", "-S", "-B", "-c", HARNESS])
+            .args(&["python", "-I", "-S", "-B", "-c", BOOT])
             .monotonic_clock(GuestClock(clock_base))
             .allow_tcp(false)
             .allow_udp(false)
@@ -403,7 +411,8 @@ impl WasmBackend {
 
 /// Links WASI with our `fd_read`, `fd_write` and `poll_oneoff` in place of the stock ones.
 fn link(engine: &Engine, module: &Module) -> Result<InstancePre<State>, SandboxError> {
-    let setup = |what: &str, e: wasmtime::Error| SandboxError::Setup(format!("WASI linker ({what}): {e}"));
+    let setup =
+        |what: &str, e: wasmtime::Error| SandboxError::Setup(format!("WASI linker ({what}): {e}"));
     let mut linker: Linker<State> = Linker::new(engine);
     p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(|e| setup("p1", e))?;
     linker.allow_shadowing(true);
@@ -542,7 +551,7 @@ impl Backend for WasmBackend {
     }
 
     fn run(&self, job: &Job, limits: &Limits) -> JobResult {
-        run_job(job, limits, self, &self.trusted)
+        run_job(job, limits, self, &self.cache)
     }
 }
 

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use couplet_sandbox::judge::NON_DATA_RESULT;
-use couplet_sandbox::{Backend, Job, Limits, Outcome, ProcessBackend, WasmBackend};
+use couplet_sandbox::{
+    Backend, Job, Limits, Outcome, ProcessBackend, WasmBackend, NON_DATA_RESULT,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -56,9 +57,13 @@ fn value_tests() -> Vec<String> {
 
 /// Truth tests (`assert f(x)`), which a truthy object would satisfy.
 fn truth_tests() -> Vec<String> {
-    ["assert is_even(4)", "assert is_even(10)", "assert is_even(0) is True"]
-        .map(String::from)
-        .to_vec()
+    [
+        "assert is_even(4)",
+        "assert is_even(10)",
+        "assert is_even(0) is True",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 const HONEST_DOUBLE: &str = "def double(x):\n    return x * 2\n";
@@ -177,19 +182,26 @@ def double(x):\n    return -1\n"
 fn evidence(name: &str) -> Option<fn(&Outcome) -> bool> {
     match name {
         // The forged frames reached the judge first, and were refused.
-        "frame walking: forge a pass and exit" | "forge the results of later calls" => {
-            Some(|o| *o == Outcome::Failed { error: "protocol violation".into() })
-        }
-        "frame walking: read expected values" => {
-            Some(|o| *o == Outcome::Failed { error: "LookupError".into() })
-        }
+        "frame walking: forge a pass and exit" | "forge the results of later calls" => Some(|o| {
+            *o == Outcome::Failed {
+                error: "protocol violation".into(),
+            }
+        }),
+        "frame walking: read expected values" => Some(|o| {
+            *o == Outcome::Failed {
+                error: "LookupError".into(),
+            }
+        }),
         _ => None,
     }
 }
 
 fn run(backend: &dyn Backend) {
     let mut failures = Vec::new();
-    for (honest, tests) in [(HONEST_DOUBLE, value_tests()), (HONEST_IS_EVEN, truth_tests())] {
+    for (honest, tests) in [
+        (HONEST_DOUBLE, value_tests()),
+        (HONEST_IS_EVEN, truth_tests()),
+    ] {
         let job = Job {
             id: "honest".into(),
             solution: honest.into(),
@@ -221,7 +233,12 @@ fn run(backend: &dyn Backend) {
             }
         }
     }
-    assert!(failures.is_empty(), "[{}] hacks that scored:\n{}", backend.name(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "[{}] hacks that scored:\n{}",
+        backend.name(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -238,8 +255,12 @@ fn no_hack_scores_in_process() {
 fn comparing_a_solution_object_is_a_non_data_result() {
     let job = Job {
         id: "eq".into(),
-        solution: "class A:\n    def __eq__(self, o): return True\ndef f():\n    return A()\n".into(),
-        tests: vec!["assert f() == 1".into(), "try:\n    assert f() == 1\nexcept BaseException:\n    pass".into()],
+        solution: "class A:\n    def __eq__(self, o): return True\ndef f():\n    return A()\n"
+            .into(),
+        tests: vec![
+            "assert f() == 1".into(),
+            "try:\n    assert f() == 1\nexcept BaseException:\n    pass".into(),
+        ],
         check_syntax: false,
     };
     for backend in [wasm() as &dyn Backend, process()] {
@@ -247,7 +268,9 @@ fn comparing_a_solution_object_is_a_non_data_result() {
         for t in &r.tests {
             assert_eq!(
                 t.outcome,
-                Outcome::Failed { error: NON_DATA_RESULT.into() },
+                Outcome::Failed {
+                    error: NON_DATA_RESULT.into()
+                },
                 "[{}] even a test that catches the refusal fails: {r:?}",
                 backend.name()
             );

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use couplet_sandbox::{BackendKind, BackendSpec, Job, Limits, SandboxPool};
+use couplet_sandbox::{BackendKind, BackendSpec, Job, Limits, NonDataCounts, SandboxPool};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -102,11 +102,15 @@ fn run_jobs(args: RunArgs) -> Result<()> {
         all_pass += usize::from(r.pass_rate() == Some(1.0));
     }
     let stats = pool.stats();
+    let non_data = NonDataCounts::of(&results);
     eprintln!(
-        "{} jobs on {} ({} workers): {all_pass} fully passing, {passed}/{tests} tests passed, {failures} sandbox failures; {:.1} tests/s",
+        "{} jobs on {} ({} workers): {all_pass} fully passing, {passed}/{tests} tests passed, {failures} sandbox failures; \
+         failed as non-data: {} results, {} arguments; {:.1} tests/s",
         results.len(),
         pool.backend_name(),
         pool.workers(),
+        non_data.results,
+        non_data.arguments,
         stats.tests_per_second()
     );
     Ok(())

@@ -11,7 +11,7 @@ use std::path::Path;
 use couplet_model::{chat_prompt, LoadedModel};
 use couplet_reward::{humaneval, load_rows, pass_at_k, LoadOptions};
 use couplet_rollout::{generate_rollout, ArNess, RolloutConfig};
-use couplet_sandbox::{Job, Limits, SandboxPool};
+use couplet_sandbox::{Job, Limits, NonDataCounts, SandboxPool};
 use serde::{Deserialize, Serialize};
 
 use crate::reference::with_autocast;
@@ -135,6 +135,10 @@ pub struct EvalReport {
     pub arness: Option<ArNess>,
     /// Samples whose tests could not run.
     pub sandbox_errors: usize,
+    /// Tests failed because a value could not cross as plain data (with canonical
+    /// solutions: the benchmark's coverage gap).
+    #[serde(default)]
+    pub non_data: NonDataCounts,
     /// Decoding wall time.
     pub generation_seconds: f64,
     /// Decoded tokens per second.
@@ -156,10 +160,12 @@ impl EvalReport {
     pub fn summary_table(&self) -> String {
         let n = self.problems.first().map_or(0, |p| p.samples);
         let mut s = format!(
-            "problems {}  samples/problem {}  sandbox errors {}\n",
+            "problems {}  samples/problem {}  sandbox errors {}  tests failed as non-data: {} results, {} arguments\n",
             self.problems.len(),
             n,
-            self.sandbox_errors
+            self.sandbox_errors,
+            self.non_data.results,
+            self.non_data.arguments
         );
         for (k, v) in &self.pass_at_k {
             s += &format!("pass@{k:<3} {:6.2}%\n", 100.0 * v);
@@ -204,7 +210,9 @@ pub fn check_completions(
             });
         }
     }
-    let mut results = pool.run_all(jobs, limits).into_iter();
+    let results = pool.run_all(jobs, limits);
+    let non_data = NonDataCounts::of(&results);
+    let mut results = results.into_iter();
     let mut out = Vec::with_capacity(problems.len());
     let mut sandbox_errors = 0;
     for (p, samples) in problems.iter().zip(completions) {
@@ -250,6 +258,7 @@ pub fn check_completions(
         pass_at_k,
         arness: None,
         sandbox_errors,
+        non_data,
         generation_seconds: 0.0,
         tokens_per_second: 0.0,
         seconds: started.elapsed().as_secs_f64(),

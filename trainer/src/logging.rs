@@ -87,6 +87,7 @@ impl RunLog {
         put("sandbox/tests_per_second", m.cost.sandbox_tests_per_second);
         put("sandbox/timeouts", m.cost.sandbox_timeouts as f64);
         put("sandbox/failures", m.cost.sandbox_failures as f64);
+        put("sandbox/non_data", m.cost.sandbox_non_data as f64);
         put("time/rollout", m.cost.rollout_seconds);
         put("time/reward", m.cost.reward_seconds);
         put("time/update", m.update_seconds);

@@ -65,6 +65,9 @@ pub struct RoundCost {
     pub sandbox_timeouts: usize,
     /// Jobs the sandbox failed on.
     pub sandbox_failures: usize,
+    /// Tests failed because a value could not cross as plain data.
+    #[serde(default)]
+    pub sandbox_non_data: usize,
     /// Decoding seconds.
     pub rollout_seconds: f64,
     /// Reward seconds not hidden behind decoding.
@@ -81,6 +84,7 @@ impl RoundCost {
             sandbox_tests_per_second: sum(|c| c.sandbox_tests_per_second),
             sandbox_timeouts: costs.iter().map(|c| c.sandbox_timeouts).sum(),
             sandbox_failures: costs.iter().map(|c| c.sandbox_failures).sum(),
+            sandbox_non_data: costs.iter().map(|c| c.sandbox_non_data).sum(),
             rollout_seconds: max(|c| c.rollout_seconds),
             reward_seconds: max(|c| c.reward_seconds),
         }

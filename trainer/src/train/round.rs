@@ -278,6 +278,7 @@ fn rank_cost(rollout: &Rollout, rewards: &RewardBatch, elapsed: f64) -> RoundCos
         sandbox_tests_per_second: rewards.tests_run as f64 / rewards.sandbox_seconds.max(1e-9),
         sandbox_timeouts: rewards.timeouts,
         sandbox_failures: rewards.sandbox_failures,
+        sandbox_non_data: rewards.non_data,
         rollout_seconds: rollout.seconds,
         // Reward time not hidden behind decoding.
         reward_seconds: (elapsed - rollout.seconds).max(0.0),
