@@ -13,7 +13,8 @@ pub struct Job {
     pub id: String,
     /// Python source defining the solution.
     pub solution: String,
-    /// Test programs; each runs after a fresh exec of the solution.
+    /// Test programs (run in the trusted interpreter; each after a fresh execution of the
+    /// solution in the untrusted one).
     pub tests: Vec<String>,
     /// Also report whether the solution parses (CPython's own compiler: `ast.parse` rules).
     #[serde(default)]
@@ -48,7 +49,7 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    /// The test statement ran to completion (proved by the harness's per-job token).
+    /// The test ran to completion in the trusted interpreter.
     Passed,
     /// An exception: `AssertionError` for a failed assert, else the exception's type name
     /// (`SystemExit` for `sys.exit` — a reward hack never passes).

@@ -3,11 +3,13 @@
 //! One job type — "run this solution against these tests with these limits" — answered with
 //! a per-test [`Outcome`] (passed, failed, timeout, memory, output limit, crashed), captured
 //! output and timing, and the sandbox's own failures reported apart from test failures
-//! ([`JobResult::sandbox_error`]). Two backends share one harness ([`harness`]):
-//! [`WasmBackend`] (wasmtime running CPython built for WASI, the default) and
-//! [`ProcessBackend`] (native `python3` with OS limits). [`SandboxPool`] runs jobs in
-//! parallel. A test counts as passed only when the harness proves the test statement itself
-//! completed (SPEC section 3), so `sys.exit(0)` and friends never earn reward.
+//! ([`JobResult::sandbox_error`]). Verdicts cannot be forged by the solution: tests run in a
+//! trusted interpreter that never executes solution code, every call into the solution goes
+//! to a separate untrusted interpreter as a request, and only plain data comes back
+//! ([`judge`], the protocol in `harness.py`). Two backends provide the interpreters
+//! ([`guest::Launcher`]): [`WasmBackend`] (wasmtime running CPython built for WASI, the
+//! default) and [`ProcessBackend`] (native `python3` with OS limits). [`SandboxPool`] runs
+//! jobs in parallel. `sys.exit(0)` and friends never earn reward (SPEC section 3).
 //!
 //! Not for: reward arithmetic or answer extraction (the `reward` crate does that).
 #![deny(missing_docs)]
