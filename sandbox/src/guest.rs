@@ -97,9 +97,11 @@ impl Guest {
         limits: &Limits,
         solution: &str,
     ) -> Result<Guest, String> {
-        let code = cache.harness_code(launcher)?;
+        let pipes = match role {
+            Role::Untrusted => cache.booted_untrusted(launcher, limits)?,
+            Role::Trusted => boot(launcher, cache, role, limits)?,
+        };
         let token = new_token();
-        let pipes = launcher.launch(role, limits)?;
         let roots = launcher.audit_roots();
         let init = init_frame(
             role,
@@ -108,7 +110,6 @@ impl Guest {
             limits.output_bytes,
             solution,
         );
-        let _ = pipes.to_guest.send(code_frame(code));
         let _ = pipes.to_guest.send(init);
         let mut guest = Guest {
             pipes,
@@ -191,6 +192,27 @@ impl Drop for Guest {
 pub struct InstanceCache {
     code: OnceLock<Result<Vec<u8>, String>>,
     idle: Mutex<Vec<Guest>>,
+    /// Untrusted instances already booting (harness loaded, waiting for their first job's
+    /// init), with the limits they were started under. Each is fresh: it has run nothing
+    /// of any solution. Booting the next one while a job runs fills the cores' idle time
+    /// between request and answer.
+    spare: Mutex<Vec<(Limits, Pipes)>>,
+}
+
+/// Booting untrusted instances kept at most (jobs with differing limits each leave one).
+const MAX_SPARES: usize = 8;
+
+/// Launches an instance and sends it the marshalled harness.
+fn boot(
+    launcher: &dyn Launcher,
+    cache: &InstanceCache,
+    role: Role,
+    limits: &Limits,
+) -> Result<Pipes, String> {
+    let code = cache.harness_code(launcher)?;
+    let pipes = launcher.launch(role, limits)?;
+    let _ = pipes.to_guest.send(code_frame(code));
+    Ok(pipes)
 }
 
 impl InstanceCache {
@@ -200,6 +222,28 @@ impl InstanceCache {
             Ok(code) => Ok(code),
             Err(e) => Err(e.clone()),
         }
+    }
+
+    /// A fresh, booting untrusted instance for `limits` (a spare when one is ready), and a
+    /// new spare started behind it.
+    fn booted_untrusted(&self, launcher: &dyn Launcher, limits: &Limits) -> Result<Pipes, String> {
+        let spare = self.spare.lock().ok().and_then(|mut spares| {
+            let at = spares.iter().position(|(l, _)| l == limits)?;
+            Some(spares.swap_remove(at).1)
+        });
+        let pipes = match spare {
+            Some(pipes) => pipes,
+            None => boot(launcher, self, Role::Untrusted, limits)?,
+        };
+        if let Ok(next) = boot(launcher, self, Role::Untrusted, limits) {
+            if let Ok(mut spares) = self.spare.lock() {
+                if spares.len() >= MAX_SPARES {
+                    spares.remove(0);
+                }
+                spares.push((*limits, next));
+            }
+        }
+        Ok(pipes)
     }
 
     /// An idle trusted instance started with `limits`' memory cap, if any.
