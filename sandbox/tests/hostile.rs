@@ -242,7 +242,7 @@ fn ordinary_code_still_works() {
 
 #[test]
 fn hostile_battery_wasm() {
-    assert!(battery().len() >= 30);
+    assert!(battery().len() >= 44);
     run_battery(wasm());
 }
 
