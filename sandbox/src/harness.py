@@ -124,6 +124,7 @@ def _encode(value, handle_of):
 
 
 _SEQUENCE_TAGS = {list: b"l", tuple: b"u", set: b"e", frozenset: b"z"}
+_SEQUENCE_KINDS = {tag: kind for kind, tag in _SEQUENCE_TAGS.items()}
 
 
 def _decode(data, handle):
@@ -171,7 +172,7 @@ def _decode(data, handle):
             if n < 0 or n > _MAX_ITEMS:
                 raise _NotData("too large")
             items = [dec(depth + 1) for _ in range(n)]
-            kind = {b"l": list, b"u": tuple, b"e": set, b"z": frozenset}[tag]
+            kind = _SEQUENCE_KINDS[tag]
             return items if kind is list else kind(items)
         if tag == b"m":
             n = int(upto(b":"))

@@ -3,27 +3,13 @@
 //! backends; none may pass, hang the run, or leave a trace on the host. Forgery of verdicts
 //! has its own battery (`reward_hacks.rs`).
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+mod common;
+
 use std::time::Duration;
 
-use couplet_sandbox::{Backend, Job, Limits, Outcome, ProcessBackend, WasmBackend};
+use common::{backends, process, wasm};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn wasm() -> &'static WasmBackend {
-    static B: OnceLock<WasmBackend> = OnceLock::new();
-    B.get_or_init(|| WasmBackend::from_repo(&root()).expect("wasm backend (run scripts/setup.sh)"))
-}
-
-fn process() -> &'static ProcessBackend {
-    static B: OnceLock<ProcessBackend> = OnceLock::new();
-    B.get_or_init(|| {
-        ProcessBackend::new(&ProcessBackend::default_python()).expect("process backend")
-    })
-}
+use couplet_sandbox::{Backend, Job, Limits, Outcome};
 
 fn limits() -> Limits {
     Limits {
@@ -229,7 +215,7 @@ fn ordinary_code_still_works() {
         ],
         check_syntax: true,
     };
-    for backend in [wasm() as &dyn Backend, process()] {
+    for backend in backends() {
         let r = backend.run(&job, &limits());
         assert_eq!(r.passed(), 5, "[{}] {r:?}", backend.name());
         assert_eq!(r.syntax_ok, Some(true));

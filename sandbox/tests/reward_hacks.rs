@@ -5,29 +5,13 @@
 //! below passed every test (the comparison, the expected values and the verdict writer all
 //! lived in the solution's interpreter).
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+mod common;
+
 use std::time::Duration;
 
-use couplet_sandbox::{
-    Backend, Job, Limits, Outcome, ProcessBackend, WasmBackend, NON_DATA_RESULT,
-};
+use common::{backends, process, wasm};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn wasm() -> &'static WasmBackend {
-    static B: OnceLock<WasmBackend> = OnceLock::new();
-    B.get_or_init(|| WasmBackend::from_repo(&root()).expect("wasm backend (run scripts/setup.sh)"))
-}
-
-fn process() -> &'static ProcessBackend {
-    static B: OnceLock<ProcessBackend> = OnceLock::new();
-    B.get_or_init(|| {
-        ProcessBackend::new(&ProcessBackend::default_python()).expect("process backend")
-    })
-}
+use couplet_sandbox::{Backend, Job, Limits, Outcome, NON_DATA_RESULT};
 
 fn limits() -> Limits {
     Limits {
@@ -263,7 +247,7 @@ fn comparing_a_solution_object_is_a_non_data_result() {
         ],
         check_syntax: false,
     };
-    for backend in [wasm() as &dyn Backend, process()] {
+    for backend in backends() {
         let r = backend.run(&job, &limits());
         for t in &r.tests {
             assert_eq!(

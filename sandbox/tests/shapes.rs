@@ -3,31 +3,15 @@
 //! HumanEval-style `check(candidate)`, MBPP `test_list` with `test_setup_code`, exceptions,
 //! in-place mutation — and the shapes that cannot be evaluated, failing with their reason.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+mod common;
+
 use std::time::Duration;
 
+use common::backends;
+
 use couplet_sandbox::{
-    Backend, Job, JobResult, Limits, NonDataCounts, Outcome, ProcessBackend, WasmBackend,
-    NON_DATA_ARGUMENT, NON_DATA_RESULT,
+    Job, JobResult, Limits, NonDataCounts, Outcome, NON_DATA_ARGUMENT, NON_DATA_RESULT,
 };
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn backends() -> [&'static dyn Backend; 2] {
-    static W: OnceLock<WasmBackend> = OnceLock::new();
-    static P: OnceLock<ProcessBackend> = OnceLock::new();
-    [
-        W.get_or_init(|| {
-            WasmBackend::from_repo(&root()).expect("wasm backend (run scripts/setup.sh)")
-        }),
-        P.get_or_init(|| {
-            ProcessBackend::new(&ProcessBackend::default_python()).expect("process backend")
-        }),
-    ]
-}
 
 fn limits() -> Limits {
     Limits {
