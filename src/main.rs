@@ -36,6 +36,10 @@ enum Command {
     Report(commands::ablate::ReportArgs),
     /// Per-token likelihood estimates (coupled, d1, full_mask, decoupled) of given completions.
     Logprobs(commands::logprobs::Args),
+    /// Fold LoRA adapters into their base model and write a full model folder.
+    MergeLora(commands::merge_lora::Args),
+    /// Per-rank memory budget of a training config, by component (no weights needed).
+    Memory(commands::memory::Args),
     /// Prepare AceCoder data (difficulty split).
     #[command(subcommand)]
     Data(commands::data::Command),
@@ -61,6 +65,8 @@ fn main() {
         Some(Command::Launch(args)) => commands::launch::run(args),
         Some(Command::Ablate(args)) => commands::ablate::ablate(args),
         Some(Command::Report(args)) => commands::ablate::report(args),
+        Some(Command::MergeLora(args)) => commands::merge_lora::run(args),
+        Some(Command::Memory(args)) => commands::memory::run(args),
         Some(Command::Devices) => commands::devices(),
     };
     if let Err(err) = result {

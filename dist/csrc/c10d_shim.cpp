@@ -101,6 +101,19 @@ int couplet_dist_broadcast(CoupletGroup *g, at::Tensor *t, int root, char **err)
   COUPLET_TRY(err, -1)
 }
 
+// Sums `t` over ranks into rank `root`'s `t` (the others' `t` is left unspecified).
+int couplet_dist_reduce(CoupletGroup *g, at::Tensor *t, int root, char **err) {
+  try {
+    std::vector<at::Tensor> v{*t};
+    c10d::ReduceOptions o;
+    o.rootRank = root;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    g->backend->reduce(v, o)->wait();
+    return 0;
+  }
+  COUPLET_TRY(err, -1)
+}
+
 // Gathers `input` (same shape on every rank) into `output` ([world, ...input shape]).
 int couplet_dist_all_gather(CoupletGroup *g, at::Tensor *output, at::Tensor *input,
                             char **err) {
@@ -114,6 +127,10 @@ int couplet_dist_all_gather(CoupletGroup *g, at::Tensor *output, at::Tensor *inp
   }
   COUPLET_TRY(err, -1)
 }
+
+// Drops `t`'s accumulated gradient (ZeRO-2 frees a bucket's gradients once they are reduced
+// into their owner; the next backward allocates fresh ones). tch has no way to undefine it.
+void couplet_dist_free_grad(at::Tensor *t) { t->mutable_grad().reset(); }
 
 int couplet_dist_barrier(CoupletGroup *g, char **err) {
   try {

@@ -46,13 +46,27 @@ extern "C" {
         root: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn couplet_dist_reduce(
+        g: *mut RawGroup,
+        t: *mut torch_sys::C_tensor,
+        root: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn couplet_dist_all_gather(
         g: *mut RawGroup,
         output: *mut torch_sys::C_tensor,
         input: *mut torch_sys::C_tensor,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn couplet_dist_free_grad(t: *mut torch_sys::C_tensor);
     fn couplet_dist_barrier(g: *mut RawGroup, err: *mut *mut c_char) -> c_int;
+}
+
+/// Drops `t`'s accumulated `.grad()` (it becomes undefined and its memory is released).
+/// ZeRO-2 uses it once a gradient has been reduced into its owner's shard.
+pub fn free_grad(t: &Tensor) {
+    // SAFETY: `t` is a live tensor; resetting its grad only releases a reference.
+    unsafe { couplet_dist_free_grad(t.as_ptr() as *mut torch_sys::C_tensor) }
 }
 
 /// Why a process group or a collective failed.
@@ -285,6 +299,16 @@ impl ProcessGroup {
         let code =
             unsafe { couplet_dist_broadcast(self.raw, t.as_mut_ptr(), root as c_int, &mut err) };
         self.check("broadcast", code, err)
+    }
+
+    /// Sums `t` over ranks into rank `root`'s `t`; on the other ranks `t` is left
+    /// unspecified (ZeRO-2's gradient reduction into the owner of a bucket).
+    pub fn reduce_sum(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
+        let mut err = std::ptr::null_mut();
+        // SAFETY: as above.
+        let code =
+            unsafe { couplet_dist_reduce(self.raw, t.as_mut_ptr(), root as c_int, &mut err) };
+        self.check("reduce", code, err)
     }
 
     /// `[world, ...]`: every rank's `t` (same shape and kind on every rank).

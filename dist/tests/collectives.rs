@@ -45,6 +45,15 @@ fn two_ranks_reduce_broadcast_gather() {
                         Tensor::full([3], rank as f64 + 5.0, (Kind::Float, tch::Device::Cpu));
                     pg.broadcast(&mut b, 1).unwrap();
                     let bcast = Vec::<f32>::try_from(&b).unwrap();
+                    // Reduce into rank 1 (ZeRO-2's gradient path), bf16 as well as f32.
+                    let mut r = Tensor::from_slice(&[rank as f32 + 1.0, 0.5]);
+                    pg.reduce_sum(&mut r, 1).unwrap();
+                    let mut h = Tensor::from_slice(&[rank as f32 + 1.0]).to_kind(Kind::BFloat16);
+                    pg.reduce_sum(&mut h, 1).unwrap();
+                    if rank == 1 {
+                        assert_eq!(Vec::<f32>::try_from(&r).unwrap(), vec![3.0, 1.0]);
+                        assert_eq!(h.double_value(&[0]), 3.0);
+                    }
                     let bytes = pg
                         .all_gather_bytes(&vec![b'a' + rank as u8; 3 * rank + 1])
                         .unwrap();

@@ -80,7 +80,8 @@ pub enum Precision {
     /// the CPU).
     #[default]
     F32,
-    /// bf16 autocast over f32 master weights (CUDA).
+    /// bf16 weights and activations; in training, the optimizer keeps f32 master weights
+    /// and moments and writes each update back rounded to bf16.
     Bf16,
 }
 
@@ -93,7 +94,7 @@ impl Precision {
         }
     }
 
-    /// Whether forward passes run under bf16 autocast.
+    /// Whether weights and activations are bf16.
     pub fn is_bf16(self) -> bool {
         self == Precision::Bf16
     }

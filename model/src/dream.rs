@@ -12,10 +12,13 @@
 //! estimators call [`DreamModel::hidden_states`] and then [`DreamModel::token_logits`] for
 //! only the positions they score, which also applies the shifted-prediction convention.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DreamConfig;
+use crate::lora::{tensor_name, Adapter, LoraConfig, LoraInit, LoraTarget};
 
 /// How freshly built parameters are filled.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,10 +95,10 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 /// Bidirectional grouped-query self-attention with q/k/v biases.
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
@@ -117,29 +120,62 @@ fn linear(vs: nn::Path, inp: i64, out: i64, bias: bool, init: Init, std: f64) ->
     nn::linear(vs, inp, out, cfg)
 }
 
+/// A linear projection with an optional LoRA adapter.
+#[derive(Debug)]
+pub struct Proj {
+    linear: nn::Linear,
+    adapter: Option<Adapter>,
+    /// Key of this projection's dropout masks (layer × target).
+    site: u64,
+}
+
+impl Proj {
+    fn new(linear: nn::Linear) -> Self {
+        Proj {
+            linear,
+            adapter: None,
+            site: 0,
+        }
+    }
+
+    fn forward(&self, xs: &Tensor, ctx: &LayerContext) -> Tensor {
+        let y = self.linear.forward(xs);
+        match (&self.adapter, ctx.adapters) {
+            (Some(adapter), true) => {
+                let seed = ctx
+                    .dropout_seed
+                    .map(|s| crate::random::bits(s, self.site, 0));
+                y + adapter.delta(xs, seed)
+            }
+            _ => y,
+        }
+    }
+}
+
 impl Attention {
     fn new(vs: nn::Path, cfg: &DreamConfig, init: Init) -> Self {
         let (h, d) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
         let std = cfg.initializer_range;
         Attention {
-            q_proj: linear(&vs / "q_proj", h, nh * d, true, init, std),
-            k_proj: linear(&vs / "k_proj", h, nkv * d, true, init, std),
-            v_proj: linear(&vs / "v_proj", h, nkv * d, true, init, std),
-            o_proj: linear(&vs / "o_proj", nh * d, h, false, init, std),
+            q_proj: Proj::new(linear(&vs / "q_proj", h, nh * d, true, init, std)),
+            k_proj: Proj::new(linear(&vs / "k_proj", h, nkv * d, true, init, std)),
+            v_proj: Proj::new(linear(&vs / "v_proj", h, nkv * d, true, init, std)),
+            o_proj: Proj::new(linear(&vs / "o_proj", nh * d, h, false, init, std)),
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
         }
     }
 
-    fn forward(&self, xs: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>) -> Tensor {
+    fn forward(&self, xs: &Tensor, ctx: &LayerContext) -> Tensor {
         let (b, l, _) = xs.size3().expect("hidden states are [B, L, H]");
         let heads = |t: Tensor, n: i64| t.view([b, l, n, self.head_dim]).transpose(1, 2);
-        let q = heads(self.q_proj.forward(xs), self.num_heads); // [B, nh, L, D]
-        let k = heads(self.k_proj.forward(xs), self.num_kv_heads); // [B, nkv, L, D]
-        let v = heads(self.v_proj.forward(xs), self.num_kv_heads);
-        let (cos, sin) = rope;
+        let q = heads(self.q_proj.forward(xs, ctx), self.num_heads); // [B, nh, L, D]
+        let k = heads(self.k_proj.forward(xs, ctx), self.num_kv_heads); // [B, nkv, L, D]
+        let v = heads(self.v_proj.forward(xs, ctx), self.num_kv_heads);
+        let mask = ctx.mask.as_ref();
+        let (cos, sin) = &ctx.rope;
         let q = apply_rotary(&q, cos, sin);
         let k = apply_rotary(&k, cos, sin);
         // Grouped-query attention inside SDPA (`enable_gqa`): kv heads are never copied.
@@ -148,16 +184,16 @@ impl Attention {
         let attn = attn
             .transpose(1, 2)
             .reshape([b, l, self.num_heads * self.head_dim]);
-        self.o_proj.forward(&attn)
+        self.o_proj.forward(&attn, ctx)
     }
 }
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 impl Mlp {
@@ -168,17 +204,15 @@ impl Mlp {
             cfg.initializer_range,
         );
         Mlp {
-            gate_proj: linear(&vs / "gate_proj", h, i, false, init, std),
-            up_proj: linear(&vs / "up_proj", h, i, false, init, std),
-            down_proj: linear(&vs / "down_proj", i, h, false, init, std),
+            gate_proj: Proj::new(linear(&vs / "gate_proj", h, i, false, init, std)),
+            up_proj: Proj::new(linear(&vs / "up_proj", h, i, false, init, std)),
+            down_proj: Proj::new(linear(&vs / "down_proj", i, h, false, init, std)),
         }
     }
-}
 
-impl Module for Mlp {
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        self.down_proj
-            .forward(&(self.gate_proj.forward(xs).silu() * self.up_proj.forward(xs)))
+    fn forward(&self, xs: &Tensor, ctx: &LayerContext) -> Tensor {
+        let inner = self.gate_proj.forward(xs, ctx).silu() * self.up_proj.forward(xs, ctx);
+        self.down_proj.forward(&inner, ctx)
     }
 }
 
@@ -212,12 +246,12 @@ impl DecoderLayer {
     /// `xs [B, L, H]` → `[B, L, H]`.
     pub fn forward(&self, xs: &Tensor, ctx: &LayerContext) -> Tensor {
         let h = xs
-            + self.self_attn.forward(
-                &self.input_layernorm.forward(xs),
-                &ctx.rope,
-                ctx.mask.as_ref(),
-            );
-        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
+            + self
+                .self_attn
+                .forward(&self.input_layernorm.forward(xs), ctx);
+        &h + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h), ctx)
     }
 }
 
@@ -227,6 +261,10 @@ pub struct LayerContext {
     rope: (Tensor, Tensor),
     /// Boolean key mask `[B, 1, 1, L]` (true = attend), `None` when nothing is padded.
     mask: Option<Tensor>,
+    /// Apply the LoRA adapters (off: the base model).
+    adapters: bool,
+    /// Key of the adapters' dropout masks (the policy update only; `None`: no dropout).
+    dropout_seed: Option<u64>,
 }
 
 /// The Dream transformer with its parameters.
@@ -239,7 +277,16 @@ pub struct DreamModel {
     norm: RmsNorm,
     lm_head: Tensor, // [V, H]; shares storage with embed_tokens when tied
     rotary: RotaryEmbedding,
+    /// LoRA adapters: their shape and their (f32, trainable) parameters.
+    lora: Option<(LoraConfig, nn::VarStore)>,
+    /// Whether forward passes apply the adapters (the reference switches them off).
+    adapters_on: AtomicBool,
+    /// Dropout key of the adapters in the current policy update ([`NO_DROPOUT`]: none).
+    dropout_seed: AtomicU64,
 }
+
+/// `dropout_seed` value meaning no adapter dropout.
+const NO_DROPOUT: u64 = u64::MAX;
 
 impl DreamModel {
     /// Builds the parameters on `device` in `kind` (f32 or bf16) for `config`.
@@ -279,6 +326,9 @@ impl DreamModel {
             norm,
             lm_head,
             rotary: RotaryEmbedding::new(config, device),
+            lora: None,
+            adapters_on: AtomicBool::new(true),
+            dropout_seed: AtomicU64::new(NO_DROPOUT),
         }
     }
 
@@ -352,6 +402,11 @@ impl DreamModel {
         LayerContext {
             rope: self.rotary.cos_sin(&position_ids, self.kind()),
             mask,
+            adapters: self.adapters_on.load(Ordering::Relaxed),
+            dropout_seed: match self.dropout_seed.load(Ordering::Relaxed) {
+                NO_DROPOUT => None,
+                seed => Some(seed),
+            },
         }
     }
 
@@ -428,5 +483,123 @@ impl DreamModel {
             .iter()
             .map(|t| t.numel() as i64)
             .sum()
+    }
+
+    /// Adds LoRA adapters (`B = 0`, `A` initialised from torch's global RNG: seed it first)
+    /// to the configured projections of every layer, and freezes the base weights.
+    pub fn attach_lora(&mut self, config: &LoraConfig) {
+        let vs = nn::VarStore::new(self.device());
+        let root = vs.root();
+        let rank = config.rank;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (t, &target) in LoraTarget::ALL.iter().enumerate() {
+                if !config.target_modules.contains(&target) {
+                    continue;
+                }
+                let proj = layer.proj_mut(target);
+                let ws = proj.linear.ws.size();
+                let (out, inp) = (ws[0], ws[1]);
+                let a_init = match config.init {
+                    LoraInit::Default => {
+                        let bound = 1.0 / (inp as f64).sqrt();
+                        nn::Init::Uniform {
+                            lo: -bound,
+                            up: bound,
+                        }
+                    }
+                    LoraInit::Gaussian => nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0 / rank as f64,
+                    },
+                };
+                let a = lora_var(&root, &tensor_name(i, target, 'A'), &[rank, inp], a_init);
+                let b = lora_var(
+                    &root,
+                    &tensor_name(i, target, 'B'),
+                    &[out, rank],
+                    nn::Init::Const(0.0),
+                );
+                proj.adapter = Some(Adapter {
+                    a,
+                    b,
+                    scale: config.scale(),
+                    dropout: config.dropout,
+                });
+                proj.site = (i * LoraTarget::ALL.len() + t) as u64;
+            }
+        }
+        self.vs.freeze();
+        self.lora = Some((config.clone(), vs));
+    }
+
+    /// The adapters' shape and parameter store, when LoRA is attached.
+    pub fn lora(&self) -> Option<(&LoraConfig, &nn::VarStore)> {
+        self.lora.as_ref().map(|(c, vs)| (c, vs))
+    }
+
+    /// What training updates: the adapters under LoRA, else every parameter (by name).
+    pub fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        let vs = self.lora.as_ref().map_or(&self.vs, |(_, vs)| vs);
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Runs `f` with the adapters switched off: the base model (the reference under LoRA).
+    pub fn without_adapters<T>(&self, f: impl FnOnce() -> T) -> T {
+        let before = self.adapters_on.swap(false, Ordering::Relaxed);
+        let out = f();
+        self.adapters_on.store(before, Ordering::Relaxed);
+        out
+    }
+
+    /// Runs `f` with adapter dropout keyed by `seed` (the policy update's forward and its
+    /// recomputation draw the same masks).
+    pub fn with_adapter_dropout<T>(&self, seed: u64, f: impl FnOnce() -> T) -> T {
+        let key = if seed == NO_DROPOUT { seed - 1 } else { seed };
+        let before = self.dropout_seed.swap(key, Ordering::Relaxed);
+        let out = f();
+        self.dropout_seed.store(before, Ordering::Relaxed);
+        out
+    }
+
+    /// Folds every adapter into its base weight (`W += s·B·A`, in f32, then rounded to the
+    /// weight's dtype) and removes the adapters: a plain model again.
+    pub fn merge_lora(&mut self) {
+        let _guard = tch::no_grad_guard();
+        for layer in &mut self.layers {
+            for target in LoraTarget::ALL {
+                let proj = layer.proj_mut(target);
+                if let Some(adapter) = proj.adapter.take() {
+                    let w = &mut proj.linear.ws;
+                    let merged =
+                        w.to_kind(Kind::Float) + adapter.merged_delta().to_device(w.device());
+                    w.copy_(&merged.to_kind(w.kind()));
+                }
+            }
+        }
+        self.lora = None;
+    }
+}
+
+fn lora_var(root: &nn::Path, name: &str, shape: &[i64], init: nn::Init) -> Tensor {
+    // Var names may not contain '.': walk the path segment by segment.
+    let mut parts: Vec<&str> = name.split('.').collect();
+    let leaf = parts.pop().unwrap_or("weight");
+    let path = parts.iter().fold(root.clone(), |p, part| &p / *part);
+    path.var(leaf, shape, init)
+}
+
+impl DecoderLayer {
+    fn proj_mut(&mut self, target: LoraTarget) -> &mut Proj {
+        match target {
+            LoraTarget::QProj => &mut self.self_attn.q_proj,
+            LoraTarget::KProj => &mut self.self_attn.k_proj,
+            LoraTarget::VProj => &mut self.self_attn.v_proj,
+            LoraTarget::OProj => &mut self.self_attn.o_proj,
+            LoraTarget::GateProj => &mut self.mlp.gate_proj,
+            LoraTarget::UpProj => &mut self.mlp.up_proj,
+            LoraTarget::DownProj => &mut self.mlp.down_proj,
+        }
     }
 }

@@ -53,7 +53,7 @@ pub enum ModelError {
         message: String,
     },
     /// The weights do not match the architecture: every problem, listed together.
-    #[error("checkpoint {dir} does not match its config.json:\n{}", format_problems(.missing, .unexpected, .wrong))]
+    #[error("checkpoint {dir} does not match its config (config.json, or adapter_config.json for adapters):\n{}", format_problems(.missing, .unexpected, .wrong))]
     Tensors {
         /// The model folder.
         dir: PathBuf,

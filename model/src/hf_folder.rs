@@ -295,7 +295,7 @@ pub fn save_model(model: &DreamModel, dir: &Path, options: &SaveOptions) -> Resu
 
 /// Streams `names` into one safetensors file (header, then raw little-endian data), one
 /// tensor in memory at a time. Written under a temp name and renamed when complete.
-fn write_safetensors(
+pub(crate) fn write_safetensors(
     path: &Path,
     names: &[&String],
     vars: &HashMap<String, Tensor>,

@@ -10,6 +10,7 @@
 //! attention mask; special-token ids always come from the checkpoint folder.
 #![deny(missing_docs)]
 
+pub mod adapter_folder;
 pub mod config;
 pub mod device;
 pub mod dream;
@@ -18,16 +19,19 @@ pub mod error;
 mod fsutil;
 pub mod hf_folder;
 pub mod init;
+pub mod lora;
 pub mod names;
 pub mod random;
 pub mod tokenizer;
 
+pub use adapter_folder::{is_adapter_folder, load_adapter, save_adapter};
 pub use config::{DreamConfig, GenerationConfig, TokenIds};
 pub use device::{DeviceSpec, Precision};
 pub use dream::{DreamModel, Init};
 pub use error::{ModelError, Result};
 pub use hf_folder::{load_model, save_model, LoadOptions, SaveOptions};
 pub use init::{init_model_folder, Preset};
+pub use lora::{LoraConfig, LoraInit, LoraTarget};
 pub use tokenizer::{chat_prompt, PromptBatch, SpecialTokens, TextTokenizer};
 
 /// A Hugging Face model folder, loaded: the model and its tokenizer, ready for decoding or

@@ -45,6 +45,10 @@ pub mod stream {
     pub const SFT_MASK: u64 = 0x701;
     /// Trainer: the decoding seed of periodic validation (the same at every evaluation).
     pub const VALIDATION: u64 = 0x800;
+    /// The initial LoRA `A` matrices (torch's generator is seeded from it).
+    pub const LORA_INIT: u64 = 0x900;
+    /// LoRA dropout masks of a policy-update micro-batch.
+    pub const LORA_DROPOUT: u64 = 0x901;
 }
 
 /// SplitMix64 finaliser: a bijective 64-bit mix.

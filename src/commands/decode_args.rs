@@ -44,6 +44,10 @@ pub struct DecodeArgs {
     /// f32 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: Precision,
+    /// LoRA adapters (a PEFT folder: adapter_config.json + adapter_model.safetensors, e.g.
+    /// a LoRA run's RUN/checkpoint-N/adapter) applied on top of --model.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl DecodeArgs {

@@ -61,6 +61,7 @@ pub fn run() -> Result<()> {
             max_prompt_length: None,
             device: couplet_model::DeviceSpec::Cpu,
             dtype: couplet_model::Precision::F32,
+            adapter: None,
         },
         samples: 1,
         json: false,

@@ -101,7 +101,12 @@ pub fn run(args: Args) -> Result<()> {
         check_completions(&problems, &completions, &args.k, &pool, limits)
     } else {
         let model = args.model.as_ref().expect("clap requires --model");
-        let ckpt = super::load_model(model, args.decode.device, args.decode.dtype)?;
+        let ckpt = super::load_with_adapter(
+            model,
+            args.decode.adapter.as_deref(),
+            args.decode.device,
+            args.decode.dtype,
+        )?;
         let settings = EvalSettings {
             samples: args.samples,
             ks: args.k.clone(),
@@ -109,7 +114,6 @@ pub fn run(args: Args) -> Result<()> {
             seed: args.decode.seed,
             system_prompt: args.system.clone(),
             limits,
-            bf16: false,
         };
         let bar = progress_bar(problems.len() as u64, "eval", "problems", true);
         let report = evaluate(&ckpt, &problems, &settings, &pool, |done, _| {

@@ -78,7 +78,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut config = args.decode.rollout(args.samples.max(1))?;
     config.progress = !args.json;
     let prompts = read_prompts(&args)?;
-    let ckpt = super::load_model(&args.model, args.decode.device, args.decode.dtype)?;
+    let ckpt = super::load_with_adapter(
+        &args.model,
+        args.decode.adapter.as_deref(),
+        args.decode.device,
+        args.decode.dtype,
+    )?;
     let texts: Vec<String> = if args.chat {
         prompts
             .iter()

@@ -9,6 +9,8 @@ pub mod generate;
 pub mod init_model;
 pub mod launch;
 pub mod logprobs;
+pub mod memory;
+pub mod merge_lora;
 pub mod sandbox;
 pub mod sft;
 pub mod train;
@@ -35,6 +37,28 @@ pub fn load_model(
     }
     LoadedModel::load(&folder, options)
         .with_context(|| format!("loading model {}", folder.display()))
+}
+
+/// [`load_model`], then the LoRA adapters of the PEFT folder `adapter` on top.
+pub fn load_with_adapter(
+    path: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    device: DeviceSpec,
+    precision: Precision,
+) -> Result<LoadedModel> {
+    let mut loaded = load_model(path, device, precision)?;
+    if let Some(dir) = adapter {
+        let lora = couplet_model::load_adapter(&mut loaded.model, dir)
+            .with_context(|| format!("loading LoRA adapters {}", dir.display()))?;
+        eprintln!(
+            "adapters: {} (rank {}, alpha {}, {} target modules)",
+            dir.display(),
+            lora.rank,
+            lora.alpha,
+            lora.target_modules.len()
+        );
+    }
+    Ok(loaded)
 }
 
 /// The Hugging Face folder that `path` names: itself, a checkpoint's `policy/`, or the

@@ -14,8 +14,6 @@ use couplet_rollout::{generate_rollout, ArNess, RolloutConfig};
 use couplet_sandbox::{Job, Limits, NonDataCounts, SandboxPool};
 use serde::{Deserialize, Serialize};
 
-use crate::reference::with_autocast;
-
 /// One problem: the question the model sees and the tests its code must pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalProblem {
@@ -101,8 +99,6 @@ pub struct EvalSettings {
     pub system_prompt: String,
     /// Sandbox limits per test.
     pub limits: Limits,
-    /// Autocast the decoder to bf16 (CUDA only).
-    pub bf16: bool,
 }
 
 /// One problem's outcome.
@@ -310,16 +306,14 @@ pub fn evaluate(
             .map(|p| chat_prompt(&settings.system_prompt, &p.question))
             .collect();
         let first = (b * per_batch * settings.samples) as u64;
-        let rollout = with_autocast(model.model.device(), settings.bf16, || {
-            generate_rollout(
-                &model.model,
-                &model.tokenizer,
-                &prompts,
-                &cfg,
-                settings.seed,
-                first,
-            )
-        })
+        let rollout = generate_rollout(
+            &model.model,
+            &model.tokenizer,
+            &prompts,
+            &cfg,
+            settings.seed,
+            first,
+        )
         .map_err(|e| e.to_string())?;
         generation_seconds += rollout.seconds;
         tokens += rollout.tokens_per_second() * rollout.seconds;

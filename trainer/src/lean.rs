@@ -57,20 +57,21 @@ fn chunked_logprobs(rows: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64
     }
 }
 
-/// Closed-form gradients of `Σ g_n lp_n` with respect to the rows `[N, H]` and the
-/// projection `[V, H]`, chunked.
+/// Closed-form gradients of `Σ g_n lp_n` with respect to the rows `[N, H]` and (when the
+/// projection is trained: not under LoRA) the projection `[V, H]`, chunked.
 fn closed_form_grads(
     rows: &Tensor,
     weight: &Tensor,
     targets: &Tensor,
     g: &Tensor,
     chunk: i64,
-) -> (Tensor, Tensor) {
+) -> (Tensor, Option<Tensor>) {
+    let need_w = weight.requires_grad();
     let _guard = tch::no_grad_guard();
     let n = rows.size()[0];
     let wf = weight.to_kind(Kind::Float);
     let mut grad_rows = Vec::new();
-    let mut grad_w = Tensor::zeros_like(&wf);
+    let mut grad_w = need_w.then(|| Tensor::zeros_like(&wf));
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
@@ -81,7 +82,9 @@ fn closed_form_grads(
                                                        // G = g ⊙ (onehot(t) − p), [c, V]
         let coef = (probs.zeros_like().scatter_value(1, &t.unsqueeze(1), 1.0) - probs) * gc;
         grad_rows.push(coef.matmul(&wf)); // [c, H]
-        grad_w += coef.tr().matmul(&h); // [V, H]
+        if let Some(gw) = grad_w.as_mut() {
+            *gw += coef.tr().matmul(&h); // [V, H]
+        }
         start += len;
     }
     let grad_rows = if grad_rows.is_empty() {
@@ -91,7 +94,7 @@ fn closed_form_grads(
     };
     (
         grad_rows.to_kind(rows.kind()),
-        grad_w.to_kind(weight.kind()),
+        grad_w.map(|gw| gw.to_kind(weight.kind())),
     )
 }
 
@@ -182,9 +185,13 @@ impl<'m> LeanPass<'m> {
             g,
             self.config.chunk_rows,
         );
-        let surrogate =
-            (&self.rows * &grad_rows).sum(Kind::Float) + (weight * &grad_w).sum(Kind::Float);
-        surrogate.backward();
+        let mut surrogate = (&self.rows * &grad_rows).sum(Kind::Float);
+        if let Some(grad_w) = &grad_w {
+            surrogate += (weight * grad_w).sum(Kind::Float);
+        }
+        if surrogate.requires_grad() {
+            surrogate.backward();
+        }
         let Some(top) = self.top else { return };
         // Checkpointing: walk the layers backwards, recomputing each one.
         let ctx = self.model.layer_context(&self.ids, self.attention.as_ref());

@@ -16,6 +16,7 @@ pub mod estimator;
 pub mod eval;
 pub mod lean;
 pub mod logging;
+pub mod memory;
 pub mod objective;
 pub mod optim;
 pub mod reference;
@@ -35,8 +36,10 @@ pub use eval::{
 pub use lean::{LeanConfig, LeanPass};
 pub use logging::RunLog;
 pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
-pub use optim::{lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, ScheduleKind, StepReport};
-pub use reference::{needs_reference, with_autocast, ReferenceModel};
+pub use optim::{
+    assign_owners, lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, ScheduleKind, StepReport,
+};
+pub use reference::{needs_reference, Reference, ReferenceModel};
 pub use sft::{
     build_example, examples_from_rows, run_sft, sft_loss, sft_step, ExampleShape, SftError,
     SftEvent, SftExample, SftPlan, SftSettings,

@@ -115,21 +115,54 @@ pub fn warmup_steps(total: u64, ratio: f64) -> u64 {
     (total as f64 * ratio).ceil() as u64
 }
 
-/// One parameter with its Adam moments.
+/// One parameter with its Adam moments (and, for a bf16 parameter, its f32 master copy).
 pub struct ParamState {
     /// Its name in the model.
     pub name: String,
-    /// The parameter.
+    /// The parameter (the model's working copy: f32, or bf16 under mixed precision).
     pub param: Tensor,
     /// First moment (empty when not owned).
     pub exp_avg: Tensor,
     /// Second moment (empty when not owned).
     pub exp_avg_sq: Tensor,
+    /// The f32 master weights of a non-f32 parameter this rank owns: the update is computed
+    /// and accumulated here, then rounded into `param`. Small updates that would vanish
+    /// below one bf16 ulp of the weight still add up in the master. `None` for f32
+    /// parameters (the parameter is its own master) and for parameters owned elsewhere.
+    pub master: Option<Tensor>,
+    /// Under ZeRO-2: the gradient summed over ranks, in f32, held only by the owner (the
+    /// model's own `.grad()` is zeroed once it has been reduced).
+    pub reduced_grad: Option<Tensor>,
     /// Whether weight decay applies.
     pub decay: bool,
-    /// This rank updates the parameter (always, except under ZeRO-1 sharding, where the
-    /// moments of parameters owned by other ranks are not even allocated).
+    /// This rank updates the parameter (always, except under ZeRO sharding, where the
+    /// moments and masters of parameters owned by other ranks are not even allocated).
     pub owned: bool,
+}
+
+impl ParamState {
+    /// The gradient the update uses: the reduced shard under ZeRO-2, else the parameter's.
+    fn gradient(&self) -> Option<Tensor> {
+        if let Some(g) = &self.reduced_grad {
+            return Some(g.shallow_clone());
+        }
+        let g = self.param.grad();
+        g.defined().then_some(g)
+    }
+
+    /// Bytes of optimizer-owned state (moments, master, reduced gradient).
+    pub fn state_bytes(&self) -> i64 {
+        let bytes = |t: &Tensor| t.numel() as i64 * kind_bytes(t.kind());
+        bytes(&self.exp_avg)
+            + bytes(&self.exp_avg_sq)
+            + self.master.as_ref().map_or(0, bytes)
+            + self.reduced_grad.as_ref().map_or(0, bytes)
+    }
+}
+
+/// Bytes per element of a floating-point kind.
+pub(crate) fn kind_bytes(kind: Kind) -> i64 {
+    couplet_model::dtype::element_size(kind) as i64
 }
 
 /// AdamW over a model's parameters, with state we own (checkpointed, shardable).
@@ -153,8 +186,27 @@ pub struct StepReport {
     pub clipped: bool,
 }
 
+/// Greedy longest-processing-time assignment of parameters (by element count) to `world`
+/// ranks: largest first, each to the least-loaded rank (ties: lower rank; equal sizes in
+/// name order). Deterministic, so every rank computes the same owners; the heaviest rank
+/// carries at most the average plus one parameter.
+pub fn assign_owners(sizes: &[i64], world: usize) -> Vec<usize> {
+    let world = world.max(1);
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
+    let mut load = vec![0i64; world];
+    let mut owners = vec![0; sizes.len()];
+    for i in order {
+        let owner = (0..world).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+        load[owner] += sizes[i];
+        owners[i] = owner;
+    }
+    owners
+}
+
 impl AdamW {
-    /// State for `params` (name, tensor), in a stable (sorted) order; moments in f32.
+    /// State for `params` (name, tensor), in a stable (sorted) order; moments in f32, and
+    /// an f32 master copy of every parameter that is not f32.
     pub fn new(mut params: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let params = params
@@ -162,9 +214,13 @@ impl AdamW {
             .map(|(name, param)| {
                 let decay = config.decay_norms_and_biases || param.dim() > 1;
                 let zeros = || Tensor::zeros(param.size(), (Kind::Float, param.device()));
+                let master = (param.kind() != Kind::Float)
+                    .then(|| tch::no_grad(|| param.detach().to_kind(Kind::Float)));
                 ParamState {
                     exp_avg: zeros(),
                     exp_avg_sq: zeros(),
+                    master,
+                    reduced_grad: None,
                     name,
                     param,
                     decay,
@@ -179,32 +235,30 @@ impl AdamW {
         }
     }
 
-    /// ZeRO-1: assigns each parameter to one of `world` ranks (greedy by size, in name
-    /// order, so every rank computes the same owners), frees the moments of the parameters
-    /// this `rank` does not own, and returns the owner of every parameter.
+    /// ZeRO-1/2: assigns each parameter to one of `world` ranks ([`assign_owners`]), frees
+    /// the moments and masters of the parameters this `rank` does not own, and returns the
+    /// owner of every parameter.
     pub fn shard(&mut self, rank: usize, world: usize) -> Vec<usize> {
-        let mut load = vec![0i64; world.max(1)];
-        let mut owners = Vec::with_capacity(self.params.len());
-        for p in &mut self.params {
-            let owner = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
-            load[owner] += p.param.numel() as i64;
-            owners.push(owner);
+        let sizes: Vec<i64> = self.params.iter().map(|p| p.param.numel() as i64).collect();
+        let owners = assign_owners(&sizes, world);
+        for (p, &owner) in self.params.iter_mut().zip(&owners) {
             p.owned = owner == rank;
             if !p.owned {
                 let empty = || Tensor::zeros([0], (Kind::Float, p.param.device()));
                 p.exp_avg = empty();
                 p.exp_avg_sq = empty();
+                p.master = None;
             }
         }
         owners
     }
 
-    /// Global L2 norm of all gradients (before clipping).
-    pub fn grad_norm(&self) -> f64 {
+    /// Sum of squared gradients (f64) over every parameter (`owned_only`: over the ones
+    /// this rank owns — under ZeRO-2 the others hold no reduced gradient here).
+    pub fn grad_square_sum(&self, owned_only: bool) -> f64 {
         let mut total = 0f64;
-        for p in &self.params {
-            let g = p.param.grad();
-            if g.defined() {
+        for p in self.params.iter().filter(|p| p.owned || !owned_only) {
+            if let Some(g) = p.gradient() {
                 total += g
                     .to_kind(Kind::Double)
                     .pow_tensor_scalar(2)
@@ -212,13 +266,24 @@ impl AdamW {
                     .double_value(&[]);
             }
         }
-        total.sqrt()
+        total
+    }
+
+    /// Global L2 norm of all gradients (before clipping), when every gradient is here.
+    pub fn grad_norm(&self) -> f64 {
+        self.grad_square_sum(false).sqrt()
     }
 
     /// Clips, then applies one AdamW update with learning rate `lr`, then zeroes grads.
     pub fn step(&mut self, lr: f64) -> StepReport {
+        let norm = self.grad_norm();
+        self.step_with_norm(lr, norm)
+    }
+
+    /// [`AdamW::step`] with the global pre-clip norm computed by the caller (under ZeRO-2
+    /// it is a sum over ranks).
+    pub fn step_with_norm(&mut self, lr: f64, grad_norm: f64) -> StepReport {
         let c = self.config;
-        let grad_norm = self.grad_norm();
         let scale = if c.max_grad_norm > 0.0 && grad_norm > c.max_grad_norm {
             c.max_grad_norm / (grad_norm + 1e-6)
         } else {
@@ -226,30 +291,19 @@ impl AdamW {
         };
         self.step += 1;
         let t = self.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
+        let bias = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         let _guard = tch::no_grad_guard();
         for p in &mut self.params {
+            if let Some(grad) = p.gradient() {
+                if p.owned {
+                    update_parameter(p, &grad, scale, lr, bias, &c);
+                }
+            }
+            p.reduced_grad = None;
             let mut grad = p.param.grad();
-            if !grad.defined() {
-                continue;
-            }
-            if !p.owned {
+            if grad.defined() {
                 let _ = grad.zero_();
-                continue;
             }
-            let g = grad.to_kind(Kind::Float) * scale;
-            p.exp_avg = &p.exp_avg * c.beta1 + &g * (1.0 - c.beta1);
-            p.exp_avg_sq = &p.exp_avg_sq * c.beta2 + (&g * &g) * (1.0 - c.beta2);
-            let denom = (&p.exp_avg_sq / bc2).sqrt() + c.eps;
-            let mut update = (&p.exp_avg / bc1) / denom;
-            let master = p.param.to_kind(Kind::Float);
-            if p.decay && c.weight_decay > 0.0 {
-                update += &master * c.weight_decay;
-            }
-            let new = master - update * lr;
-            p.param.copy_(&new.to_kind(p.param.kind()));
-            let _ = grad.zero_();
         }
         StepReport {
             grad_norm,
@@ -260,13 +314,48 @@ impl AdamW {
 
     /// Drops every gradient (a skipped step).
     pub fn zero_grad(&mut self) {
-        for p in &self.params {
+        for p in &mut self.params {
+            p.reduced_grad = None;
             let mut g = p.param.grad();
             if g.defined() {
                 let _ = g.zero_();
             }
         }
     }
+
+    /// Bytes of optimizer state this rank holds (moments, masters, reduced gradients).
+    pub fn state_bytes(&self) -> i64 {
+        self.params.iter().map(ParamState::state_bytes).sum()
+    }
+}
+
+/// One AdamW update of an owned parameter, computed in f32 on its master (the parameter
+/// itself when f32), then written to the working copy.
+fn update_parameter(
+    p: &mut ParamState,
+    grad: &Tensor,
+    scale: f64,
+    lr: f64,
+    (bc1, bc2): (f64, f64),
+    c: &AdamWConfig,
+) {
+    let g = grad.to_kind(Kind::Float) * scale;
+    p.exp_avg = &p.exp_avg * c.beta1 + &g * (1.0 - c.beta1);
+    p.exp_avg_sq = &p.exp_avg_sq * c.beta2 + (&g * &g) * (1.0 - c.beta2);
+    let denom = (&p.exp_avg_sq / bc2).sqrt() + c.eps;
+    let mut update = (&p.exp_avg / bc1) / denom;
+    let master = match &p.master {
+        Some(m) => m.shallow_clone(),
+        None => p.param.to_kind(Kind::Float),
+    };
+    if p.decay && c.weight_decay > 0.0 {
+        update += &master * c.weight_decay;
+    }
+    let new = master - update * lr;
+    if let Some(m) = &mut p.master {
+        m.copy_(&new);
+    }
+    p.param.copy_(&new.to_kind(p.param.kind()));
 }
 
 #[cfg(test)]

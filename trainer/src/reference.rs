@@ -1,9 +1,36 @@
 //! The reference model of the KL term: a frozen copy of the initial policy, optionally
 //! pulled towards the policy every N optimizer steps (`ref ← α·policy + (1 − α)·ref`),
-//! kept on its own device and dtype. With β = 0 none is held at all.
+//! kept on its own device and dtype — or, under LoRA, the policy's own frozen base with
+//! the adapters switched off (no second copy). With β = 0 none is held at all.
 
 use couplet_model::{DreamModel, Init};
 use tch::{Device, Kind};
+
+/// Where the KL term's reference log-probs come from.
+pub enum Reference {
+    /// A frozen copy of the starting policy.
+    Copy(ReferenceModel),
+    /// The policy with its LoRA adapters switched off: the frozen base.
+    BaseWithoutAdapters,
+}
+
+impl Reference {
+    /// The copy, when there is one.
+    pub fn copy_mut(&mut self) -> Option<&mut ReferenceModel> {
+        match self {
+            Reference::Copy(r) => Some(r),
+            Reference::BaseWithoutAdapters => None,
+        }
+    }
+
+    /// The copy, when there is one.
+    pub fn copy(&self) -> Option<&ReferenceModel> {
+        match self {
+            Reference::Copy(r) => Some(r),
+            Reference::BaseWithoutAdapters => None,
+        }
+    }
+}
 
 /// The frozen reference model of the KL term, optionally synced towards the policy.
 pub struct ReferenceModel {
@@ -70,16 +97,6 @@ impl ReferenceModel {
 /// Whether the objective needs a reference model (β > 0).
 pub fn needs_reference(beta: f64) -> bool {
     beta > 0.0
-}
-
-/// Runs `f` under bf16 autocast on CUDA (f32 parameters stay the master weights), plainly
-/// elsewhere.
-pub fn with_autocast<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) -> T {
-    if enabled && device.is_cuda() {
-        tch::autocast(true, f)
-    } else {
-        f()
-    }
 }
 
 #[cfg(test)]

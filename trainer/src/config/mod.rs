@@ -90,6 +90,8 @@ pub struct TrainConfig {
     pub eval: EvalSection,
     /// `[distributed]`: data parallelism.
     pub distributed: DistributedSection,
+    /// `[lora]`: LoRA adapters on a frozen base (rank 0: full fine-tuning).
+    pub lora: couplet_model::LoraConfig,
 }
 
 impl Default for TrainConfig {
@@ -109,6 +111,7 @@ impl Default for TrainConfig {
             logging: LoggingSection::default(),
             eval: EvalSection::default(),
             distributed: DistributedSection::default(),
+            lora: couplet_model::LoraConfig::default(),
         }
     }
 }
@@ -179,6 +182,22 @@ impl TrainConfig {
         self.checkpointing.validate()?;
         if self.logging.log_every == 0 {
             return Err(invalid("logging.log_every", "must be at least 1"));
+        }
+        self.validate_lora()
+    }
+
+    /// `[lora]`'s ranges, and what LoRA changes elsewhere: the reference is the base
+    /// model itself (adapters off), so it cannot be synced towards the policy.
+    fn validate_lora(&self) -> Result<(), ConfigError> {
+        if let Err((field, message)) = self.lora.check() {
+            let key = format!("lora.{field}");
+            return Err(ConfigError::Invalid { key, message });
+        }
+        if self.lora.enabled() && self.objective.beta > 0.0 && self.objective.sync_ref_model {
+            return Err(invalid(
+                "objective.sync_ref_model",
+                "with [lora] the reference is the frozen base (adapters switched off) and cannot be synced towards the policy: set objective.sync_ref_model = false",
+            ));
         }
         Ok(())
     }

@@ -26,7 +26,8 @@ pub struct ModelSection {
     pub path: PathBuf,
     /// cpu, cuda, cuda:N or auto.
     pub device: DeviceSpec,
-    /// f32, or bf16 (autocast over f32 master weights on CUDA).
+    /// f32, or bf16 (bf16 weights and activations, f32 master weights and moments in the
+    /// optimizer).
     pub dtype: Precision,
     /// Recompute layer activations in backward.
     pub gradient_checkpointing: bool,
@@ -409,6 +410,11 @@ pub struct ObjectiveSection {
     pub ref_model_sync_steps: u64,
     /// α of the sync: reference ← α · policy + (1 − α) · reference.
     pub ref_model_mixup_alpha: f64,
+    /// Element type of the reference copy (default: `model.dtype`); bf16 halves its memory.
+    pub reference_dtype: Option<Precision>,
+    /// Where the reference copy lives (default: the policy's device); `cpu` takes it off
+    /// the GPU entirely, at the cost of scoring each round's completions on the CPU.
+    pub reference_device: Option<DeviceSpec>,
 }
 
 impl Default for ObjectiveSection {
@@ -423,6 +429,8 @@ impl Default for ObjectiveSection {
             sync_ref_model: true,
             ref_model_sync_steps: 64,
             ref_model_mixup_alpha: 0.6,
+            reference_dtype: None,
+            reference_device: None,
         }
     }
 }
@@ -729,14 +737,65 @@ impl DistributedBackend {
     }
 }
 
+/// How much of the training state ZeRO shards across ranks (`distributed.zero`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum ZeroStage {
+    /// 0: every rank holds everything (gradients all-reduced).
+    #[default]
+    Replicated,
+    /// 1: AdamW moments and f32 masters are sharded; gradients are still all-reduced.
+    OptimizerStates,
+    /// 2: also the reduced gradients: each bucket is reduced into its owner only.
+    Gradients,
+}
+
+impl TryFrom<u8> for ZeroStage {
+    type Error = String;
+
+    fn try_from(stage: u8) -> Result<Self, String> {
+        match stage {
+            0 => Ok(ZeroStage::Replicated),
+            1 => Ok(ZeroStage::OptimizerStates),
+            2 => Ok(ZeroStage::Gradients),
+            other => Err(format!(
+                "ZeRO stage {other} is not supported: expected 0, 1 or 2"
+            )),
+        }
+    }
+}
+
+impl From<ZeroStage> for u8 {
+    fn from(stage: ZeroStage) -> u8 {
+        stage as u8
+    }
+}
+
+impl ZeroStage {
+    /// Whether optimizer state is sharded.
+    pub fn shards_optimizer(self) -> bool {
+        self >= ZeroStage::OptimizerStates
+    }
+
+    /// Whether reduced gradients are sharded.
+    pub fn shards_gradients(self) -> bool {
+        self == ZeroStage::Gradients
+    }
+}
+
 /// `[distributed]`: data parallelism over ranks started by torchrun or `couplet launch`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedSection {
     /// none, gloo (CPU) or nccl (GPU).
     pub backend: DistributedBackend,
-    /// Shard AdamW state across ranks (ZeRO-1).
+    /// ZeRO stage: 0 (replicated), 1 (optimizer state sharded), 2 (and gradients).
+    pub zero: ZeroStage,
+    /// Older spelling of `zero = 1` (kept so existing configs load).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub zero1: bool,
+    /// Element type gradients travel in between ranks (f32, or bf16 for half the traffic).
+    pub reduce_dtype: Precision,
     /// Rendezvous and collective timeout.
     pub timeout_seconds: f64,
     /// Gradient all-reduce bucket size.
@@ -747,7 +806,9 @@ impl Default for DistributedSection {
     fn default() -> Self {
         DistributedSection {
             backend: DistributedBackend::None,
+            zero: ZeroStage::Replicated,
             zero1: false,
+            reduce_dtype: Precision::F32,
             timeout_seconds: 1800.0,
             bucket_mb: 25,
         }
@@ -755,12 +816,26 @@ impl Default for DistributedSection {
 }
 
 impl DistributedSection {
-    /// ZeRO-1 needs a group; positive timeout and bucket.
+    /// The ZeRO stage in effect (`zero1 = true` reads as stage 1 at least).
+    pub fn zero_stage(&self) -> ZeroStage {
+        if self.zero1 {
+            self.zero.max(ZeroStage::OptimizerStates)
+        } else {
+            self.zero
+        }
+    }
+
+    /// ZeRO needs a group; positive timeout and bucket.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.zero1 && self.backend == DistributedBackend::None {
+        if self.zero_stage() != ZeroStage::Replicated && self.backend == DistributedBackend::None {
+            let key = if self.zero1 {
+                "distributed.zero1"
+            } else {
+                "distributed.zero"
+            };
             return Err(invalid(
-                "distributed.zero1",
-                "shards optimizer state across ranks: needs distributed.backend = \"gloo\" or \"nccl\"",
+                key,
+                "shards training state across ranks: needs distributed.backend = \"gloo\" or \"nccl\"",
             ));
         }
         if !(self.timeout_seconds > 0.0 && self.timeout_seconds.is_finite()) {

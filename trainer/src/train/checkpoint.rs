@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! checkpoint-<step>/
-//!   policy/                      the policy as a Hugging Face folder
-//!   optimizer.safetensors        AdamW moments (exp_avg/<name>, exp_avg_sq/<name>)
+//!   policy/                      the policy as a Hugging Face folder (full fine-tuning)
+//!   adapter/                     LoRA runs instead: the adapters in PEFT's layout
+//!   optimizer.safetensors        AdamW moments (exp_avg/<name>, exp_avg_sq/<name>) and,
+//!                                under bf16 mixed precision, f32 masters (master/<name>)
 //!   trainer_state.json           the Manifest
 //!   round_buffer.safetensors     mid-round only: rank 0's rollout buffer
 //!   round_buffer-rank<r>.safetensors   … and rank r's
@@ -63,9 +65,14 @@ impl RunCheckpoint {
             })
     }
 
-    /// The policy's Hugging Face folder.
+    /// The policy's Hugging Face folder (full fine-tuning).
     pub fn policy(&self) -> PathBuf {
         self.dir.join("policy")
+    }
+
+    /// The policy's LoRA adapters in PEFT's layout (LoRA runs, instead of `policy/`).
+    pub fn adapter(&self) -> PathBuf {
+        self.dir.join("adapter")
     }
 
     fn manifest_path(&self) -> PathBuf {
@@ -227,7 +234,13 @@ impl Trainer {
             assets_from: Some(self.policy.dir.clone()),
             ..Default::default()
         };
-        save_model(&self.policy.model, &to.policy(), &assets).map_err(|e| to.error(e))?;
+        if self.policy.model.lora().is_some() {
+            let base = Some(self.config.model.path.as_path());
+            couplet_model::save_adapter(&self.policy.model, &to.adapter(), base)
+                .map_err(|e| to.error(e))?;
+        } else {
+            save_model(&self.policy.model, &to.policy(), &assets).map_err(|e| to.error(e))?;
+        }
         Tensor::write_safetensors(moments, to.optimizer()).map_err(|e| to.error(e))?;
         if let Some(buffer) = &self.buffer {
             Tensor::write_safetensors(&buffer.tensors(), to.round_buffer(0))
@@ -235,7 +248,8 @@ impl Trainer {
             let metrics = serde_json::to_string(&buffer.metrics).map_err(|e| to.error(e))?;
             std::fs::write(to.round_metrics(), metrics).map_err(|e| to.error(e))?;
         }
-        if let Some(reference) = self.reference.as_ref().filter(|r| r.syncs > 0) {
+        let synced = self.reference.as_ref().and_then(|r| r.copy());
+        if let Some(reference) = synced.filter(|r| r.syncs > 0) {
             save_model(&reference.model, &to.reference(), &SaveOptions::default())
                 .map_err(|e| to.error(e))?;
         }
@@ -309,8 +323,28 @@ impl RunCheckpoint {
                     p.name
                 )));
             };
+            let saved_master = moments.get(&format!("master/{}", p.name));
+            for (what, t) in [
+                ("exp_avg", Some(a)),
+                ("exp_avg_sq", Some(b)),
+                ("master", saved_master),
+            ] {
+                if let Some(t) = t.filter(|t| t.size() != p.param.size()) {
+                    return Err(self.error(format!(
+                        "optimizer.safetensors: {what}/{} has shape {:?}, the parameter {:?}",
+                        p.name,
+                        t.size(),
+                        p.param.size()
+                    )));
+                }
+            }
             p.exp_avg = a.to_device(device);
             p.exp_avg_sq = b.to_device(device);
+            // Mixed precision: the f32 masters, not the bf16 weights they round to. A
+            // checkpoint of an f32 run has none: its weights are the masters.
+            if let (Some(master), Some(saved)) = (p.master.as_mut(), saved_master) {
+                tch::no_grad(|| master.copy_(saved));
+            }
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ use crate::config::{ConfigError, TrainConfig};
 use crate::estimator::Estimator;
 use crate::eval::{evaluate, load_benchmark, EvalProblem, EvalReport, EvalSettings};
 use crate::optim::AdamW;
-use crate::reference::ReferenceModel;
+use crate::reference::{Reference, ReferenceModel};
 use checkpoint::RunCheckpoint;
 use metrics::StepMetrics;
 use order::TrainingData;
@@ -173,7 +173,7 @@ pub struct Trainer {
     pub config: TrainConfig,
     /// The policy being trained, with its tokenizer.
     pub policy: LoadedModel,
-    reference: Option<ReferenceModel>,
+    reference: Option<Reference>,
     optimizer: AdamW,
     pool: SandboxPool,
     data: TrainingData,
@@ -212,10 +212,20 @@ impl Trainer {
         let resume = resume.map(|dir| RunCheckpoint {
             dir: dir.to_path_buf(),
         });
-        let source = resume
-            .as_ref()
-            .map_or_else(|| config.model.path.clone(), RunCheckpoint::policy);
-        let policy = load_f32(&source, device, "loading the policy")?;
+        // Under LoRA the base is never saved (it is frozen): it comes from model.path.
+        let source = match &resume {
+            Some(checkpoint) if !config.lora.enabled() => checkpoint.policy(),
+            _ => config.model.path.clone(),
+        };
+        let mut policy = load_in(
+            &source,
+            device,
+            config.model.dtype.kind(),
+            "loading the policy",
+        )?;
+        if config.lora.enabled() {
+            attach_adapters(&mut policy, &config, resume.as_ref())?;
+        }
         parallel.sync_weights(&policy.model)?;
         let data = TrainingData::load(&config)?;
         let validation = load_validation(&config, repo_root)?;
@@ -230,13 +240,13 @@ impl Trainer {
                 source,
             })?;
         let mut reference = build_reference(&config, &policy, device, resume.is_some())?;
-        let params = policy.model.var_store().variables().into_iter().collect();
+        let params = policy.model.trainable_parameters();
         let mut optimizer = AdamW::new(params, config.optimizer);
-        parallel.shard_optimizer(&mut optimizer, config.distributed.zero1);
+        parallel.shard_optimizer(&mut optimizer, config.distributed.zero_stage());
         let restored = match &resume {
             Some(checkpoint) => Some(checkpoint.restore(
                 &mut optimizer,
-                reference.as_mut(),
+                reference.as_mut().and_then(Reference::copy_mut),
                 (parallel.rank(), parallel.world()),
                 config.objective.num_iterations,
                 device,
@@ -300,7 +310,7 @@ impl Trainer {
     /// iteration (dropping the buffer after the last); returns the round's statistics.
     fn advance(&mut self) -> StepMetrics {
         self.state.step += 1;
-        if let Some(reference) = self.reference.as_mut() {
+        if let Some(reference) = self.reference.as_mut().and_then(Reference::copy_mut) {
             reference.maybe_sync(&self.policy.model, self.state.step);
         }
         let metrics = self
@@ -380,7 +390,6 @@ impl Trainer {
             seed: random::bits(cfg.seed, random::stream::VALIDATION, 0),
             system_prompt: cfg.data.system_prompt.clone(),
             limits: cfg.sandbox.limits(),
-            bf16: cfg.model.dtype.is_bf16(),
         };
         evaluate(
             &self.policy,
@@ -413,13 +422,56 @@ fn check_world_size(config: &TrainConfig, world: usize) -> Result<(), TrainError
     Ok(())
 }
 
-/// A model folder in f32 on `device`.
-fn load_f32(dir: &Path, device: Device, context: &'static str) -> Result<LoadedModel, TrainError> {
+/// A model folder in `kind` on `device`.
+fn load_in(
+    dir: &Path,
+    device: Device,
+    kind: Kind,
+    context: &'static str,
+) -> Result<LoadedModel, TrainError> {
     let options = LoadOptions {
         device,
-        kind: Some(Kind::Float),
+        kind: Some(kind),
     };
     LoadedModel::load(dir, options).map_err(|source| TrainError::Model { context, source })
+}
+
+/// LoRA adapters on the frozen base: the checkpoint's when resuming (their shape must be
+/// the config's), else fresh ones (`B = 0`) drawn from the run's seed.
+fn attach_adapters(
+    policy: &mut LoadedModel,
+    config: &TrainConfig,
+    resume: Option<&RunCheckpoint>,
+) -> Result<(), TrainError> {
+    let Some(checkpoint) = resume else {
+        let seed = random::bits(config.seed, random::stream::LORA_INIT, 0);
+        tch::manual_seed((seed >> 1) as i64);
+        policy.model.attach_lora(&config.lora);
+        return Ok(());
+    };
+    let dir = checkpoint.adapter();
+    let saved = couplet_model::load_adapter(&mut policy.model, &dir).map_err(|source| {
+        TrainError::Model {
+            context: "loading the checkpoint's LoRA adapters",
+            source,
+        }
+    })?;
+    let same = saved.rank == config.lora.rank
+        && saved.alpha == config.lora.alpha
+        && saved.target_modules == config.lora.target_modules;
+    if !same {
+        return Err(TrainError::Setup(format!(
+            "{}: adapters of rank {} alpha {} on {:?}, but [lora] asks for rank {} alpha {} on {:?}: resume with the run's own [lora]",
+            dir.display(),
+            saved.rank,
+            saved.alpha,
+            saved.target_modules,
+            config.lora.rank,
+            config.lora.alpha,
+            config.lora.target_modules
+        )));
+    }
+    Ok(())
 }
 
 /// The validation problems when periodic evaluation is on (`eval.max_problems` of them).
@@ -436,20 +488,30 @@ fn load_validation(config: &TrainConfig, repo_root: &Path) -> Result<Vec<EvalPro
 }
 
 /// The reference model when β > 0: a frozen copy of the *base* model, also when resuming
-/// (a synced one is then restored from the checkpoint).
+/// (a synced one is then restored from the checkpoint), in `objective.reference_dtype` on
+/// `objective.reference_device` (default: the policy's dtype and device).
 fn build_reference(
     config: &TrainConfig,
     policy: &LoadedModel,
     device: Device,
     resuming: bool,
-) -> Result<Option<ReferenceModel>, TrainError> {
+) -> Result<Option<Reference>, TrainError> {
     if config.objective.beta <= 0.0 {
         return Ok(None);
     }
+    if config.lora.enabled() {
+        return Ok(Some(Reference::BaseWithoutAdapters));
+    }
+    let objective = &config.objective;
+    let kind = objective
+        .reference_dtype
+        .unwrap_or(config.model.dtype)
+        .kind();
+    let device = objective.reference_device.map_or(device, |d| d.device());
     let base = if resuming {
         let options = LoadOptions {
             device,
-            kind: Some(Kind::Float),
+            kind: Some(kind),
         };
         let base = couplet_model::load_model(&config.model.path, options).map_err(|source| {
             TrainError::Model {
@@ -462,13 +524,13 @@ fn build_reference(
         None
     };
     let from = base.as_ref().unwrap_or(&policy.model);
-    Ok(Some(ReferenceModel::from_policy(
+    Ok(Some(Reference::Copy(ReferenceModel::from_policy(
         from,
         device,
-        Kind::Float,
+        kind,
         config.objective.sync_every(),
         config.objective.ref_model_mixup_alpha,
-    )))
+    ))))
 }
 
 /// Optimizer steps of the run: `schedule.max_steps`, else `epochs` passes over `rows` rows.

@@ -16,14 +16,16 @@ use serde::{de::DeserializeOwned, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::TrainError;
-use crate::config::TrainConfig;
-use crate::optim::AdamW;
+use crate::config::{TrainConfig, ZeroStage};
+use crate::optim::{AdamW, ParamState};
 
 /// The ranks of a run (one, without a process group).
 pub struct DataParallel {
     group: Option<ProcessGroup>,
-    /// Under ZeRO-1: the rank that owns (updates) each optimizer parameter.
+    /// Under ZeRO-1/2: the rank that owns (updates) each optimizer parameter.
     owners: Option<Vec<usize>>,
+    /// The ZeRO stage in effect.
+    stage: ZeroStage,
 }
 
 fn dist(context: &'static str) -> impl FnOnce(DistError) -> TrainError {
@@ -36,6 +38,7 @@ impl DataParallel {
         DataParallel {
             group: None,
             owners: None,
+            stage: ZeroStage::Replicated,
         }
     }
 
@@ -58,6 +61,7 @@ impl DataParallel {
         Ok(DataParallel {
             group: Some(group),
             owners: None,
+            stage: ZeroStage::Replicated,
         })
     }
 
@@ -165,35 +169,65 @@ impl DataParallel {
         Ok(())
     }
 
-    /// Under ZeRO-1 (`zero1` with a group), splits the optimizer's parameters between
-    /// the ranks; otherwise every rank updates everything.
-    pub fn shard_optimizer(&mut self, optimizer: &mut AdamW, zero1: bool) {
-        if let (true, Some(g)) = (zero1, &self.group) {
+    /// Under ZeRO-1/2 (with a group), splits the optimizer's parameters between the
+    /// ranks; otherwise every rank updates everything.
+    pub fn shard_optimizer(&mut self, optimizer: &mut AdamW, stage: ZeroStage) {
+        self.stage = stage;
+        if let (true, Some(g)) = (stage.shards_optimizer(), &self.group) {
             self.owners = Some(optimizer.shard(g.rank, g.world_size));
         }
     }
 
-    /// Sums every gradient over ranks in flattened buckets of about `bucket_mb` MiB.
-    pub fn all_reduce_grads(&self, model: &DreamModel, bucket_mb: usize) -> Result<(), TrainError> {
+    /// Sums every gradient over ranks in flattened buckets of about `bucket_mb` MiB,
+    /// travelling in `dtype`. ZeRO 0/1: all-reduced into every rank's `.grad()`. ZeRO-2:
+    /// each bucket's parameters are reduced into their owner, who keeps the sum in f32
+    /// ([`ParamState::reduced_grad`]); the other ranks zero theirs, so no rank holds a
+    /// full reduced f32 gradient.
+    pub fn reduce_grads(
+        &self,
+        optimizer: &mut AdamW,
+        bucket_mb: usize,
+        dtype: Kind,
+    ) -> Result<(), TrainError> {
         let Some(g) = &self.group else {
             return Ok(());
         };
-        let vars = sorted_variables(model);
         // Every rank must send the same layout: a parameter without a gradient here (unused
         // in this rank's batch) gets an explicit zero one.
-        for (_, v) in &vars {
-            if !v.grad().defined() {
-                (v.sum(Kind::Float) * 0.0).backward();
+        for p in &optimizer.params {
+            if !p.param.grad().defined() {
+                (p.param.sum(Kind::Float) * 0.0).backward();
             }
         }
-        let grads: Vec<Tensor> = vars.iter().map(|(_, v)| v.grad()).collect();
-        for bucket in buckets(&grads, (bucket_mb << 20) as i64) {
-            all_reduce_bucket(g, bucket)?;
+        let limit = (bucket_mb << 20) as i64;
+        match (&self.owners, self.stage.shards_gradients()) {
+            (Some(owners), true) => {
+                for bucket in owner_buckets(owners, &optimizer.params, limit) {
+                    reduce_bucket(g, &mut optimizer.params, &bucket, dtype)?;
+                }
+            }
+            _ => {
+                let grads: Vec<Tensor> = optimizer.params.iter().map(|p| p.param.grad()).collect();
+                for bucket in buckets(&grads, limit) {
+                    all_reduce_bucket(g, bucket, dtype)?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// Under ZeRO-1, each parameter was updated by its owner only: share the results.
+    /// The global pre-clip gradient norm: local under ZeRO 0/1 (every rank holds every
+    /// reduced gradient), a sum of the owners' squares under ZeRO-2.
+    pub fn grad_norm(&self, optimizer: &AdamW) -> Result<f64, TrainError> {
+        if self.group.is_some() && self.stage.shards_gradients() {
+            let local = optimizer.grad_square_sum(true);
+            return Ok(self.sum(&[local])?[0].sqrt());
+        }
+        Ok(optimizer.grad_norm())
+    }
+
+    /// Under ZeRO-1/2, each parameter was updated by its owner only: share the results
+    /// (in the working dtype: bf16 under mixed precision).
     pub fn share_updates(&self, optimizer: &mut AdamW) -> Result<(), TrainError> {
         let (Some(g), Some(owners)) = (&self.group, &self.owners) else {
             return Ok(());
@@ -207,36 +241,58 @@ impl DataParallel {
         })
     }
 
-    /// Every parameter's AdamW moments as one process would hold them (gathered from their
-    /// owners under ZeRO-1, one parameter at a time), on rank 0; empty elsewhere.
-    /// Collective under ZeRO-1.
+    /// Every parameter's AdamW moments (and f32 masters, under mixed precision) as one
+    /// process would hold them — gathered from their owners under ZeRO, one tensor at a
+    /// time — on rank 0; empty elsewhere. Collective under ZeRO.
     pub fn full_moments(&self, optimizer: &AdamW) -> Result<Vec<(String, Tensor)>, TrainError> {
+        let mixed = optimizer
+            .params
+            .iter()
+            .any(|p| p.param.kind() != Kind::Float);
         let mut out = Vec::new();
         for (i, p) in optimizer.params.iter().enumerate() {
-            let (a, b) = match (&self.group, &self.owners) {
-                (Some(g), Some(owners)) => {
-                    let mine = |t: &Tensor| {
-                        if p.owned {
-                            t.shallow_clone()
-                        } else {
-                            Tensor::zeros(p.param.size(), (Kind::Float, p.param.device()))
-                        }
-                    };
-                    let (mut a, mut b) = (mine(&p.exp_avg), mine(&p.exp_avg_sq));
-                    g.broadcast(&mut a, owners[i])
-                        .map_err(dist("gathering optimizer state"))?;
-                    g.broadcast(&mut b, owners[i])
-                        .map_err(dist("gathering optimizer state"))?;
-                    (a, b)
+            let mut parts = vec![
+                ("exp_avg", Some(&p.exp_avg)),
+                ("exp_avg_sq", Some(&p.exp_avg_sq)),
+            ];
+            if mixed {
+                parts.push(("master", p.master.as_ref()));
+            }
+            for (prefix, tensor) in parts {
+                let full = self.from_owner(p, i, tensor)?;
+                if self.rank() == 0 {
+                    out.push((format!("{prefix}/{}", p.name), full.to_device(Device::Cpu)));
                 }
-                _ => (p.exp_avg.shallow_clone(), p.exp_avg_sq.shallow_clone()),
-            };
-            if self.rank() == 0 {
-                out.push((format!("exp_avg/{}", p.name), a.to_device(Device::Cpu)));
-                out.push((format!("exp_avg_sq/{}", p.name), b.to_device(Device::Cpu)));
             }
         }
         Ok(out)
+    }
+
+    /// `tensor` of parameter `i` as its owner holds it (an f32 tensor of the parameter's
+    /// shape; a master that does not exist — an f32 parameter — is the parameter itself).
+    fn from_owner(
+        &self,
+        p: &ParamState,
+        i: usize,
+        tensor: Option<&Tensor>,
+    ) -> Result<Tensor, TrainError> {
+        let local = || match tensor {
+            Some(t) => t.shallow_clone(),
+            None => p.param.detach().to_kind(Kind::Float),
+        };
+        match (&self.group, &self.owners) {
+            (Some(g), Some(owners)) => {
+                let mut t = if p.owned {
+                    local()
+                } else {
+                    Tensor::zeros(p.param.size(), (Kind::Float, p.param.device()))
+                };
+                g.broadcast(&mut t, owners[i])
+                    .map_err(dist("gathering optimizer state"))?;
+                Ok(t)
+            }
+            _ => Ok(local()),
+        }
     }
 }
 
@@ -247,9 +303,13 @@ fn backend_name(backend: Backend) -> &'static str {
     }
 }
 
+/// Every tensor of the model (base, then LoRA adapters), each in name order.
 fn sorted_variables(model: &DreamModel) -> Vec<(String, Tensor)> {
     let mut vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
+    if model.lora().is_some() {
+        vars.extend(model.trainable_parameters());
+    }
     vars
 }
 
@@ -270,12 +330,9 @@ fn buckets(grads: &[Tensor], limit: i64) -> Vec<&[Tensor]> {
     out
 }
 
-/// Sums one bucket of gradients over ranks, flattened into one tensor.
-fn all_reduce_bucket(g: &ProcessGroup, bucket: &[Tensor]) -> Result<(), TrainError> {
-    let flat: Vec<Tensor> = bucket
-        .iter()
-        .map(|t| t.to_kind(Kind::Float).view([-1]))
-        .collect();
+/// Sums one bucket of gradients over ranks, flattened into one tensor of `dtype`.
+fn all_reduce_bucket(g: &ProcessGroup, bucket: &[Tensor], dtype: Kind) -> Result<(), TrainError> {
+    let flat: Vec<Tensor> = bucket.iter().map(|t| t.to_kind(dtype).view([-1])).collect();
     let mut flat = Tensor::cat(&flat, 0);
     g.all_reduce_sum(&mut flat)
         .map_err(dist("all-reducing gradients"))?;
@@ -290,6 +347,54 @@ fn all_reduce_bucket(g: &ProcessGroup, bucket: &[Tensor]) -> Result<(), TrainErr
                     .view(grad.size().as_slice())
                     .to_kind(grad.kind()),
             );
+            offset += n;
+        }
+    });
+    Ok(())
+}
+
+/// ZeRO-2's buckets: consecutive runs (in parameter order) of parameters with the same
+/// owner, each at most `limit` bytes in f32 (at least one parameter): `(owner, indices)`.
+fn owner_buckets(owners: &[usize], params: &[ParamState], limit: i64) -> Vec<(usize, Vec<usize>)> {
+    let mut out: Vec<(usize, Vec<usize>, i64)> = Vec::new();
+    for (i, p) in params.iter().enumerate() {
+        let bytes = p.param.numel() as i64 * 4;
+        match out.last_mut() {
+            Some((owner, members, size)) if *owner == owners[i] && *size + bytes <= limit => {
+                members.push(i);
+                *size += bytes;
+            }
+            _ => out.push((owners[i], vec![i], bytes)),
+        }
+    }
+    out.into_iter().map(|(o, m, _)| (o, m)).collect()
+}
+
+/// Reduces one owner's bucket into the owner, who keeps each parameter's sum in f32 as its
+/// reduced gradient; every rank then zeroes its local gradients of the bucket.
+fn reduce_bucket(
+    g: &ProcessGroup,
+    params: &mut [ParamState],
+    (owner, members): &(usize, Vec<usize>),
+    dtype: Kind,
+) -> Result<(), TrainError> {
+    let flat: Vec<Tensor> = members
+        .iter()
+        .map(|&i| params[i].param.grad().to_kind(dtype).view([-1]))
+        .collect();
+    let mut flat = Tensor::cat(&flat, 0);
+    g.reduce_sum(&mut flat, *owner)
+        .map_err(dist("reducing gradients"))?;
+    let mut offset = 0;
+    tch::no_grad(|| {
+        for &i in members {
+            let p = &mut params[i];
+            let n = p.param.numel() as i64;
+            if p.owned {
+                let sum = flat.narrow(0, offset, n).view(p.param.size().as_slice());
+                p.reduced_grad = Some(sum.to_kind(Kind::Float));
+            }
+            couplet_dist::free_grad(&p.param);
             offset += n;
         }
     });

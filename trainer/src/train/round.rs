@@ -17,7 +17,7 @@ use super::order::rank_share;
 use super::{CompletionSample, TrainError, Trainer};
 use crate::advantages::{compute_advantages, Advantages};
 use crate::estimator::{estimate, BatchRows};
-use crate::reference::with_autocast;
+use crate::reference::Reference;
 
 /// The rollout batch of a round, kept until its μ iterations are done.
 pub struct RoundBuffer {
@@ -159,16 +159,14 @@ impl Trainer {
             let (mut parts, mut handles) = (Vec::new(), Vec::new());
             for (c, chunk) in prompts.chunks(group).enumerate() {
                 let first = first_sample + (c * group * g) as u64;
-                let part = with_autocast(self.device, cfg.model.dtype.is_bf16(), || {
-                    generate_rollout(
-                        &self.policy.model,
-                        &self.policy.tokenizer,
-                        chunk,
-                        &self.rollout,
-                        rollout_seed,
-                        first,
-                    )
-                })
+                let part = generate_rollout(
+                    &self.policy.model,
+                    &self.policy.tokenizer,
+                    chunk,
+                    &self.rollout,
+                    rollout_seed,
+                    first,
+                )
                 .map_err(TrainError::Rollout)?;
                 let tests: Vec<Vec<String>> = part
                     .prompt_index
@@ -248,10 +246,13 @@ impl Trainer {
         for it in 0..mu {
             let seed = self.mask_seed(round, it);
             let old = (mu > 1).then(|| self.score_all(&self.policy.model, buffer, round, seed));
-            let reference = self
-                .reference
-                .as_ref()
-                .map(|r| self.score_all(&r.model, buffer, round, seed));
+            let policy = &self.policy.model;
+            let reference = self.reference.as_ref().map(|r| match r {
+                Reference::Copy(copy) => self.score_all(&copy.model, buffer, round, seed),
+                Reference::BaseWithoutAdapters => {
+                    policy.without_adapters(|| self.score_all(policy, buffer, round, seed))
+                }
+            });
             buffer.old.push(old);
             buffer.reference.push(reference);
         }
@@ -266,6 +267,7 @@ impl Trainer {
             .micro_batches(self.config.schedule.micro_batch_size as i64, first)
             .iter()
             .map(|mb| estimate(model, mask_id, &self.estimator, &mb.batch(), seed).0)
+            .map(|t| t.to_device(self.device))
             .collect();
         Tensor::cat(&parts, 0)
     }

@@ -3,6 +3,7 @@
 //! (and rank) gradients are the gradient of the whole batch; then the learning rate, and an
 //! AdamW step — skipped when the loss or gradient norm is not finite.
 
+use couplet_model::random;
 use tch::Kind;
 
 use super::round::RoundBuffer;
@@ -11,7 +12,6 @@ use crate::estimator::LeanEstimate;
 use crate::lean::LeanConfig;
 use crate::objective::grpo_loss;
 use crate::optim::{lr_factor, warmup_steps};
-use crate::reference::with_autocast;
 
 /// What an update did.
 pub struct UpdateReport {
@@ -41,8 +41,12 @@ impl Trainer {
         let local_tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
         let tokens = self.parallel.sum(&[local_tokens])?[0];
         let (loss, kl, clip) = self.accumulate_gradients(buffer, round, iteration, tokens);
-        self.parallel
-            .all_reduce_grads(&self.policy.model, self.config.distributed.bucket_mb)?;
+        let dist = &self.config.distributed;
+        self.parallel.reduce_grads(
+            &mut self.optimizer,
+            dist.bucket_mb,
+            dist.reduce_dtype.kind(),
+        )?;
         let sums = self.parallel.sum(&[loss, kl, clip])?;
         let lr = self.learning_rate();
         let grad_norm = self.apply_gradients(lr, sums[0])?;
@@ -80,30 +84,26 @@ impl Trainer {
             let reference = slice(&buffer.reference[iteration]);
             let cm = buffer.completion_mask.narrow(0, start, len);
             let advantages = buffer.advantages.narrow(0, start, len);
-            let (loss, metrics) =
-                with_autocast(self.device, self.config.model.dtype.is_bf16(), || {
-                    let batch = micro.batch();
-                    let le = LeanEstimate::new(
-                        &self.policy.model,
-                        mask_id,
-                        &self.estimator,
-                        &batch,
-                        seed,
-                        lean,
-                    );
-                    let (loss, metrics) = grpo_loss(
-                        &le.estimate,
-                        old.as_ref(),
-                        reference.as_ref(),
-                        &advantages,
-                        &cm,
-                        &objective,
-                        Some(tokens),
-                    );
-                    loss.backward();
-                    le.backward();
-                    (loss.double_value(&[]), metrics)
-                });
+            let batch = micro.batch();
+            let model = &self.policy.model;
+            // LoRA dropout masks keyed by the micro-batch's first sample and the mask seed.
+            let dropout = random::bits(seed, random::stream::LORA_DROPOUT, batch.samples[0]);
+            let (loss, metrics) = model.with_adapter_dropout(dropout, || {
+                let le = LeanEstimate::new(model, mask_id, &self.estimator, &batch, seed, lean);
+                let (loss, metrics) = grpo_loss(
+                    &le.estimate,
+                    old.as_ref(),
+                    reference.as_ref(),
+                    &advantages,
+                    &cm,
+                    &objective,
+                    Some(tokens),
+                );
+                loss.backward();
+                le.backward();
+                (loss, metrics)
+            });
+            let loss = loss.double_value(&[]);
             let weight = metrics.tokens / tokens.max(1.0);
             loss_sum += loss;
             kl_sum += metrics.kl * weight;
@@ -127,13 +127,13 @@ impl Trainer {
     /// weights), and `max_nonfinite_in_a_row` such steps stop the run. Returns the norm.
     fn apply_gradients(&mut self, lr: f64, loss: f64) -> Result<f64, TrainError> {
         let grad_norm = if loss.is_finite() {
-            self.optimizer.grad_norm()
+            self.parallel.grad_norm(&self.optimizer)?
         } else {
             f64::NAN
         };
         if grad_norm.is_finite() {
             self.state.nonfinite_in_a_row = 0;
-            let report = self.optimizer.step(lr);
+            let report = self.optimizer.step_with_norm(lr, grad_norm);
             self.parallel.share_updates(&mut self.optimizer)?;
             return Ok(report.grad_norm);
         }

@@ -1,0 +1,455 @@
+//! The memory planner behind `couplet memory`: a per-rank budget of a training config,
+//! by component, from the model's `config.json` alone (no weights needed).
+//!
+//! The model is the one this trainer implements, phase by phase. What stays resident all
+//! run: working weights, the reference copy, and the optimizer's state (AdamW moments and
+//! f32 masters, divided by the world size under ZeRO). On top of it, the largest of three
+//! phases: *rollout* (no-grad decoding of a generation batch), *backward* (the micro-
+//! batch's saved activations and the full working-dtype gradients autograd accumulates)
+//! and *step* (the reduced gradients the update reads, plus the update's temporaries).
+//! Activations are counted from the tensors the layer code saves for backward, per token;
+//! the `[chunk, V]` logit blocks of the lean log-prob path are counted separately.
+
+use couplet_model::{DreamConfig, LoraConfig, LoraTarget};
+use serde::Serialize;
+
+use crate::config::{TrainConfig, ZeroStage};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// What the planner needs to know about a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanInput {
+    /// The architecture.
+    pub model: DreamConfig,
+    /// Bytes per working weight / activation (4 for f32, 2 for bf16).
+    pub weight_bytes: f64,
+    /// Ranks of the run.
+    pub world: usize,
+    /// ZeRO stage.
+    pub zero: ZeroStage,
+    /// Bytes per reference weight, when a reference copy is held on this device.
+    pub reference_bytes: Option<f64>,
+    /// Rows of one training micro-batch.
+    pub micro_batch: usize,
+    /// Versions scored per sample (the estimator's masks, stacked into one forward).
+    pub versions: usize,
+    /// Prompt + completion tokens of a training row.
+    pub sequence: usize,
+    /// Completion tokens of a training row (the scored positions).
+    pub completion: usize,
+    /// Rows of `[rows, V]` logits at once in the lean log-prob path.
+    pub logits_chunk_rows: usize,
+    /// Layer activations recomputed in backward.
+    pub checkpointing: bool,
+    /// Rows decoded at once in rollouts.
+    pub generation_batch: usize,
+    /// Gradient bucket size (bytes).
+    pub bucket_bytes: f64,
+    /// LoRA adapters on a frozen base (only they are trained).
+    pub lora: Option<LoraConfig>,
+}
+
+impl PlanInput {
+    /// The input for a training config, its model's architecture and `world` ranks.
+    pub fn from_config(config: &TrainConfig, model: DreamConfig, world: usize) -> Self {
+        let versions = config.estimator.estimator().versions();
+        let lora = config.lora.enabled().then(|| config.lora.clone());
+        let held = config.objective.beta > 0.0
+            && lora.is_none()
+            && config
+                .objective
+                .reference_device
+                .is_none_or(|d| d == config.model.device);
+        let reference = config
+            .objective
+            .reference_dtype
+            .unwrap_or(config.model.dtype);
+        let bytes = |p: couplet_model::Precision| if p.is_bf16() { 2.0 } else { 4.0 };
+        PlanInput {
+            model,
+            weight_bytes: bytes(config.model.dtype),
+            world: world.max(1),
+            zero: config.distributed.zero_stage(),
+            reference_bytes: held.then(|| bytes(reference)),
+            micro_batch: config.schedule.micro_batch_size,
+            versions,
+            sequence: config.data.max_prompt_length + config.rollout.max_new_tokens as usize,
+            completion: config.rollout.max_new_tokens as usize,
+            logits_chunk_rows: config.estimator.logits_chunk_rows as usize,
+            checkpointing: config.model.gradient_checkpointing,
+            generation_batch: config.rollout.generation_batch_size,
+            bucket_bytes: (config.distributed.bucket_mb << 20) as f64,
+            lora,
+        }
+    }
+}
+
+/// Parameter counts of an architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ParameterCount {
+    /// Every parameter (a tied LM head counted once).
+    pub total: f64,
+    /// The largest single tensor (what one update's temporaries scale with).
+    pub largest: f64,
+    /// Vocabulary × hidden: one embedding or LM-head matrix.
+    pub vocab_matrix: f64,
+}
+
+/// Counts the parameters of `c` (Qwen2 layout: q/k/v biases, untied head unless tied).
+pub fn parameter_count(c: &DreamConfig) -> ParameterCount {
+    let (h, i) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let q = (c.num_attention_heads * c.head_dim()) as f64;
+    let kv = (c.num_kv_heads() * c.head_dim()) as f64;
+    let attention = h * q + q + 2.0 * (h * kv + kv) + q * h;
+    let mlp = 3.0 * h * i;
+    let layer = attention + mlp + 2.0 * h;
+    let vocab_matrix = (c.vocab_size as f64) * h;
+    let heads = if c.tie_word_embeddings { 1.0 } else { 2.0 };
+    ParameterCount {
+        total: c.num_hidden_layers as f64 * layer + heads * vocab_matrix + h,
+        largest: vocab_matrix.max(h * i),
+        vocab_matrix,
+    }
+}
+
+/// Parameters of the adapters `lora` adds to `c`: `r · (in + out)` per adapted projection.
+pub fn adapter_parameters(c: &DreamConfig, lora: &LoraConfig) -> (f64, f64) {
+    let (h, i) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let q = (c.num_attention_heads * c.head_dim()) as f64;
+    let kv = (c.num_kv_heads() * c.head_dim()) as f64;
+    let r = lora.rank as f64;
+    let mut per_layer = 0.0;
+    let mut largest: f64 = 0.0;
+    for target in &lora.target_modules {
+        let (inp, out) = match target {
+            LoraTarget::QProj => (h, q),
+            LoraTarget::KProj | LoraTarget::VProj => (h, kv),
+            LoraTarget::OProj => (q, h),
+            LoraTarget::GateProj | LoraTarget::UpProj => (h, i),
+            LoraTarget::DownProj => (i, h),
+        };
+        per_layer += r * (inp + out);
+        largest = largest.max(r * inp.max(out));
+    }
+    (per_layer * c.num_hidden_layers as f64, largest)
+}
+
+/// One line of the budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Component {
+    /// What it is.
+    pub name: &'static str,
+    /// Bytes per rank.
+    pub bytes: f64,
+    /// How it was counted.
+    pub how: String,
+}
+
+/// A per-rank memory budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    /// Parameters of the model.
+    pub parameters: ParameterCount,
+    /// Held all run.
+    pub resident: Vec<Component>,
+    /// The three phases' transient memory; the peak takes the largest.
+    pub rollout: Vec<Component>,
+    /// Backward of one micro-batch.
+    pub backward: Vec<Component>,
+    /// The optimizer step.
+    pub step: Vec<Component>,
+}
+
+fn total(parts: &[Component]) -> f64 {
+    parts.iter().map(|c| c.bytes).sum()
+}
+
+impl MemoryPlan {
+    /// Bytes held all run.
+    pub fn resident_bytes(&self) -> f64 {
+        total(&self.resident)
+    }
+
+    /// The phase with the most transient memory and its bytes.
+    pub fn peak_phase(&self) -> (&'static str, f64) {
+        [
+            ("rollout", total(&self.rollout)),
+            ("backward", total(&self.backward)),
+            ("step", total(&self.step)),
+        ]
+        .into_iter()
+        .fold(("rollout", f64::MIN), |a, b| if b.1 > a.1 { b } else { a })
+    }
+
+    /// Planned peak bytes per rank.
+    pub fn peak_bytes(&self) -> f64 {
+        self.resident_bytes() + self.peak_phase().1
+    }
+
+    /// The budget as a table, with whether it fits `capacity_gib` (when given).
+    pub fn render(&self, capacity_gib: Option<f64>) -> String {
+        let mut out = format!(
+            "parameters: {:.3} B ({:.1} M in the largest tensor)\n",
+            self.parameters.total / 1e9,
+            self.parameters.largest / 1e6
+        );
+        let (phase, _) = self.peak_phase();
+        let sections = [
+            ("resident", &self.resident),
+            ("rollout", &self.rollout),
+            ("backward", &self.backward),
+            ("step", &self.step),
+        ];
+        for (name, parts) in sections {
+            let tag = if name == phase { "  <- peak phase" } else { "" };
+            out += &format!("{name:<9} {:>9.2} GiB{tag}\n", total(parts) / GIB);
+            for c in parts.iter() {
+                out += &format!("  {:<24} {:>9.2} GiB  {}\n", c.name, c.bytes / GIB, c.how);
+            }
+        }
+        let peak = self.peak_bytes() / GIB;
+        out += &format!("peak per rank: {peak:.2} GiB (resident + {phase})\n");
+        if let Some(cap) = capacity_gib {
+            let verdict = if peak <= cap { "fits" } else { "does NOT fit" };
+            out += &format!("{verdict} in {cap:.0} GiB per device\n");
+        }
+        out
+    }
+}
+
+/// Saved-for-backward elements per token of one layer, in working dtype, and the extra
+/// f32 elements (RMSNorm upcasts) when the working dtype is not f32.
+fn layer_saved_per_token(c: &DreamConfig) -> (f64, f64) {
+    let (h, i) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let q = (c.num_attention_heads * c.head_dim()) as f64;
+    let kv = (c.num_kv_heads() * c.head_dim()) as f64;
+    // Layer input and normed input (norm 1), q/k/v projections, rotary (q·cos, rotate-half
+    // q, rotated q; the same for k), attention output and its reshaped copy (o_proj's
+    // input), the residual and its norm (norm 2), gate / up / silu(gate) / product.
+    let working = 2.0 * h + q + 2.0 * kv + 3.0 * q + 3.0 * kv + 2.0 * q + 2.0 * h + 4.0 * i;
+    // Each RMSNorm keeps its input upcast to f32 and the normalised f32 product.
+    let upcast = 4.0 * h;
+    (working, upcast)
+}
+
+/// The plan of `input`.
+pub fn plan(input: &PlanInput) -> MemoryPlan {
+    let c = &input.model;
+    let params = parameter_count(c);
+    let p = params.total;
+    let w = input.weight_bytes;
+    let world = input.world as f64;
+    let trained = Trained::of(input, &params);
+    let mixed = trained.bytes < 4.0;
+    let shard = if input.zero.shards_optimizer() {
+        1.0 / world
+    } else {
+        1.0
+    };
+    let shard_note = if shard < 1.0 {
+        format!(" / {} ranks", input.world)
+    } else {
+        String::new()
+    };
+    let mut resident = vec![Component {
+        name: "weights",
+        bytes: p * w,
+        how: format!("{:.3} B × {w} B", p / 1e9),
+    }];
+    if input.lora.is_some() {
+        resident.push(Component {
+            name: "LoRA adapters",
+            bytes: trained.count * 4.0,
+            how: format!("{:.1} M × f32 (the base is frozen)", trained.count / 1e6),
+        });
+    }
+    if let Some(r) = input.reference_bytes {
+        resident.push(Component {
+            name: "reference model",
+            bytes: p * r,
+            how: format!("{:.3} B × {r} B (β > 0)", p / 1e9),
+        });
+    }
+    resident.push(Component {
+        name: "AdamW moments",
+        bytes: trained.count * 8.0 * shard,
+        how: format!("{:.3} B trained × 2 × f32{shard_note}", trained.count / 1e9),
+    });
+    if mixed {
+        resident.push(Component {
+            name: "f32 master weights",
+            bytes: trained.count * 4.0 * shard,
+            how: format!("f32{shard_note}"),
+        });
+    }
+    MemoryPlan {
+        parameters: params,
+        resident,
+        rollout: rollout_phase(input),
+        backward: backward_phase(input, &params, &trained),
+        step: step_phase(input, &trained),
+    }
+}
+
+/// What the optimizer trains: every parameter in the working dtype, or the f32 adapters.
+struct Trained {
+    count: f64,
+    largest: f64,
+    bytes: f64,
+}
+
+impl Trained {
+    fn of(input: &PlanInput, params: &ParameterCount) -> Self {
+        match &input.lora {
+            Some(lora) => {
+                let (count, largest) = adapter_parameters(&input.model, lora);
+                Trained {
+                    count,
+                    largest,
+                    bytes: 4.0,
+                }
+            }
+            None => Trained {
+                count: params.total,
+                largest: params.largest,
+                bytes: input.weight_bytes,
+            },
+        }
+    }
+}
+
+/// No-grad decoding of a generation batch: one layer's intermediates for every row, and
+/// f32 logits with their softmax for the completion positions.
+fn rollout_phase(input: &PlanInput) -> Vec<Component> {
+    let c = &input.model;
+    let tokens = (input.generation_batch * input.sequence) as f64;
+    let (h, i, v) = (
+        c.hidden_size as f64,
+        c.intermediate_size as f64,
+        c.vocab_size as f64,
+    );
+    let rows = (input.generation_batch * input.completion) as f64;
+    vec![
+        Component {
+            name: "decode activations",
+            bytes: tokens * (4.0 * h + 3.0 * i) * input.weight_bytes,
+            how: format!("{tokens:.0} tokens × one layer's intermediates"),
+        },
+        Component {
+            name: "decode logits",
+            bytes: rows * v * 4.0 * 3.0,
+            how: format!("{rows:.0} masked rows × V × f32 × 3 (logits, probs, scores)"),
+        },
+    ]
+}
+
+/// Backward of one micro-batch: the full working-dtype gradients, the saved activations
+/// (all layers, or layer inputs plus one recomputed layer under checkpointing) and the lean
+/// log-prob path's `[chunk, V]` blocks and f32 LM-head gradient.
+fn backward_phase(input: &PlanInput, params: &ParameterCount, trained: &Trained) -> Vec<Component> {
+    let c = &input.model;
+    let w = input.weight_bytes;
+    let rows = (input.micro_batch * input.versions) as f64;
+    let tokens = rows * input.sequence as f64;
+    let (saved, upcast) = layer_saved_per_token(c);
+    let upcast = if w < 4.0 { upcast * 4.0 } else { 0.0 };
+    let per_layer = tokens * (saved * w + upcast);
+    let h = c.hidden_size as f64;
+    let layers = c.num_hidden_layers as f64;
+    let activations = if input.checkpointing {
+        Component {
+            name: "activations",
+            bytes: tokens * h * w * (layers + 3.0) + per_layer,
+            how: format!("{tokens:.0} tokens: every layer's input + one recomputed layer"),
+        }
+    } else {
+        Component {
+            name: "activations",
+            bytes: per_layer * layers + tokens * h * w * 3.0,
+            how: format!("{tokens:.0} tokens × {layers} layers × saved tensors"),
+        }
+    };
+    let chunk = (input.logits_chunk_rows as f64).min(rows * input.completion as f64);
+    let v = c.vocab_size as f64;
+    // The f32 LM-head gradient (not under LoRA: the head is frozen), and the head's f32
+    // upcast when the weights are bf16.
+    let head_grad = if input.lora.is_some() { 0.0 } else { 1.0 };
+    let head_upcast = if w < 4.0 { 1.0 } else { 0.0 };
+    let head = params.vocab_matrix * 4.0 * (head_grad + head_upcast);
+    vec![
+        Component {
+            name: "gradients",
+            bytes: trained.count * trained.bytes,
+            how: format!("{:.3} B trained × {} B", trained.count / 1e9, trained.bytes),
+        },
+        activations,
+        Component {
+            name: "log-prob blocks",
+            bytes: chunk * v * 4.0 * 3.0 + head,
+            how: format!("{chunk:.0} rows × V × f32 × 3, f32 LM-head gradient / upcast"),
+        },
+    ]
+}
+
+/// The optimizer step: the reduced gradients it reads (full working-dtype ones under
+/// ZeRO 0/1; the owner's f32 shard under ZeRO-2, whose full gradients are freed once
+/// reduced), one communication bucket, and per-tensor update temporaries.
+fn step_phase(input: &PlanInput, trained: &Trained) -> Vec<Component> {
+    let p = trained.count;
+    let w = trained.bytes;
+    let world = input.world as f64;
+    let grads = if input.zero.shards_gradients() && input.world > 1 {
+        Component {
+            name: "reduced gradients",
+            bytes: p * 4.0 / world,
+            how: format!("f32 shard / {} ranks (ZeRO-2)", input.world),
+        }
+    } else {
+        Component {
+            name: "gradients",
+            bytes: p * w,
+            how: format!("full, in the working dtype ({w} B)"),
+        }
+    };
+    let bucket = if input.world > 1 {
+        input.bucket_bytes.min(p * 4.0) * 2.0
+    } else {
+        0.0
+    };
+    vec![
+        grads,
+        Component {
+            name: "bucket",
+            bytes: bucket,
+            how: "flattened gradient bucket and its cast".into(),
+        },
+        Component {
+            name: "update temporaries",
+            bytes: trained.largest * 4.0 * 4.0,
+            how: "4 f32 copies of the largest tensor".into(),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use couplet_model::Preset;
+
+    #[test]
+    fn parameter_count_matches_the_model() {
+        for tied in [false, true] {
+            let mut cfg = Preset::Tiny.config(97);
+            cfg.tie_word_embeddings = tied;
+            let model = couplet_model::DreamModel::new(
+                &cfg,
+                tch::Device::Cpu,
+                tch::Kind::Float,
+                couplet_model::Init::Zeros,
+            );
+            let counted = parameter_count(&cfg).total;
+            assert_eq!(counted, model.num_parameters() as f64, "tied = {tied}");
+        }
+    }
+}
