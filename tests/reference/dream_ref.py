@@ -5,6 +5,11 @@ transformers needed.
     python dream_ref.py forward MODEL_DIR REQUEST.json OUT.bin
         REQUEST: {"ids": [[...]], "attention_mask": [[...]] or null}
         OUT.bin: little-endian f32 logits [B, L, V] (raw, unshifted, like transformers)
+    python dream_ref.py lora_grad MODEL_DIR ADAPTER_DIR REQUEST.json OUT.json
+        LoRA as PEFT applies it (y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ, s = lora_alpha / r, the adapter
+        folder's adapter_config.json + adapter_model.safetensors), then the gradient of
+        Σ weights[b, l] · log_softmax(token_logits)[b, l, ids[b, l]] w.r.t. every A and B.
+        REQUEST: {"ids": [[...]], "weights": [[...]]}; OUT: {"loss", "grads": {name: [...]}}
     python dream_ref.py generate MODEL_DIR REQUEST.json OUT.json
         The Dream `generate` loop (SPEC 2.1) or the LLaDA/d1 block loop (SPEC 2.2), both
         computing full logits at every position as the reference implementations do.
@@ -84,6 +89,32 @@ class Dream:
         self.theta = c.get("rope_theta", 10000.0)
         self.tied = c.get("tie_word_embeddings", False)
         self.shift = c.get("shift_logits", True)
+        self.lora = {}  # "model.layers.i.self_attn.q_proj" -> (A, B, scale)
+
+    def add_lora(self, adapter_dir):
+        cfg = json.load(open(os.path.join(adapter_dir, "adapter_config.json")))
+        scale = cfg["lora_alpha"] / cfg["r"]
+        tensors = read_safetensors(os.path.join(adapter_dir, "adapter_model.safetensors"))
+        prefix = "base_model.model."
+        for name, t in tensors.items():
+            module, which = name[len(prefix) :].rsplit(".lora_", 1)
+            a, b = self.lora.get(module, (None, None, scale))[:2]
+            t = t.clone().requires_grad_(True)
+            if which.startswith("A"):
+                a = t
+            else:
+                b = t
+            self.lora[module] = (a, b, scale)
+
+    def lin(self, h, module, bias):
+        w = self.w
+        y = h @ w[module + ".weight"].T
+        if bias:
+            y = y + w[module + ".bias"]
+        if module in self.lora:
+            a, b, scale = self.lora[module]
+            y = y + (h @ a.T) @ b.T * scale
+        return y
 
     def rms(self, x, w):
         var = x.pow(2).mean(-1, keepdim=True)
@@ -112,9 +143,9 @@ class Dream:
         for i in range(self.cfg["num_hidden_layers"]):
             p = f"model.layers.{i}."
             h = self.rms(x, w[p + "input_layernorm.weight"])
-            q = h @ w[p + "self_attn.q_proj.weight"].T + w[p + "self_attn.q_proj.bias"]
-            k = h @ w[p + "self_attn.k_proj.weight"].T + w[p + "self_attn.k_proj.bias"]
-            v = h @ w[p + "self_attn.v_proj.weight"].T + w[p + "self_attn.v_proj.bias"]
+            q = self.lin(h, p + "self_attn.q_proj", True)
+            k = self.lin(h, p + "self_attn.k_proj", True)
+            v = self.lin(h, p + "self_attn.v_proj", True)
             q = q.view(B, L, self.heads, self.head_dim).transpose(1, 2)
             k = k.view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
             v = v.view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -132,11 +163,11 @@ class Dream:
                 probs = torch.softmax(scores, -1).nan_to_num(0.0)  # pad query rows: all -inf
                 att = probs @ v
             att = att.transpose(1, 2).reshape(B, L, self.heads * self.head_dim)
-            x = x + att @ w[p + "self_attn.o_proj.weight"].T
+            x = x + self.lin(att, p + "self_attn.o_proj", False)
             h = self.rms(x, w[p + "post_attention_layernorm.weight"])
-            gate = h @ w[p + "mlp.gate_proj.weight"].T
-            up = h @ w[p + "mlp.up_proj.weight"].T
-            x = x + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
+            gate = self.lin(h, p + "mlp.gate_proj", False)
+            up = self.lin(h, p + "mlp.up_proj", False)
+            x = x + self.lin(torch.nn.functional.silu(gate) * up, p + "mlp.down_proj", False)
         return self.rms(x, w["model.norm.weight"])
 
     def logits(self, ids, attention_mask=None, sdpa=False):
@@ -433,7 +464,29 @@ def cmd_generate(model_dir, request, out):
     json.dump({"sequences": x.tolist(), "seconds": seconds}, open(out, "w"))
 
 
+def cmd_lora_grad(model_dir, adapter_dir, request, out):
+    req = json.load(open(request))
+    ids = torch.tensor(req["ids"], dtype=torch.long)
+    weights = torch.tensor(req["weights"], dtype=torch.float32)
+    model = Dream(model_dir)
+    model.add_lora(adapter_dir)
+    lp = torch.log_softmax(model.token_logits(ids), -1).gather(-1, ids[..., None])[..., 0]
+    loss = (lp * weights).sum()
+    loss.backward()
+    grads = {}
+    for module, (a, b, _) in model.lora.items():
+        grads["base_model.model." + module + ".lora_A.weight"] = a.grad.reshape(-1).tolist()
+        grads["base_model.model." + module + ".lora_B.weight"] = b.grad.reshape(-1).tolist()
+    json.dump({"loss": loss.item(), "grads": grads}, open(out, "w"))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cmd, *rest = sys.argv[1:]
-    {"forward": cmd_forward, "generate": cmd_generate, "estimate": cmd_estimate}[cmd](*rest)
+    commands = {
+        "forward": cmd_forward,
+        "generate": cmd_generate,
+        "estimate": cmd_estimate,
+        "lora_grad": cmd_lora_grad,
+    }
+    commands[cmd](*rest)
