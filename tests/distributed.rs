@@ -1,77 +1,18 @@
 //! Data parallelism with two processes on Gloo (`couplet launch --nproc 2`): the same
-//! global batch gives the same weights as one process, with and without ZeRO-1; only rank 0
-//! writes; a two-rank run resumes from its checkpoint.
+//! global batch gives the same weights as one process, with ZeRO 0, 1 and 2; only rank 0
+//! writes; a two-rank run (also under ZeRO-2) resumes from its checkpoint; two torchrun
+//! "nodes" on the loopback address equal one process.
 
 use couplet_testkit as common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::assert_ok;
+use run_helpers::{max_diff, metrics, model, sets, train, weights};
 
 use tch::Tensor;
 
-/// A tiny model whose end-of-text logit swings from position to position, so completion
-/// lengths — and with `soft_overlong` the rewards — differ inside a group.
-fn model(dir: &Path) -> PathBuf {
-    let out = common::tiny_model(dir, false, 1);
-    let ckpt =
-        couplet_model::LoadedModel::load(&out, couplet_model::LoadOptions::default()).unwrap();
-    tch::no_grad(|| {
-        let head = ckpt.model.var_store().variables()["lm_head.weight"].shallow_clone();
-        let mut eos_row = head.get(0);
-        let _ = eos_row.g_mul_scalar_(35.0);
-    });
-    couplet_model::save_model(&ckpt.model, &out, &couplet_model::SaveOptions::default()).unwrap();
-    out
-}
-
-/// `couplet train` (through `couplet launch` when `ranks > 1`) on the tiny model: one
-/// round of μ = 2 over 2 prompts × G = 2, then `extra` overrides.
-fn train(
-    model: &Path,
-    run: &Path,
-    estimator: &str,
-    ranks: usize,
-    extra: &[&str],
-) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_couplet"));
-    if ranks > 1 {
-        cmd.args(["launch", "--nproc", &ranks.to_string(), "--"]);
-    }
-    cmd.args(["train", "--config", "configs/tiny_cpu.toml"])
-        .args(sets(model, run, estimator, ranks));
-    for s in extra {
-        cmd.args(["--set", s]);
-    }
-    cmd.current_dir(common::repo()).output().unwrap()
-}
-
-fn weights(checkpoint: &Path) -> Vec<(String, Tensor)> {
-    let mut v = Tensor::read_safetensors(checkpoint.join("policy/model.safetensors")).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|((n, x), (m, y))| {
-            assert_eq!(n, m);
-            (x - y).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
-}
-
-/// Every step's metrics of a run, from `metrics.jsonl`.
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+mod run_helpers;
 
 #[test]
 fn two_ranks_equal_one_process_on_the_same_global_batch() {
@@ -81,14 +22,16 @@ fn two_ranks_equal_one_process_on_the_same_global_batch() {
         ("coupled", &[][..]),
         ("d1", &[][..]),
         ("coupled", &["distributed.zero1=true"][..]),
+        ("coupled", &["distributed.zero=2"][..]),
+        ("d1", &["distributed.zero=2"][..]),
     ] {
-        let tag = format!("{estimator}-{}", extra.len());
+        let tag = format!("{estimator}-{}", extra.join("-"));
         let one = tmp.path().join(format!("one-{tag}"));
         let two = tmp.path().join(format!("two-{tag}"));
         let single_extra: Vec<&str> = extra
             .iter()
             .copied()
-            .filter(|s| !s.contains("zero1"))
+            .filter(|s| !s.contains("zero"))
             .collect();
         assert_ok(&train(&model, &one, estimator, 1, &single_extra));
         let out = train(&model, &two, estimator, 2, extra);
@@ -149,11 +92,80 @@ fn two_ranks_equal_one_process_on_the_same_global_batch() {
 
 #[test]
 fn two_ranks_resume_mid_round_and_refuse_another_world_size() {
+    resume_case(&[]);
+}
+
+#[test]
+fn zero2_resumes_exactly() {
+    resume_case(&["distributed.zero=2"]);
+}
+
+/// Simulated multi-node: `torchrun --nnodes 2 --nproc-per-node 1`, two "nodes" on the
+/// loopback address with a static rendezvous (node 0's agent hosts the store), gives the
+/// same step as one process.
+#[test]
+fn two_nodes_through_torchrun_equal_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model(tmp.path());
+    let one = tmp.path().join("one");
+    assert_ok(&train(
+        &model,
+        &one,
+        "coupled",
+        1,
+        &["schedule.max_steps=1"],
+    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let two = tmp.path().join("two");
+    let nodes: Vec<_> = (0..2)
+        .map(|node| {
+            Command::new(common::python())
+                .args(["-m", "torch.distributed.run", "--nnodes", "2"])
+                .args(["--nproc-per-node", "1", "--node-rank", &node.to_string()])
+                .args(["--master-addr", "127.0.0.1", "--master-port", &port])
+                .args(["--no-python", env!("CARGO_BIN_EXE_couplet")])
+                .args(["train", "--config", "configs/tiny_cpu.toml"])
+                .args(sets(&model, &two, "coupled", 2))
+                .args([
+                    "--set",
+                    "schedule.max_steps=1",
+                    "--set",
+                    "distributed.zero=2",
+                ])
+                .env("OMP_NUM_THREADS", "1")
+                .current_dir(common::repo())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut node in nodes {
+        assert!(node.wait().unwrap().success(), "a node failed");
+    }
+    let diff = max_diff(
+        &weights(&one.join("checkpoint-1")),
+        &weights(&two.join("checkpoint-1")),
+    );
+    assert!(diff < 1e-6, "two nodes vs one process differ by {diff}");
+}
+
+/// A two-rank run (with `extra`) stopped mid-round resumes to the straight run's weights;
+/// one process refuses its checkpoint.
+fn resume_case(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let model = model(tmp.path());
     let run = tmp.path().join("run");
+    let with = |more: &[&'static str]| -> Vec<String> {
+        extra.iter().chain(more).map(|s| s.to_string()).collect()
+    };
+    let first: Vec<String> = with(&["schedule.max_steps=1"]);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
     // Step 1 of a μ = 2 round: the checkpoint holds each rank's part of the buffer.
-    let out = train(&model, &run, "coupled", 2, &["schedule.max_steps=1"]);
+    let out = train(&model, &run, "coupled", 2, &first);
     assert_ok(&out);
     assert!(run.join("checkpoint-1/round_buffer.safetensors").exists());
     assert!(run
@@ -171,6 +183,7 @@ fn two_ranks_resume_mid_round_and_refuse_another_world_size() {
             "configs/tiny_cpu.toml",
         ])
         .args(sets(&model, &run, "coupled", 2))
+        .args(with(&[]).iter().flat_map(|s| ["--set", s.as_str()]))
         .args(["--resume", run.to_str().unwrap()])
         .output()
         .unwrap();
@@ -178,7 +191,7 @@ fn two_ranks_resume_mid_round_and_refuse_another_world_size() {
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("at step 1"));
     // The straight two-step run and the resumed one end with the same weights.
     let straight = tmp.path().join("straight");
-    assert_ok(&train(&model, &straight, "coupled", 2, &[]));
+    assert_ok(&train(&model, &straight, "coupled", 2, extra));
     let diff = max_diff(
         &weights(&run.join("checkpoint-2")),
         &weights(&straight.join("checkpoint-2")),
@@ -199,33 +212,4 @@ fn two_ranks_resume_mid_round_and_refuse_another_world_size() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The `--set` arguments of [`train`].
-fn sets(model: &Path, run: &Path, estimator: &str, ranks: usize) -> Vec<String> {
-    let backend = if ranks > 1 { "gloo" } else { "none" };
-    [
-        format!("model.path=\"{}\"", model.display()),
-        format!("checkpointing.run_dir=\"{}\"", run.display()),
-        format!("estimator.kind=\"{estimator}\""),
-        "rollout.num_generations=2".into(),
-        "rollout.prompts_per_step=2".into(),
-        "rollout.generation_batch_size=4".into(),
-        "rollout.max_new_tokens=8".into(),
-        "rollout.steps=4".into(),
-        "reward.functions=[{name=\"soft_overlong\", weight=1.0}, {name=\"code_format\", weight=0.5}]".into(),
-        "reward.overlong_buffer=6".into(),
-        "objective.beta=0.05".into(),
-        "objective.num_iterations=2".into(),
-        "optimizer.lr=1e-3".into(),
-        "schedule.max_steps=2".into(),
-        "schedule.micro_batch_size=1".into(),
-        format!("schedule.gradient_accumulation_steps={}", 4 / ranks),
-        "checkpointing.save_every=1".into(),
-        "eval.every=0".into(),
-        format!("distributed.backend=\"{backend}\""),
-    ]
-    .into_iter()
-    .flat_map(|s| ["--set".to_string(), s])
-    .collect()
 }

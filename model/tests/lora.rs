@@ -57,7 +57,11 @@ fn adapters_start_as_the_base_and_switch_off_to_it() {
     let base = logits(&model);
     tch::manual_seed(1);
     model.attach_lora(&lora(4, &LoraTarget::ALL));
-    assert_eq!(max_diff(&logits(&model), &base), 0.0, "B = 0: exactly the base");
+    assert_eq!(
+        max_diff(&logits(&model), &base),
+        0.0,
+        "B = 0: exactly the base"
+    );
     // Frozen base, trainable adapters only (7 targets × 2 layers × A and B).
     assert!(model
         .var_store()
@@ -67,9 +71,11 @@ fn adapters_start_as_the_base_and_switch_off_to_it() {
     let trainable = model.trainable_parameters();
     let layers = model.config().num_hidden_layers as usize;
     assert_eq!(trainable.len(), 7 * layers * 2);
-    assert!(trainable.iter().all(|(n, t)| n.starts_with("base_model.model.model.layers.")
-        && t.requires_grad()
-        && t.kind() == Kind::Float));
+    assert!(trainable
+        .iter()
+        .all(|(n, t)| n.starts_with("base_model.model.model.layers.")
+            && t.requires_grad()
+            && t.kind() == Kind::Float));
     randomise_b(&model);
     let adapted = logits(&model);
     assert!(max_diff(&adapted, &base) > 1e-4, "B ≠ 0 changes the output");
@@ -84,20 +90,33 @@ fn gradients_match_a_plain_pytorch_lora() {
     let dir = common::tiny_model(tmp.path(), false, 5);
     let mut model = load_model(&dir, LoadOptions::default()).unwrap();
     tch::manual_seed(2);
-    let targets = [LoraTarget::QProj, LoraTarget::VProj, LoraTarget::OProj, LoraTarget::DownProj];
+    let targets = [
+        LoraTarget::QProj,
+        LoraTarget::VProj,
+        LoraTarget::OProj,
+        LoraTarget::DownProj,
+    ];
     model.attach_lora(&lora(3, &targets));
     randomise_b(&model);
     let adapter = tmp.path().join("adapter");
     save_adapter(&model, &adapter, Some(&dir)).unwrap();
 
     let weights: Vec<Vec<f32>> = (0..2)
-        .map(|b| (0..10).map(|l| ((b * 10 + l) % 7) as f32 * 0.25 - 0.5).collect())
+        .map(|b| {
+            (0..10)
+                .map(|l| ((b * 10 + l) % 7) as f32 * 0.25 - 0.5)
+                .collect()
+        })
         .collect();
     let request = tmp.path().join("request.json");
     let ids_vec: Vec<Vec<i64>> = (0..2)
         .map(|b| Vec::<i64>::try_from(ids().get(b)).unwrap())
         .collect();
-    std::fs::write(&request, json!({ "ids": ids_vec, "weights": weights }).to_string()).unwrap();
+    std::fs::write(
+        &request,
+        json!({ "ids": ids_vec, "weights": weights }).to_string(),
+    )
+    .unwrap();
     let out = tmp.path().join("grads.json");
     let script = common::repo().join("tests/reference/dream_ref.py");
     let status = std::process::Command::new(common::python())
@@ -143,7 +162,10 @@ fn gradients_match_a_plain_pytorch_lora() {
         // the longest reduction is the vocabulary's log-softmax / the MLP width.
         let cfg = model.config();
         let tol = common::f32_order_tolerance(1.0, cfg.vocab_size as usize, 2 * 3);
-        assert!(rel <= tol, "{name}: relative gradient difference {rel} > {tol}");
+        assert!(
+            rel <= tol,
+            "{name}: relative gradient difference {rel} > {tol}"
+        );
     }
     eprintln!("LoRA gradients vs plain PyTorch: worst relative difference {worst:e}");
 }
@@ -154,17 +176,24 @@ fn merge_equals_applying_and_folders_round_trip() {
     let dir = common::tiny_model(tmp.path(), true, 7);
     let mut model = load_model(&dir, LoadOptions::default()).unwrap();
     tch::manual_seed(4);
-    model.attach_lora(&lora(2, &[LoraTarget::KProj, LoraTarget::GateProj, LoraTarget::UpProj]));
+    model.attach_lora(&lora(
+        2,
+        &[LoraTarget::KProj, LoraTarget::GateProj, LoraTarget::UpProj],
+    ));
     randomise_b(&model);
     let adapted = logits(&model);
     let adapter = tmp.path().join("adapter");
     save_adapter(&model, &adapter, Some(&dir)).unwrap();
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["r"], 2);
-    assert_eq!(config["target_modules"], json!(["k_proj", "gate_proj", "up_proj"]));
+    assert_eq!(
+        config["target_modules"],
+        json!(["k_proj", "gate_proj", "up_proj"])
+    );
 
     // Round trip: a fresh base + the folder = the same adapters, the same outputs.
     let mut again = load_model(&dir, LoadOptions::default()).unwrap();
@@ -206,11 +235,17 @@ fn bad_adapter_folders_name_the_field() {
         std::fs::write(&config_path, good.replace(edit.0, edit.1)).unwrap();
         let mut fresh = load_model(&dir, LoadOptions::default()).unwrap();
         let err = load_adapter(&mut fresh, &adapter).unwrap_err().to_string();
-        assert!(err.contains(field) && err.contains("adapter_config.json"), "{err}");
+        assert!(
+            err.contains(field) && err.contains("adapter_config.json"),
+            "{err}"
+        );
     }
     // Rank 3 in the config, rank-2 tensors in the file: every shape is listed.
     std::fs::write(&config_path, good.replace("\"r\": 2", "\"r\": 3")).unwrap();
     let mut fresh = load_model(&dir, LoadOptions::default()).unwrap();
     let err = load_adapter(&mut fresh, &adapter).unwrap_err().to_string();
-    assert!(err.contains("lora_A.weight") && err.contains("shape"), "{err}");
+    assert!(
+        err.contains("lora_A.weight") && err.contains("shape"),
+        "{err}"
+    );
 }

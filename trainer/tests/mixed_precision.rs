@@ -6,8 +6,7 @@ mod common;
 
 use couplet_model::{DreamModel, Init};
 use couplet_trainer::{
-    grpo_loss, AdamW, AdamWConfig, BatchRows, Estimator, LeanConfig, LeanEstimate,
-    ObjectiveConfig,
+    grpo_loss, AdamW, AdamWConfig, BatchRows, Estimator, LeanConfig, LeanEstimate, ObjectiveConfig,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -75,7 +74,10 @@ fn a_bf16_step_follows_the_f32_step() {
     let (mut dot, mut n32, mut n16) = (0.0, 0.0, 0.0);
     for (p, (name, w0)) in opt.params.iter().zip(&before) {
         assert_eq!(&p.name, name);
-        let master = p.master.as_ref().expect("a bf16 parameter has an f32 master");
+        let master = p
+            .master
+            .as_ref()
+            .expect("a bf16 parameter has an f32 master");
         assert_eq!(master.kind(), Kind::Float);
         // The bf16 weight is its master rounded to bf16.
         let rounded = master.to_kind(Kind::BFloat16);
