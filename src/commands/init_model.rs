@@ -19,6 +19,10 @@ pub struct Args {
     /// Seed of the random initialisation.
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// A `config.json` whose architecture to use instead of the preset (its vocabulary
+    /// size is replaced by the tokenizer's), e.g. configs/shapes/bench-100m.json.
+    #[arg(long)]
+    shape: Option<PathBuf>,
     /// Tie lm_head to the embedding.
     #[arg(long)]
     tie_embeddings: bool,
@@ -37,8 +41,19 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let tokenizer = couplet_model::tokenizer::load_tokenizer_file(&args.tokenizer)?;
-    let mut config = args.preset.config(tokenizer.get_vocab_size(true));
-    config.tie_word_embeddings = args.tie_embeddings;
+    let vocab = tokenizer.get_vocab_size(true);
+    let mut config = match &args.shape {
+        Some(path) => {
+            let mut shape = couplet_model::DreamConfig::from_file(path)?;
+            shape.vocab_size = vocab as i64;
+            shape.mask_token_id = None;
+            shape.torch_dtype = Some("float32".into());
+            shape.tie_word_embeddings |= args.tie_embeddings;
+            shape
+        }
+        None => args.preset.config(vocab),
+    };
+    config.tie_word_embeddings |= args.tie_embeddings;
     if args.no_shift {
         config.shift_logits = Some(false);
     }

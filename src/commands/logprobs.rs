@@ -42,6 +42,9 @@ pub struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: couplet_model::DeviceSpec,
+    /// f32 or bf16 weights.
+    #[arg(long, default_value = "f32")]
+    dtype: couplet_model::Precision,
 }
 
 fn estimator(args: &Args) -> Result<Estimator> {
@@ -96,7 +99,7 @@ fn pinned(value: &Value, l: usize, k: usize, at: &str) -> Result<Versions> {
 
 pub fn run(args: Args) -> Result<()> {
     let est = estimator(&args)?;
-    let ckpt = super::load_model(&args.model, args.device, couplet_model::Precision::F32)?;
+    let ckpt = super::load_model(&args.model, args.device, args.dtype)?;
     let mask_id = ckpt.tokenizer.special().mask;
     let read = |path: &PathBuf| -> Result<Vec<Value>> {
         let file =

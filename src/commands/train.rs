@@ -77,7 +77,12 @@ pub enum JobEnd {
 /// logs, periodic evaluation and checkpoints. `name` prefixes the progress bar. Call
 /// [`install_stop_handler`] first for Ctrl-C to save and stop cleanly.
 pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Result<JobEnd> {
+    let before_model = resident_mib();
     let mut job = Job::start(config, resume, name)?;
+    // The steps' own peak: loading (a mapped checkpoint file next to the weights it fills)
+    // and optimizer setup are not part of it.
+    reset_peak_resident();
+    let mut step_peak = 0.0f64;
     let total = job.trainer.total_steps();
     let eval_every = config.eval.every;
     if eval_every > 0 && job.trainer.state.step == 0 {
@@ -85,6 +90,7 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
     }
     while job.trainer.state.step < total {
         let m = job.trainer.step()?;
+        step_peak = step_peak.max(peak_resident_mib());
         job.record(&m)?;
         if eval_every > 0 && (m.step % eval_every == 0 || m.step == total) {
             job.evaluate()?;
@@ -104,12 +110,48 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
         }
     }
     job.bar.finish_and_clear();
+    // Every rank reports (the ZeRO shards differ); `scripts/bench-memory` compares this with
+    // `couplet memory`. Checkpoint writing is not included.
+    job.bar.suspend(|| {
+        eprintln!(
+            "memory: rank {}: {before_model:.1} MiB resident before the model, peak {step_peak:.1} MiB over the training steps",
+            job.trainer.rank()
+        )
+    });
     job.say(format!(
         "done: {} steps; checkpoints in {}",
         job.trainer.state.step,
         job.run_dir().display()
     ));
     Ok(JobEnd::Finished)
+}
+
+/// This process's resident memory now (MiB), from /proc/self/statm (0 where unavailable).
+fn resident_mib() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * page / (1 << 20) as f64)
+}
+
+/// The process's peak resident memory (MiB) since the last [`reset_peak_resident`]:
+/// `VmHWM` of /proc/self/status (0 where unavailable).
+fn peak_resident_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Resets the peak-resident mark (`echo 5 > /proc/self/clear_refs`, Linux ≥ 4.0); where
+/// that is not possible the peak keeps counting from the start of the process.
+fn reset_peak_resident() {
+    let _ = std::fs::write("/proc/self/clear_refs", b"5");
 }
 
 /// A job in progress: the trainer, and (on rank 0) its logs and progress bar. With several

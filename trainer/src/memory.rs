@@ -48,6 +48,14 @@ pub struct PlanInput {
     pub bucket_bytes: f64,
     /// LoRA adapters on a frozen base (only they are trained).
     pub lora: Option<LoraConfig>,
+    /// Attention runs in a fused kernel (CUDA: flash / memory-efficient, nothing of size
+    /// L² is kept); on the CPU, padded batches take PyTorch's math path, which keeps the
+    /// probabilities and the GQA-expanded keys and values for backward.
+    pub fused_attention: bool,
+    /// Memory that is not tensors of the model: on the CPU the tokenizer, the rows, the
+    /// sandbox pool and kernel workspaces (70–100 MiB measured by `scripts/bench-memory`);
+    /// on CUDA the context, cuBLAS workspaces and allocator slack (an estimate).
+    pub runtime_bytes: f64,
 }
 
 impl PlanInput {
@@ -81,6 +89,12 @@ impl PlanInput {
             generation_batch: config.rollout.generation_batch_size,
             bucket_bytes: (config.distributed.bucket_mb << 20) as f64,
             lora,
+            fused_attention: config.model.device != couplet_model::DeviceSpec::Cpu,
+            runtime_bytes: if config.model.device == couplet_model::DeviceSpec::Cpu {
+                100.0 * (1 << 20) as f64
+            } else {
+                GIB
+            },
         }
     }
 }
@@ -133,6 +147,23 @@ pub fn adapter_parameters(c: &DreamConfig, lora: &LoraConfig) -> (f64, f64) {
         largest = largest.max(r * inp.max(out));
     }
     (per_layer * c.num_hidden_layers as f64, largest)
+}
+
+/// Per token and layer: the elements of every adapter's output and rank-r projection.
+fn adapter_outputs(c: &DreamConfig, lora: &LoraConfig) -> f64 {
+    let (h, i) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let q = (c.num_attention_heads * c.head_dim()) as f64;
+    let kv = (c.num_kv_heads() * c.head_dim()) as f64;
+    let r = lora.rank as f64;
+    lora.target_modules
+        .iter()
+        .map(|t| match t {
+            LoraTarget::QProj => q,
+            LoraTarget::KProj | LoraTarget::VProj => kv,
+            LoraTarget::OProj | LoraTarget::DownProj => h,
+            LoraTarget::GateProj | LoraTarget::UpProj => i,
+        } + r)
+        .sum()
 }
 
 /// One line of the budget.
@@ -219,15 +250,20 @@ impl MemoryPlan {
 }
 
 /// Saved-for-backward elements per token of one layer, in working dtype, and the extra
-/// f32 elements (RMSNorm upcasts) when the working dtype is not f32.
-fn layer_saved_per_token(c: &DreamConfig) -> (f64, f64) {
+/// f32 elements (RMSNorm upcasts) when the working dtype is not f32. `math_attention`
+/// adds what the unfused attention keeps: the scaled queries, keys and values expanded to
+/// every head, and the `[heads, L]` probabilities of each query (`sequence` = L).
+fn layer_saved_per_token(c: &DreamConfig, math_attention: bool, sequence: f64) -> (f64, f64) {
     let (h, i) = (c.hidden_size as f64, c.intermediate_size as f64);
     let q = (c.num_attention_heads * c.head_dim()) as f64;
     let kv = (c.num_kv_heads() * c.head_dim()) as f64;
     // Layer input and normed input (norm 1), q/k/v projections, rotary (q·cos, rotate-half
     // q, rotated q; the same for k), attention output and its reshaped copy (o_proj's
     // input), the residual and its norm (norm 2), gate / up / silu(gate) / product.
-    let working = 2.0 * h + q + 2.0 * kv + 3.0 * q + 3.0 * kv + 2.0 * q + 2.0 * h + 4.0 * i;
+    let mut working = 2.0 * h + q + 2.0 * kv + 3.0 * q + 3.0 * kv + 2.0 * q + 2.0 * h + 4.0 * i;
+    if math_attention {
+        working += 3.0 * q + c.num_attention_heads as f64 * sequence;
+    }
     // Each RMSNorm keeps its input upcast to f32 and the normalised f32 product.
     let upcast = 4.0 * h;
     (working, upcast)
@@ -252,11 +288,18 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     } else {
         String::new()
     };
-    let mut resident = vec![Component {
-        name: "weights",
-        bytes: p * w,
-        how: format!("{:.3} B × {w} B", p / 1e9),
-    }];
+    let mut resident = vec![
+        Component {
+            name: "runtime",
+            bytes: input.runtime_bytes,
+            how: "not model tensors: CUDA context / tokenizer, data, sandbox pool".into(),
+        },
+        Component {
+            name: "weights",
+            bytes: p * w,
+            how: format!("{:.3} B × {w} B", p / 1e9),
+        },
+    ];
     if input.lora.is_some() {
         resident.push(Component {
             name: "LoRA adapters",
@@ -352,9 +395,15 @@ fn backward_phase(input: &PlanInput, params: &ParameterCount, trained: &Trained)
     let w = input.weight_bytes;
     let rows = (input.micro_batch * input.versions) as f64;
     let tokens = rows * input.sequence as f64;
-    let (saved, upcast) = layer_saved_per_token(c);
+    let (saved, upcast) = layer_saved_per_token(c, !input.fused_attention, input.sequence as f64);
     let upcast = if w < 4.0 { upcast * 4.0 } else { 0.0 };
-    let per_layer = tokens * (saved * w + upcast);
+    // LoRA: each adapter's f32 output [tokens, out] and projection [tokens, r] stay alive
+    // for backward (measured by scripts/bench-memory: about one f32 output per target).
+    let adapter = input
+        .lora
+        .as_ref()
+        .map_or(0.0, |l| adapter_outputs(c, l) * 4.0);
+    let per_layer = tokens * (saved * w + upcast + adapter);
     let h = c.hidden_size as f64;
     let layers = c.num_hidden_layers as f64;
     let activations = if input.checkpointing {
@@ -384,6 +433,11 @@ fn backward_phase(input: &PlanInput, params: &ParameterCount, trained: &Trained)
             how: format!("{:.3} B trained × {} B", trained.count / 1e9, trained.bytes),
         },
         activations,
+        Component {
+            name: "backward buffers",
+            bytes: per_layer,
+            how: "gradients of one layer's activations in flight".into(),
+        },
         Component {
             name: "log-prob blocks",
             bytes: chunk * v * 4.0 * 3.0 + head,
@@ -451,5 +505,152 @@ mod tests {
             let counted = parameter_count(&cfg).total;
             assert_eq!(counted, model.num_parameters() as f64, "tied = {tied}");
         }
+    }
+
+    fn hand_config() -> DreamConfig {
+        let mut cfg = Preset::Tiny.config(1000);
+        cfg.vocab_size = 1000;
+        cfg.hidden_size = 64;
+        cfg.intermediate_size = 128;
+        cfg.num_hidden_layers = 2;
+        cfg.num_attention_heads = 4;
+        cfg.num_key_value_heads = Some(2);
+        cfg.tie_word_embeddings = false;
+        cfg
+    }
+
+    fn component(parts: &[Component], name: &str) -> f64 {
+        parts
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(f64::NAN, |c| c.bytes)
+    }
+
+    #[test]
+    fn the_component_arithmetic_by_hand() {
+        // Per layer: q 64·64 + 64, k and v 64·32 + 32 each, o 64·64, MLP 3·64·128, two norms
+        // of 64 = 37,120; two layers, embedding and head 1000·64 each, final norm 64.
+        let cfg = hand_config();
+        let p = 2.0 * 37_120.0 + 2.0 * 64_000.0 + 64.0;
+        assert_eq!(parameter_count(&cfg).total, p);
+        let input = PlanInput {
+            model: cfg.clone(),
+            weight_bytes: 2.0,
+            world: 4,
+            zero: ZeroStage::Gradients,
+            reference_bytes: Some(2.0),
+            micro_batch: 2,
+            versions: 3,
+            sequence: 10,
+            completion: 4,
+            logits_chunk_rows: 8,
+            checkpointing: false,
+            generation_batch: 4,
+            bucket_bytes: 1024.0,
+            lora: None,
+            fused_attention: true,
+            runtime_bytes: 0.0,
+        };
+        let budget = plan(&input);
+        let r = &budget.resident;
+        assert_eq!(component(r, "weights"), p * 2.0);
+        assert_eq!(component(r, "reference model"), p * 2.0);
+        assert_eq!(component(r, "AdamW moments"), p * 8.0 / 4.0);
+        assert_eq!(component(r, "f32 master weights"), p * 4.0 / 4.0);
+        assert_eq!(component(&budget.step, "reduced gradients"), p * 4.0 / 4.0);
+        assert_eq!(component(&budget.backward, "gradients"), p * 2.0);
+        // Activations: 2 rows × 3 versions × 10 tokens = 60 tokens; per token and layer
+        // 4h + 6q + 5kv + 4i = 256 + 384 + 160 + 512 = 1312 bf16 elements, plus the two
+        // norms' f32 upcasts (4h = 256 f32), over 2 layers, plus 3 hidden-state copies.
+        let per_layer = 60.0 * (1312.0 * 2.0 + 256.0 * 4.0);
+        let activations = per_layer * 2.0 + 60.0 * 64.0 * 2.0 * 3.0;
+        assert_eq!(component(&budget.backward, "activations"), activations);
+        assert_eq!(component(&budget.backward, "backward buffers"), per_layer);
+        // Log-prob blocks: min(8, 2·3·4 = 24) = 8 rows × V × f32 × 3, the f32 head gradient
+        // and the head's f32 upcast (bf16 weights).
+        let blocks = 8.0 * 1000.0 * 4.0 * 3.0 + 64_000.0 * 4.0 * 2.0;
+        assert_eq!(component(&budget.backward, "log-prob blocks"), blocks);
+        let backward = p * 2.0 + activations + per_layer + blocks;
+        let resident = p * 2.0 * 2.0 + p * 3.0;
+        assert_eq!(budget.peak_phase(), ("backward", backward));
+        assert_eq!(budget.peak_bytes(), resident + backward);
+
+        // LoRA r = 2 on q and v: 2·(64 + 64) + 2·(64 + 32) = 448 per layer; no reference
+        // copy, no masters (adapters are f32), moments and gradients of the adapters only.
+        let mut lora_input = input.clone();
+        lora_input.reference_bytes = None;
+        lora_input.zero = ZeroStage::Replicated;
+        lora_input.world = 1;
+        lora_input.lora = Some(LoraConfig {
+            rank: 2,
+            target_modules: vec![LoraTarget::QProj, LoraTarget::VProj],
+            ..LoraConfig::default()
+        });
+        let lora = plan(&lora_input);
+        assert_eq!(component(&lora.resident, "LoRA adapters"), 896.0 * 4.0);
+        assert_eq!(component(&lora.resident, "AdamW moments"), 896.0 * 8.0);
+        assert!(component(&lora.resident, "f32 master weights").is_nan());
+        assert_eq!(component(&lora.backward, "gradients"), 896.0 * 4.0);
+        let lora_blocks = 8.0 * 1000.0 * 4.0 * 3.0 + 64_000.0 * 4.0;
+        assert_eq!(component(&lora.backward, "log-prob blocks"), lora_blocks);
+        // Each adapter's f32 output and projection: q (64 + 2) and v (32 + 2) per token.
+        let lora_layer = 60.0 * (1312.0 * 2.0 + 256.0 * 4.0 + (66.0 + 34.0) * 4.0);
+        assert_eq!(
+            component(&lora.backward, "activations"),
+            lora_layer * 2.0 + 60.0 * 64.0 * 2.0 * 3.0
+        );
+    }
+
+    #[test]
+    fn recipe_targets_fit() {
+        // Dream-7B shape, the recipe's batch: ZeRO-2 + bf16 on 8 ranks fits 80 GB; LoRA on one.
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/diffucoder_coupled.toml"
+        ))
+        .unwrap();
+        let model: DreamConfig = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../configs/shapes/dream-7b.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let gib = |b: f64| b / GIB;
+        let zero2 =
+            TrainConfig::from_toml(&text, "recipe", &["distributed.zero=2".into()]).unwrap();
+        let eight = plan(&PlanInput::from_config(&zero2, model.clone(), 8)).peak_bytes();
+        assert!(
+            gib(eight) < 80.0,
+            "7B ZeRO-2 bf16 plans at {} GiB",
+            gib(eight)
+        );
+        let zero1 = TrainConfig::from_toml(&text, "recipe", &[]).unwrap();
+        let one_f32 = {
+            let mut c = zero1.clone();
+            c.model.dtype = couplet_model::Precision::F32;
+            c.objective.reference_dtype = Some(couplet_model::Precision::F32);
+            plan(&PlanInput::from_config(&c, model.clone(), 8)).peak_bytes()
+        };
+        assert!(
+            gib(one_f32) > 80.0,
+            "f32 + ZeRO-1 did not fit: {}",
+            gib(one_f32)
+        );
+        let lora = TrainConfig::from_toml(
+            &text,
+            "recipe",
+            &[
+                "distributed.backend=\"none\"".into(),
+                "distributed.zero1=false".into(),
+                "lora.rank=128".into(),
+                "lora.alpha=256.0".into(),
+                "objective.sync_ref_model=false".into(),
+            ],
+        )
+        .unwrap();
+        let single = plan(&PlanInput::from_config(&lora, model, 1)).peak_bytes();
+        assert!(gib(single) < 80.0, "7B LoRA plans at {} GiB", gib(single));
     }
 }

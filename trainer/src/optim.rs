@@ -207,14 +207,31 @@ pub fn assign_owners(sizes: &[i64], world: usize) -> Vec<usize> {
 impl AdamW {
     /// State for `params` (name, tensor), in a stable (sorted) order; moments in f32, and
     /// an f32 master copy of every parameter that is not f32.
-    pub fn new(mut params: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
+    pub fn new(params: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
+        Self::sharded(params, config, 0, 1).0
+    }
+
+    /// ZeRO-1/2: like [`AdamW::new`], but each parameter belongs to one of `world` ranks
+    /// ([`assign_owners`]) and this `rank` allocates moments and masters only for its own
+    /// (never a full set, not even for a moment). Returns the owner of every parameter.
+    pub fn sharded(
+        mut params: Vec<(String, Tensor)>,
+        config: AdamWConfig,
+        rank: usize,
+        world: usize,
+    ) -> (Self, Vec<usize>) {
         params.sort_by(|a, b| a.0.cmp(&b.0));
+        let sizes: Vec<i64> = params.iter().map(|(_, p)| p.numel() as i64).collect();
+        let owners = assign_owners(&sizes, world);
         let params = params
             .into_iter()
-            .map(|(name, param)| {
+            .zip(&owners)
+            .map(|((name, param), &owner)| {
+                let owned = owner == rank;
                 let decay = config.decay_norms_and_biases || param.dim() > 1;
-                let zeros = || Tensor::zeros(param.size(), (Kind::Float, param.device()));
-                let master = (param.kind() != Kind::Float)
+                let shape = if owned { param.size() } else { vec![0] };
+                let zeros = || Tensor::zeros(shape.as_slice(), (Kind::Float, param.device()));
+                let master = (owned && param.kind() != Kind::Float)
                     .then(|| tch::no_grad(|| param.detach().to_kind(Kind::Float)));
                 ParamState {
                     exp_avg: zeros(),
@@ -224,33 +241,16 @@ impl AdamW {
                     name,
                     param,
                     decay,
-                    owned: true,
+                    owned,
                 }
             })
             .collect();
-        AdamW {
+        let optimizer = AdamW {
             config,
             params,
             step: 0,
-        }
-    }
-
-    /// ZeRO-1/2: assigns each parameter to one of `world` ranks ([`assign_owners`]), frees
-    /// the moments and masters of the parameters this `rank` does not own, and returns the
-    /// owner of every parameter.
-    pub fn shard(&mut self, rank: usize, world: usize) -> Vec<usize> {
-        let sizes: Vec<i64> = self.params.iter().map(|p| p.param.numel() as i64).collect();
-        let owners = assign_owners(&sizes, world);
-        for (p, &owner) in self.params.iter_mut().zip(&owners) {
-            p.owned = owner == rank;
-            if !p.owned {
-                let empty = || Tensor::zeros([0], (Kind::Float, p.param.device()));
-                p.exp_avg = empty();
-                p.exp_avg_sq = empty();
-                p.master = None;
-            }
-        }
-        owners
+        };
+        (optimizer, owners)
     }
 
     /// Sum of squared gradients (f64) over every parameter (`owned_only`: over the ones
@@ -340,8 +340,16 @@ fn update_parameter(
     c: &AdamWConfig,
 ) {
     let g = grad.to_kind(Kind::Float) * scale;
-    p.exp_avg = &p.exp_avg * c.beta1 + &g * (1.0 - c.beta1);
-    p.exp_avg_sq = &p.exp_avg_sq * c.beta2 + (&g * &g) * (1.0 - c.beta2);
+    // In place: a second copy of the moments would exist for the length of the step (and
+    // the allocator keeps it). Same operations, same rounding, as `m·β₁ + g·(1 − β₁)`.
+    let _ = p
+        .exp_avg
+        .g_mul_scalar_(c.beta1)
+        .g_add_(&(&g * (1.0 - c.beta1)));
+    let _ = p
+        .exp_avg_sq
+        .g_mul_scalar_(c.beta2)
+        .g_add_(&((&g * &g) * (1.0 - c.beta2)));
     let denom = (&p.exp_avg_sq / bc2).sqrt() + c.eps;
     let mut update = (&p.exp_avg / bc1) / denom;
     let master = match &p.master {

@@ -9,7 +9,7 @@ use tch::{Device, Kind};
 /// Where the KL term's reference log-probs come from.
 pub enum Reference {
     /// A frozen copy of the starting policy.
-    Copy(ReferenceModel),
+    Copy(Box<ReferenceModel>),
     /// The policy with its LoRA adapters switched off: the frozen base.
     BaseWithoutAdapters,
 }

@@ -241,8 +241,8 @@ impl Trainer {
             })?;
         let mut reference = build_reference(&config, &policy, device, resume.is_some())?;
         let params = policy.model.trainable_parameters();
-        let mut optimizer = AdamW::new(params, config.optimizer);
-        parallel.shard_optimizer(&mut optimizer, config.distributed.zero_stage());
+        let mut optimizer =
+            parallel.optimizer(params, config.optimizer, config.distributed.zero_stage());
         let restored = match &resume {
             Some(checkpoint) => Some(checkpoint.restore(
                 &mut optimizer,
@@ -524,12 +524,14 @@ fn build_reference(
         None
     };
     let from = base.as_ref().unwrap_or(&policy.model);
-    Ok(Some(Reference::Copy(ReferenceModel::from_policy(
-        from,
-        device,
-        kind,
-        config.objective.sync_every(),
-        config.objective.ref_model_mixup_alpha,
+    Ok(Some(Reference::Copy(Box::new(
+        ReferenceModel::from_policy(
+            from,
+            device,
+            kind,
+            config.objective.sync_every(),
+            config.objective.ref_model_mixup_alpha,
+        ),
     ))))
 }
 

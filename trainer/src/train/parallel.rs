@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::TrainError;
 use crate::config::{TrainConfig, ZeroStage};
-use crate::optim::{AdamW, ParamState};
+use crate::optim::{AdamW, AdamWConfig, ParamState};
 
 /// The ranks of a run (one, without a process group).
 pub struct DataParallel {
@@ -169,12 +169,23 @@ impl DataParallel {
         Ok(())
     }
 
-    /// Under ZeRO-1/2 (with a group), splits the optimizer's parameters between the
-    /// ranks; otherwise every rank updates everything.
-    pub fn shard_optimizer(&mut self, optimizer: &mut AdamW, stage: ZeroStage) {
+    /// The optimizer of this rank for `params`: under ZeRO-1/2 (with a group) the
+    /// parameters are split between the ranks and only this rank's state is allocated;
+    /// otherwise every rank updates everything.
+    pub fn optimizer(
+        &mut self,
+        params: Vec<(String, Tensor)>,
+        config: AdamWConfig,
+        stage: ZeroStage,
+    ) -> AdamW {
         self.stage = stage;
-        if let (true, Some(g)) = (stage.shards_optimizer(), &self.group) {
-            self.owners = Some(optimizer.shard(g.rank, g.world_size));
+        match (stage.shards_optimizer(), &self.group) {
+            (true, Some(g)) => {
+                let (optimizer, owners) = AdamW::sharded(params, config, g.rank, g.world_size);
+                self.owners = Some(owners);
+                optimizer
+            }
+            _ => AdamW::new(params, config),
         }
     }
 
@@ -259,7 +270,7 @@ impl DataParallel {
                 parts.push(("master", p.master.as_ref()));
             }
             for (prefix, tensor) in parts {
-                let full = self.from_owner(p, i, tensor)?;
+                let full = self.owners_copy(p, i, tensor)?;
                 if self.rank() == 0 {
                     out.push((format!("{prefix}/{}", p.name), full.to_device(Device::Cpu)));
                 }
@@ -270,7 +281,7 @@ impl DataParallel {
 
     /// `tensor` of parameter `i` as its owner holds it (an f32 tensor of the parameter's
     /// shape; a master that does not exist — an f32 parameter — is the parameter itself).
-    fn from_owner(
+    fn owners_copy(
         &self,
         p: &ParamState,
         i: usize,
