@@ -41,6 +41,7 @@ fn two_ranks_equal_one_process_on_the_same_global_batch() {
             &weights(&one.join("checkpoint-1")),
             &weights(&two.join("checkpoint-1")),
         );
+        eprintln!("{tag}: after one step max |Δw| = {diff:e}");
         assert!(
             diff < 1e-6,
             "{tag}: one step, 2 ranks vs 1 process differ by {diff}"

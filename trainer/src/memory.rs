@@ -389,7 +389,9 @@ fn rollout_phase(input: &PlanInput) -> Vec<Component> {
 
 /// Backward of one micro-batch: the full working-dtype gradients, the saved activations
 /// (all layers, or layer inputs plus one recomputed layer under checkpointing) and the lean
-/// log-prob path's `[chunk, V]` blocks and f32 LM-head gradient.
+/// log-prob path's `[chunk, V]` blocks and f32 LM-head gradient. The activation gradients
+/// in flight are not counted on top: backward releases each layer's saved tensors as it
+/// passes, and the measured peaks (scripts/bench-memory) stay within the saved set.
 fn backward_phase(input: &PlanInput, params: &ParameterCount, trained: &Trained) -> Vec<Component> {
     let c = &input.model;
     let w = input.weight_bytes;
@@ -433,11 +435,6 @@ fn backward_phase(input: &PlanInput, params: &ParameterCount, trained: &Trained)
             how: format!("{:.3} B trained × {} B", trained.count / 1e9, trained.bytes),
         },
         activations,
-        Component {
-            name: "backward buffers",
-            bytes: per_layer,
-            how: "gradients of one layer's activations in flight".into(),
-        },
         Component {
             name: "log-prob blocks",
             bytes: chunk * v * 4.0 * 3.0 + head,
@@ -565,12 +562,11 @@ mod tests {
         let per_layer = 60.0 * (1312.0 * 2.0 + 256.0 * 4.0);
         let activations = per_layer * 2.0 + 60.0 * 64.0 * 2.0 * 3.0;
         assert_eq!(component(&budget.backward, "activations"), activations);
-        assert_eq!(component(&budget.backward, "backward buffers"), per_layer);
         // Log-prob blocks: min(8, 2·3·4 = 24) = 8 rows × V × f32 × 3, the f32 head gradient
         // and the head's f32 upcast (bf16 weights).
         let blocks = 8.0 * 1000.0 * 4.0 * 3.0 + 64_000.0 * 4.0 * 2.0;
         assert_eq!(component(&budget.backward, "log-prob blocks"), blocks);
-        let backward = p * 2.0 + activations + per_layer + blocks;
+        let backward = p * 2.0 + activations + blocks;
         let resident = p * 2.0 * 2.0 + p * 3.0;
         assert_eq!(budget.peak_phase(), ("backward", backward));
         assert_eq!(budget.peak_bytes(), resident + backward);
@@ -626,9 +622,9 @@ mod tests {
             "7B ZeRO-2 bf16 plans at {} GiB",
             gib(eight)
         );
-        let zero1 = TrainConfig::from_toml(&text, "recipe", &[]).unwrap();
+        let recipe = TrainConfig::from_toml(&text, "recipe", &[]).unwrap();
         let one_f32 = {
-            let mut c = zero1.clone();
+            let mut c = recipe.clone();
             c.model.dtype = couplet_model::Precision::F32;
             c.objective.reference_dtype = Some(couplet_model::Precision::F32);
             plan(&PlanInput::from_config(&c, model.clone(), 8)).peak_bytes()
