@@ -639,7 +639,7 @@ mod tests {
             "recipe",
             &[
                 "distributed.backend=\"none\"".into(),
-                "distributed.zero1=false".into(),
+                "distributed.zero=0".into(),
                 "lora.rank=128".into(),
                 "lora.alpha=256.0".into(),
                 "objective.sync_ref_model=false".into(),
