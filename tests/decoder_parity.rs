@@ -4,6 +4,7 @@
 use couplet_testkit as common;
 
 use couplet_model::{load_model, DreamModel, LoadOptions, PromptBatch};
+use couplet_rollout::FastDecoding;
 use couplet_rollout::{
     block_generate, dream_generate, BlockDecodeConfig, DreamAlg, DreamDecodeConfig, Remasking,
     SamplingParams,
@@ -84,6 +85,7 @@ fn dream_decoder_matches_reference_for_every_alg() {
                         top_k: None,
                     },
                     eps: 1e-3,
+                    fast: FastDecoding::EXACT,
                 };
                 let got = ours(&model, &prompts(padded), |m, b| {
                     dream_generate(m, b, mask, &cfg, 42, &[0, 1, 2], |_| {})
@@ -124,6 +126,7 @@ fn block_decoder_matches_reference() {
                 block_length: 4,
                 temperature,
                 remasking: Remasking::parse(remasking).unwrap(),
+                fast: FastDecoding::EXACT,
             };
             let got = ours(&model, &prompts(padded), |m, b| {
                 block_generate(m, b, mask, &cfg, 9, &[0, 1, 2], |_| {})
@@ -160,6 +163,7 @@ fn unshifted_models_decode_with_their_own_convention() {
         block_length: 3,
         temperature: 0.0,
         remasking: Remasking::LowConfidence,
+        fast: FastDecoding::EXACT,
     };
     let got = ours(&model, &prompts(true), |m, b| {
         block_generate(m, b, mask, &cfg, 0, &[0, 1, 2], |_| {})

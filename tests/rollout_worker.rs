@@ -3,6 +3,7 @@
 use couplet_testkit as common;
 
 use couplet_model::{chat_prompt, LoadOptions, LoadedModel};
+use couplet_rollout::FastDecoding;
 use couplet_rollout::{
     generate_rollout, DecoderConfig, DreamAlg, DreamDecodeConfig, RolloutConfig, SamplingParams,
 };
@@ -20,6 +21,7 @@ fn config(batch: usize, end_tokens: Option<Vec<i64>>) -> RolloutConfig {
                 top_k: None,
             },
             eps: 1e-3,
+            fast: FastDecoding::EXACT,
         }),
         group_size: 3,
         generation_batch_size: batch,

@@ -18,6 +18,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DreamConfig;
+use crate::kv_cache::{KvSlot, LayerKv};
 use crate::lora::{tensor_name, Adapter, LoraConfig, LoraInit, LoraTarget};
 
 /// How freshly built parameters are filled.
@@ -168,22 +169,33 @@ impl Attention {
         }
     }
 
-    fn forward(&self, xs: &Tensor, ctx: &LayerContext) -> Tensor {
-        let (b, l, _) = xs.size3().expect("hidden states are [B, L, H]");
-        let heads = |t: Tensor, n: i64| t.view([b, l, n, self.head_dim]).transpose(1, 2);
-        let q = heads(self.q_proj.forward(xs, ctx), self.num_heads); // [B, nh, L, D]
-        let k = heads(self.k_proj.forward(xs, ctx), self.num_kv_heads); // [B, nkv, L, D]
+    /// Self-attention over `xs [B, L, H]`; with `kv`, also records (a refresh) or reuses
+    /// (a cached step) keys and values. The plain and recording paths run the same ops, so
+    /// a refresh's output is bitwise the uncached forward's.
+    fn forward(&self, xs: &Tensor, ctx: &LayerContext, kv: KvSlot) -> Tensor {
+        let (b, q_len, _) = xs.size3().expect("hidden states are [B, L, H]");
+        let heads = |t: Tensor, n: i64| t.view([b, q_len, n, self.head_dim]).transpose(1, 2);
+        let q = heads(self.q_proj.forward(xs, ctx), self.num_heads); // [B, nh, Q, D]
+        let k = heads(self.k_proj.forward(xs, ctx), self.num_kv_heads); // [B, nkv, Q, D]
         let v = heads(self.v_proj.forward(xs, ctx), self.num_kv_heads);
-        let mask = ctx.mask.as_ref();
         let (cos, sin) = &ctx.rope;
         let q = apply_rotary(&q, cos, sin);
         let k = apply_rotary(&k, cos, sin);
+        let (k, v) = match kv {
+            KvSlot::Off => (k, v),
+            KvSlot::Record(slot) => {
+                *slot = Some(LayerKv::record(&k, &v));
+                (k, v)
+            }
+            KvSlot::Reuse(slot, columns) => slot.update(&k, &v, columns),
+        };
         // Grouped-query attention inside SDPA (`enable_gqa`): kv heads are never copied.
         let gqa = self.num_kv_heads != self.num_heads;
+        let mask = ctx.mask.as_ref();
         let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, gqa);
         let attn = attn
             .transpose(1, 2)
-            .reshape([b, l, self.num_heads * self.head_dim]);
+            .reshape([b, q_len, self.num_heads * self.head_dim]);
         self.o_proj.forward(&attn, ctx)
     }
 }
@@ -245,10 +257,15 @@ impl DecoderLayer {
 
     /// `xs [B, L, H]` → `[B, L, H]`.
     pub fn forward(&self, xs: &Tensor, ctx: &LayerContext) -> Tensor {
+        self.forward_kv(xs, ctx, KvSlot::Off)
+    }
+
+    /// [`Self::forward`], recording or reusing this layer's keys and values.
+    pub(crate) fn forward_kv(&self, xs: &Tensor, ctx: &LayerContext, kv: KvSlot) -> Tensor {
         let h = xs
             + self
                 .self_attn
-                .forward(&self.input_layernorm.forward(xs), ctx);
+                .forward(&self.input_layernorm.forward(xs), ctx, kv);
         &h + self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&h), ctx)
@@ -380,13 +397,23 @@ impl DreamModel {
     /// their outputs are never read, and this keeps them finite (a fully masked softmax row
     /// would be NaN and could poison gradients through `0 · NaN`).
     pub fn layer_context(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> LayerContext {
+        let (position_ids, mask) = self.positions(ids, attention_mask);
+        self.context_at(&position_ids, mask)
+    }
+
+    /// Position ids `[B, L]` and boolean key mask `[B, 1, 1, L]` (`None`: nothing padded).
+    pub(crate) fn positions(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> (Tensor, Option<Tensor>) {
         let (b, l) = ids.size2().expect("ids are [B, L]");
         let device = ids.device();
         let padded = attention_mask.filter(|m| {
             let real: i64 = m.sum(Kind::Int64).int64_value(&[]);
             real != b * l
         });
-        let (position_ids, mask) = match padded {
+        match padded {
             Some(m) => {
                 let m = m.to_device(device);
                 let pos = (m.cumsum(-1, Kind::Int64) - 1).masked_fill(&m.eq(0), 1);
@@ -398,9 +425,13 @@ impl DreamModel {
                     .expand([b, l], false),
                 None,
             ),
-        };
+        }
+    }
+
+    /// The layer context of queries at `position_ids [B, Q]` attending under `mask`.
+    pub(crate) fn context_at(&self, position_ids: &Tensor, mask: Option<Tensor>) -> LayerContext {
         LayerContext {
-            rope: self.rotary.cos_sin(&position_ids, self.kind()),
+            rope: self.rotary.cos_sin(position_ids, self.kind()),
             mask,
             adapters: self.adapters_on.load(Ordering::Relaxed),
             dropout_seed: match self.dropout_seed.load(Ordering::Relaxed) {

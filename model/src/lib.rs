@@ -19,6 +19,7 @@ pub mod error;
 mod fsutil;
 pub mod hf_folder;
 pub mod init;
+pub mod kv_cache;
 pub mod lora;
 pub mod names;
 pub mod random;
@@ -31,6 +32,7 @@ pub use dream::{DreamModel, Init};
 pub use error::{ModelError, Result};
 pub use hf_folder::{load_model, save_model, LoadOptions, SaveOptions};
 pub use init::{init_model_folder, Preset};
+pub use kv_cache::KvCache;
 pub use lora::{LoraConfig, LoraInit, LoraTarget};
 pub use tokenizer::{chat_prompt, PromptBatch, SpecialTokens, TextTokenizer};
 

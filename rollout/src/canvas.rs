@@ -4,6 +4,7 @@
 use couplet_model::{random, PromptBatch};
 use tch::{Device, Kind, Tensor};
 
+use crate::fast::DecodeStats;
 use crate::RolloutError;
 
 /// Output of a decoding run.
@@ -17,8 +18,8 @@ pub struct Decoded {
     pub prompt_width: i64,
     /// `[B][K]`: the step at which each completion position was revealed.
     pub reveal_step: Vec<Vec<i64>>,
-    /// Forward passes actually run (steps that reveal nothing are skipped).
-    pub forward_passes: i64,
+    /// Forwards run (steps that reveal nothing are skipped), refreshes, audit.
+    pub stats: DecodeStats,
 }
 
 pub(crate) struct Canvas {
@@ -31,7 +32,9 @@ pub(crate) struct Canvas {
     pub p: i64,
     pub k: i64,
     pub device: Device,
-    pub forward_passes: i64,
+    /// `[B, L]` bool: the positions the last reveal wrote (what `delayed` caching
+    /// recomputes once).
+    pub last_revealed: Tensor,
     /// Global sample index of each row: the key of its random draws.
     samples: Vec<u64>,
 }
@@ -90,7 +93,7 @@ impl Canvas {
             p,
             k,
             device,
-            forward_passes: 0,
+            last_revealed: Tensor::zeros([b, p + k], (Kind::Bool, device)),
             samples: samples.to_vec(),
         })
     }
@@ -120,9 +123,18 @@ impl Canvas {
         self.x = proposal.where_self(chosen, &self.x);
         let newly = chosen.narrow(1, self.p, self.k);
         self.reveal = self.reveal.masked_fill(&newly, step);
+        self.last_revealed = chosen.shallow_clone();
     }
 
-    pub fn finish(self) -> Result<Decoded, RolloutError> {
+    /// `[B, L]` bool: the completion columns.
+    pub fn completion(&self) -> Tensor {
+        Tensor::arange(self.p + self.k, (Kind::Int64, self.device))
+            .ge(self.p)
+            .unsqueeze(0)
+            .expand([self.b, self.p + self.k], false)
+    }
+
+    pub fn finish(self, stats: DecodeStats) -> Result<Decoded, RolloutError> {
         let reveal_step = Vec::<Vec<i64>>::try_from(&self.reveal.to_device(Device::Cpu))
             .map_err(RolloutError::torch("reveal steps"))?;
         Ok(Decoded {
@@ -130,7 +142,7 @@ impl Canvas {
             prompt_mask: self.prompt_mask,
             prompt_width: self.p,
             reveal_step,
-            forward_passes: self.forward_passes,
+            stats,
         })
     }
 

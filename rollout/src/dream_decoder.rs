@@ -16,9 +16,11 @@
 use couplet_model::PromptBatch;
 use tch::{Device, Kind, Tensor};
 
-use crate::canvas::{suppress_mask, top_n_per_row, uniform_tensor, Canvas, Decoded};
+use crate::canvas::{top_n_per_row, uniform_tensor, Canvas, Decoded};
 use crate::denoiser::Denoiser;
+use crate::fast::{threshold_reveal, CacheMode, FastDecoding, Scorer};
 use crate::sampling::{sample_tokens, Confidence, SamplingParams};
+use crate::settings::DecoderKind;
 use crate::RolloutError;
 
 // RNG streams of the decoder (see [`couplet_model::random`]).
@@ -92,6 +94,8 @@ pub struct DreamDecodeConfig {
     pub sampling: SamplingParams,
     /// Lower bound of the time grid `linspace(1, eps, steps + 1)`.
     pub eps: f64,
+    /// Threshold reveals and key/value caching ([`FastDecoding::EXACT`]: none).
+    pub fast: FastDecoding,
 }
 
 impl DreamDecodeConfig {
@@ -118,6 +122,7 @@ impl DreamDecodeConfig {
         if !(self.eps > 0.0 && self.eps < 1.0) {
             return bad("eps", format!("must be in (0, 1), got {}", self.eps));
         }
+        self.fast.validate(DecoderKind::Dream)?;
         crate::validate_sampling(&self.sampling)
     }
 }
@@ -139,6 +144,7 @@ pub fn dream_generate(
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let mut canvas = Canvas::new(prompts, samples, mask_id, cfg.max_new_tokens, device)?;
+    let mut scorer = Scorer::new(model, mask_id, cfg.fast.cache, cfg.fast.audit);
     let (b, l) = (canvas.b, canvas.p + canvas.k);
     // Same float32 schedule as the reference's torch.linspace(1, eps, S + 1).
     let timesteps = Vec::<f32>::try_from(&Tensor::linspace(
@@ -165,9 +171,10 @@ pub fn dream_generate(
         let index = [Some(positions.select(1, 0)), Some(positions.select(1, 1))];
 
         // Decide how many (origin: which) positions this step reveals before paying for the
-        // forward pass; a step that reveals nothing leaves the canvas unchanged.
-        let origin_transfer = match cfg.alg {
-            DreamAlg::Origin => {
+        // forward pass; a step that reveals nothing leaves the canvas unchanged. A threshold
+        // step always reveals at least one position per unfinished row.
+        let origin_transfer = match (cfg.alg, cfg.fast.threshold) {
+            (DreamAlg::Origin, None) => {
                 let u =
                     uniform_tensor(seed, STREAM_TRANSFER, &draw_index, device).to_kind(Kind::Float);
                 let transfer = if last {
@@ -186,38 +193,68 @@ pub fn dream_generate(
             .iter()
             .map(|&m| if last { m } else { (m as f32 * ratio) as i64 })
             .collect();
-        if origin_transfer.is_none() && n.iter().all(|&n| n == 0) {
+        if cfg.fast.threshold.is_none() && origin_transfer.is_none() && n.iter().all(|&n| n == 0) {
             continue;
         }
 
-        let logits = suppress_mask(
-            model.score(&canvas.x, canvas.attention.as_ref(), &masked),
-            mask_id,
-        ); // [N, V]
-        canvas.forward_passes += 1;
+        let scored = scorer.score(&canvas, &masked, false, || {
+            delayed_or_prefix(&canvas, &masked, cfg.fast.cache.mode)
+        }); // [N, V]
         let u_token = (cfg.sampling.temperature > 0.0)
             .then(|| uniform_tensor(seed, STREAM_TOKEN, &draw_index, device));
-        let (x0, conf) = sample_tokens(&logits, &cfg.sampling, confidence, u_token.as_ref());
+        let proposal = sample_tokens(&scored.logits, &cfg.sampling, confidence, u_token.as_ref());
+        let on_canvas = |values: &Tensor, fill: f64| {
+            Tensor::full([b, l], fill, (Kind::Double, device)).index_put(
+                &index,
+                &values.to_kind(Kind::Double),
+                false,
+            )
+        };
         let chosen = match origin_transfer {
             Some(transfer) => {
                 Tensor::zeros([b, l], (Kind::Bool, device)).index_put(&index, &transfer, false)
             }
             None => {
-                let scores = if cfg.alg_temp > 0.0 {
+                let scores = match (cfg.alg, cfg.alg_temp > 0.0) {
+                    // Origin under a threshold: its fallback position is a random one.
+                    (DreamAlg::Origin, _) => {
+                        uniform_tensor(seed, STREAM_TRANSFER, &draw_index, device)
+                    }
                     // Sampling n positions without replacement from softmax(conf / alg_temp)
                     // is the top-n of conf / alg_temp + Gumbel noise.
-                    let u = uniform_tensor(seed, STREAM_POSITION, &draw_index, device);
-                    let gumbel = -(-(u.clamp(1e-300, 1.0)).log()).log();
-                    conf.to_kind(Kind::Double) / cfg.alg_temp + gumbel
-                } else {
-                    conf.to_kind(Kind::Double)
+                    (_, true) => {
+                        let u = uniform_tensor(seed, STREAM_POSITION, &draw_index, device);
+                        let gumbel = -(-(u.clamp(1e-300, 1.0)).log()).log();
+                        proposal.confidence.to_kind(Kind::Double) / cfg.alg_temp + gumbel
+                    }
+                    (_, false) => proposal.confidence.to_kind(Kind::Double),
                 };
-                let full = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Double, device))
-                    .index_put(&index, &scores, false);
-                top_n_per_row(&full, &n, &masked)
+                let full = on_canvas(&scores, f64::NEG_INFINITY);
+                match cfg.fast.threshold {
+                    Some(tau) => threshold_reveal(
+                        &on_canvas(&proposal.probability, 0.0),
+                        &full,
+                        &masked,
+                        tau,
+                        last,
+                    ),
+                    None => top_n_per_row(&full, &n, &masked),
+                }
             }
         };
-        canvas.reveal(&positions, &x0, &chosen, step);
+        scorer.audit(&scored, &proposal.tokens, &chosen.index(&index));
+        canvas.reveal(&positions, &proposal.tokens, &chosen, step);
     }
-    canvas.finish()
+    canvas.finish(scorer.stats)
+}
+
+/// What a cached Dream step recomputes: the completion (`prefix`), or the masked
+/// positions and the tokens revealed on the last forward (`delayed`).
+fn delayed_or_prefix(canvas: &Canvas, masked: &Tensor, mode: CacheMode) -> Tensor {
+    match mode {
+        CacheMode::Prefix => canvas.completion(),
+        CacheMode::Delayed => masked.logical_or(&canvas.last_revealed),
+        // `dual` is rejected for this decoder by validation; `none` never asks.
+        CacheMode::None | CacheMode::Dual => canvas.completion(),
+    }
 }

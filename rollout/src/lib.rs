@@ -12,6 +12,7 @@
 mod canvas;
 pub mod denoiser;
 pub mod dream_decoder;
+pub mod fast;
 pub mod llada_decoder;
 pub mod order;
 pub mod progress;
@@ -22,10 +23,11 @@ pub mod worker;
 pub use canvas::Decoded;
 pub use denoiser::Denoiser;
 pub use dream_decoder::{dream_generate, DreamAlg, DreamDecodeConfig};
+pub use fast::{CacheMode, CachePolicy, DecodeStats, FastDecoding};
 pub use llada_decoder::{block_generate, BlockDecodeConfig, Remasking};
 pub use order::ArNess;
 pub use progress::progress_bar;
-pub use sampling::{Confidence, SamplingParams};
+pub use sampling::{Confidence, Proposal, SamplingParams};
 pub use settings::{DecoderKind, DecoderSettings, DREAM_EPS};
 pub use worker::{generate_rollout, DecoderConfig, Rollout, RolloutConfig};
 

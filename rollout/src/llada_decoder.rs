@@ -17,9 +17,11 @@
 use couplet_model::PromptBatch;
 use tch::{Kind, Tensor};
 
-use crate::canvas::{suppress_mask, top_n_per_row, uniform_tensor, Canvas, Decoded};
+use crate::canvas::{top_n_per_row, uniform_tensor, Canvas, Decoded};
 use crate::denoiser::Denoiser;
+use crate::fast::{threshold_reveal, CacheMode, FastDecoding, Scorer};
 use crate::sampling::categorical;
+use crate::settings::DecoderKind;
 use crate::RolloutError;
 
 pub use couplet_model::random::stream::BLOCK_REMASK as STREAM_REMASK;
@@ -64,6 +66,8 @@ pub struct BlockDecodeConfig {
     pub temperature: f64,
     /// How the positions to reveal are chosen.
     pub remasking: Remasking,
+    /// Threshold reveals and key/value caching ([`FastDecoding::EXACT`]: none).
+    pub fast: FastDecoding,
 }
 
 impl BlockDecodeConfig {
@@ -103,7 +107,7 @@ impl BlockDecodeConfig {
                 format!("must be ≥ 0, got {}", self.temperature),
             );
         }
-        Ok(())
+        self.fast.validate(DecoderKind::Block)
     }
 }
 
@@ -128,6 +132,7 @@ pub fn block_generate(
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let mut canvas = Canvas::new(prompts, samples, mask_id, cfg.max_new_tokens, device)?;
+    let mut scorer = Scorer::new(model, mask_id, cfg.fast.cache, cfg.fast.audit);
     let (b, p, l) = (canvas.b, canvas.p, canvas.p + canvas.k);
     let blocks = cfg.max_new_tokens / cfg.block_length;
     let steps_per_block = cfg.steps / blocks;
@@ -143,22 +148,33 @@ pub fn block_generate(
             .into_iter()
             .map(|m| transfer_schedule(m, steps_per_block))
             .collect();
+        let mut first_forward = true;
         for i in 0..steps_per_block {
             let step = block * steps_per_block + i;
             on_step(step);
-            let n: Vec<i64> = schedules.iter().map(|s| s[i as usize]).collect();
+            let masked = canvas.masked().logical_and(&in_block); // [B, L]
+            let n: Vec<i64> = match cfg.fast.threshold {
+                Some(_) => Canvas::counts(&masked)?,
+                None => schedules.iter().map(|s| s[i as usize]).collect(),
+            };
             if n.iter().all(|&n| n == 0) {
                 continue;
             }
-            let masked = canvas.masked().logical_and(&in_block); // [B, L]
             let positions = masked.nonzero();
             let draw_index = canvas.draw_indices(&positions, step, cfg.steps);
-            let logits = suppress_mask(
-                model.score(&canvas.x, canvas.attention.as_ref(), &masked),
-                mask_id,
-            )
-            .to_kind(Kind::Double); // [N, V]
-            canvas.forward_passes += 1;
+            let scored = scorer.score(&canvas, &masked, first_forward, || {
+                let computed = match cfg.fast.cache.mode {
+                    CacheMode::Prefix => position.ge(start),
+                    CacheMode::Delayed => masked.logical_or(&canvas.last_revealed),
+                    // `none` never asks.
+                    CacheMode::Dual | CacheMode::None => in_block.shallow_clone(),
+                };
+                computed
+                    .logical_and(&position.ge(start))
+                    .expand([b, l], false)
+            });
+            first_forward = false;
+            let logits = scored.logits.to_kind(Kind::Double); // [N, V]
             let x0 = if cfg.temperature > 0.0 {
                 let u = uniform_tensor(seed, STREAM_TOKEN, &draw_index, device);
                 categorical(
@@ -168,19 +184,31 @@ pub fn block_generate(
             } else {
                 logits.argmax(-1, false)
             };
-            let conf = match cfg.remasking {
-                Remasking::LowConfidence => logits
+            let probability = || {
+                logits
                     .softmax(-1, Kind::Double)
                     .gather(-1, &x0.unsqueeze(-1), false)
-                    .squeeze_dim(-1),
+                    .squeeze_dim(-1)
+            };
+            let conf = match cfg.remasking {
+                Remasking::LowConfidence => probability(),
                 Remasking::Random => uniform_tensor(seed, STREAM_REMASK, &draw_index, device),
             };
             let index = [Some(positions.select(1, 0)), Some(positions.select(1, 1))];
-            let full = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Double, device))
-                .index_put(&index, &conf, false);
-            let chosen = top_n_per_row(&full, &n, &masked);
+            let on_canvas = |values: &Tensor, fill: f64| {
+                Tensor::full([b, l], fill, (Kind::Double, device)).index_put(&index, values, false)
+            };
+            let full = on_canvas(&conf, f64::NEG_INFINITY);
+            let chosen = match cfg.fast.threshold {
+                Some(tau) => {
+                    let last = i == steps_per_block - 1;
+                    threshold_reveal(&on_canvas(&probability(), 0.0), &full, &masked, tau, last)
+                }
+                None => top_n_per_row(&full, &n, &masked),
+            };
+            scorer.audit(&scored, &x0, &chosen.index(&index));
             canvas.reveal(&positions, &x0, &chosen, step);
         }
     }
-    canvas.finish()
+    canvas.finish(scorer.stats)
 }

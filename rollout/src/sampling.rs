@@ -72,16 +72,28 @@ pub fn categorical(probs: &Tensor, u: &Tensor) -> Tensor {
         .clamp_max(v - 1)
 }
 
-/// Proposed tokens `[N]` and their confidence `[N]` (f32) for `logits [N, V]`.
+/// A step's proposal for each scored position.
+#[derive(Debug)]
+pub struct Proposal {
+    /// Proposed tokens `[N]`.
+    pub tokens: Tensor,
+    /// Their confidence `[N]` (f32) under the algorithm's rule.
+    pub confidence: Tensor,
+    /// Their probability `[N]` (f32) under the filtered distribution: what a confidence
+    /// threshold compares against, whatever the rule.
+    pub probability: Tensor,
+}
+
+/// Proposed tokens for `logits [N, V]` (f32), with confidence and probability.
 /// `u [N]` supplies one uniform per row and is only read when τ > 0.
 pub fn sample_tokens(
     logits: &Tensor,
     params: &SamplingParams,
     confidence: Confidence,
     u: Option<&Tensor>,
-) -> (Tensor, Tensor) {
+) -> Proposal {
     let probs = filtered_logits(logits, params).softmax(-1, Kind::Float);
-    let (mut conf, x0) = match (params.temperature > 0.0, u) {
+    let (probability, x0) = match (params.temperature > 0.0, u) {
         (true, Some(u)) => {
             let x0 = categorical(&probs, u);
             let conf = probs.gather(-1, &x0.unsqueeze(-1), false).squeeze_dim(-1);
@@ -92,21 +104,25 @@ pub fn sample_tokens(
             (conf, x0)
         }
     };
-    match confidence {
-        Confidence::Probability => {}
+    let conf = match confidence {
+        Confidence::Probability => probability.shallow_clone(),
         Confidence::Margin => {
             let (top2, _) = probs.topk(2.min(probs.size()[1]), -1, true, true);
-            conf = if top2.size()[1] > 1 {
+            if top2.size()[1] > 1 {
                 top2.select(1, 0) - top2.select(1, 1)
             } else {
                 top2.select(1, 0)
-            };
+            }
         }
         Confidence::NegEntropy => {
-            conf = (&probs * (&probs + 1e-10).log()).sum_dim_intlist(-1, false, Kind::Float);
+            (&probs * (&probs + 1e-10).log()).sum_dim_intlist(-1, false, Kind::Float)
         }
+    };
+    Proposal {
+        tokens: x0,
+        confidence: conf,
+        probability,
     }
-    (x0, conf)
 }
 
 #[cfg(test)]
@@ -223,12 +239,16 @@ mod tests {
     #[test]
     fn confidences_by_hand() {
         let logits = Tensor::from_slice(&[0.6f32.ln(), 0.4f32.ln()]).unsqueeze(0);
-        let (x0, c) = sample_tokens(&logits, &GREEDY, Confidence::Probability, None);
+        let Proposal {
+            tokens: x0,
+            confidence: c,
+            ..
+        } = sample_tokens(&logits, &GREEDY, Confidence::Probability, None);
         assert_eq!(x0.int64_value(&[0]), 0);
         assert!((c.double_value(&[0]) - 0.6).abs() < 1e-6);
-        let (_, c) = sample_tokens(&logits, &GREEDY, Confidence::Margin, None);
+        let c = sample_tokens(&logits, &GREEDY, Confidence::Margin, None).confidence;
         assert!((c.double_value(&[0]) - 0.2).abs() < 1e-6);
-        let (_, c) = sample_tokens(&logits, &GREEDY, Confidence::NegEntropy, None);
+        let c = sample_tokens(&logits, &GREEDY, Confidence::NegEntropy, None).confidence;
         let want = 0.6 * 0.6f64.ln() + 0.4 * 0.4f64.ln();
         assert!((c.double_value(&[0]) - want).abs() < 1e-5);
     }
@@ -243,7 +263,11 @@ mod tests {
             temperature: 1.0,
             ..GREEDY
         };
-        let (x0, c) = sample_tokens(&logits, &params, Confidence::Probability, Some(&u));
+        let Proposal {
+            tokens: x0,
+            confidence: c,
+            ..
+        } = sample_tokens(&logits, &params, Confidence::Probability, Some(&u));
         assert_eq!(Vec::<i64>::try_from(&x0).unwrap(), vec![0, 1]);
         let c = Vec::<f32>::try_from(&c).unwrap();
         assert!((c[0] - 0.25).abs() < 1e-6 && (c[1] - 0.75).abs() < 1e-6);

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BlockDecodeConfig, DecoderConfig, DreamAlg, DreamDecodeConfig, Remasking, RolloutError,
-    SamplingParams,
+    BlockDecodeConfig, DecoderConfig, DreamAlg, DreamDecodeConfig, FastDecoding, Remasking,
+    RolloutError, SamplingParams,
 };
 
 /// Which decoder turns masks into tokens.
@@ -45,6 +45,8 @@ pub struct DecoderSettings {
     pub block_length: Option<i64>,
     /// Block: how the positions to reveal are chosen.
     pub remasking: Remasking,
+    /// Threshold reveals and key/value caching.
+    pub fast: FastDecoding,
 }
 
 impl DecoderSettings {
@@ -60,6 +62,7 @@ impl DecoderSettings {
                 alg_temp: self.alg_temp,
                 sampling: self.sampling,
                 eps: DREAM_EPS,
+                fast: self.fast,
             }),
             DecoderKind::Block => {
                 let block_length = self.block_length.ok_or_else(|| RolloutError::Invalid {
@@ -72,6 +75,7 @@ impl DecoderSettings {
                     block_length,
                     temperature: self.sampling.temperature,
                     remasking: self.remasking,
+                    fast: self.fast,
                 })
             }
         };
@@ -98,6 +102,7 @@ mod tests {
             alg_temp: 0.0,
             block_length: Some(4),
             remasking: Remasking::Random,
+            fast: FastDecoding::EXACT,
         }
     }
 
@@ -125,5 +130,18 @@ mod tests {
         let mut s = settings(DecoderKind::Dream);
         s.sampling.top_p = Some(1.5);
         assert!(s.build().unwrap_err().to_string().contains("`top_p`"));
+        let mut s = settings(DecoderKind::Dream);
+        s.fast.cache.mode = crate::CacheMode::Dual;
+        assert!(s.build().unwrap_err().to_string().contains("`cache`"));
+        let mut s = settings(DecoderKind::Block);
+        s.fast.cache.refresh_every = Some(0);
+        assert!(s
+            .build()
+            .unwrap_err()
+            .to_string()
+            .contains("`refresh_every`"));
+        s.fast.cache.refresh_every = None;
+        s.fast.threshold = Some(f64::NAN);
+        assert!(s.build().unwrap_err().to_string().contains("`threshold`"));
     }
 }

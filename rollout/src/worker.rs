@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::canvas::Decoded;
 use crate::denoiser::Denoiser;
 use crate::dream_decoder::{dream_generate, DreamDecodeConfig};
+use crate::fast::DecodeStats;
 use crate::llada_decoder::{block_generate, BlockDecodeConfig};
 use crate::order::{reveal_order, ArNess};
 use crate::RolloutError;
@@ -149,8 +150,10 @@ pub struct Rollout {
     pub arness: Vec<ArNess>,
     /// Prompts that lost tokens to `max_prompt_length`.
     pub truncated_prompts: usize,
-    /// Forward passes spent.
-    pub forward_passes: i64,
+    /// Forward passes spent, refreshes, audit (summed over the decoding chunks).
+    pub stats: DecodeStats,
+    /// Decoding runs (chunks of `generation_batch_size` rows) the rows took.
+    pub chunks: usize,
     /// Decoding wall time.
     pub seconds: f64,
 }
@@ -168,8 +171,21 @@ impl Rollout {
 
     /// Generated completion tokens per second (all K positions of every row).
     pub fn tokens_per_second(&self) -> f64 {
-        let k = self.completion_ids.size().get(1).copied().unwrap_or(0) as f64;
-        self.len() as f64 * k / self.seconds.max(1e-9)
+        self.len() as f64 * self.canvas_length() / self.seconds.max(1e-9)
+    }
+
+    /// Forwards per decoding run (per chunk of rows decoded together).
+    pub fn forwards_per_chunk(&self) -> f64 {
+        self.stats.forward_passes as f64 / self.chunks.max(1) as f64
+    }
+
+    /// Tokens each row revealed per forward, on average (K / forwards per chunk).
+    pub fn tokens_per_forward(&self) -> f64 {
+        self.canvas_length() / self.forwards_per_chunk().max(1e-9)
+    }
+
+    fn canvas_length(&self) -> f64 {
+        self.completion_ids.size().get(1).copied().unwrap_or(0) as f64
     }
 
     /// `[N, P + K]` full sequences.
@@ -237,7 +253,8 @@ impl Rollout {
             decode_orders: Vec::new(),
             arness: Vec::new(),
             truncated_prompts: 0,
-            forward_passes: 0,
+            stats: DecodeStats::default(),
+            chunks: 0,
             seconds: 0.0,
         };
         let mut prompts_before = 0;
@@ -252,7 +269,8 @@ impl Rollout {
             out.decode_orders.extend(part.decode_orders);
             out.arness.extend(part.arness);
             out.truncated_prompts += part.truncated_prompts;
-            out.forward_passes += part.forward_passes;
+            out.stats.add(&part.stats);
+            out.chunks += part.chunks;
             out.seconds += part.seconds;
         }
         out
@@ -327,7 +345,8 @@ pub fn generate_rollout(
         decode_orders,
         arness,
         truncated_prompts: prompt_rows.truncated,
-        forward_passes: decoded.forward_passes,
+        stats: decoded.stats,
+        chunks: decoded.chunks,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -375,7 +394,8 @@ struct DecodedRows {
     completions: Vec<Tensor>,
     /// Per row, the step that revealed each completion position.
     reveal_steps: Vec<Vec<i64>>,
-    forward_passes: i64,
+    stats: DecodeStats,
+    chunks: usize,
 }
 
 /// Decodes `rows` in length buckets of at most `generation_batch_size`, with a progress bar
@@ -400,7 +420,7 @@ fn decode_rows(
     );
     let mut completions: Vec<Option<Tensor>> = (0..rows.len()).map(|_| None).collect();
     let mut reveal_steps: Vec<Vec<i64>> = vec![Vec::new(); rows.len()];
-    let (mut forward_passes, mut done) = (0, 0);
+    let (mut stats, mut done) = (DecodeStats::default(), 0);
     for chunk in &chunks {
         let chunk_rows: Vec<Vec<i64>> = chunk.iter().map(|&r| rows[r].clone()).collect();
         let samples: Vec<u64> = chunk.iter().map(|&r| first_sample + r as u64).collect();
@@ -413,7 +433,7 @@ fn decode_rows(
             completions[r] = Some(generated.get(i as i64));
             reveal_steps[r] = decoded.reveal_step[i].clone();
         }
-        forward_passes += decoded.forward_passes;
+        stats.add(&decoded.stats);
         done += chunk.len();
         bar.set_message(format!("{done}/{} sequences", rows.len()));
     }
@@ -421,7 +441,8 @@ fn decode_rows(
     Ok(DecodedRows {
         completions: completions.into_iter().flatten().collect(),
         reveal_steps,
-        forward_passes,
+        stats,
+        chunks: chunks.len(),
     })
 }
 

@@ -7,6 +7,7 @@ use couplet_rollout::{
     block_generate, dream_generate, BlockDecodeConfig, DreamAlg, DreamDecodeConfig, Remasking,
     SamplingParams,
 };
+use couplet_rollout::{CacheMode, CachePolicy, FastDecoding};
 use tch::{Kind, Tensor};
 
 const V: i64 = 40;
@@ -62,6 +63,7 @@ fn greedy(alg: DreamAlg, steps: i64, k: i64) -> DreamDecodeConfig {
             top_k: None,
         },
         eps: 1e-3,
+        fast: FastDecoding::EXACT,
     }
 }
 
@@ -88,7 +90,7 @@ fn each_confidence_rule_picks_its_own_first_position() {
         want[first] = 1;
         assert_eq!(out.reveal_step[0], want, "{alg:?}");
         assert_eq!(
-            out.forward_passes, 2,
+            out.stats.forward_passes, 2,
             "step 0 reveals nothing and is skipped"
         );
         let ids = Vec::<i64>::try_from(&out.sequences.get(0)).unwrap();
@@ -244,6 +246,7 @@ fn block_config(block_length: i64, remasking: Remasking) -> BlockDecodeConfig {
         block_length,
         temperature: 0.0,
         remasking,
+        fast: FastDecoding::EXACT,
     }
 }
 
@@ -287,4 +290,215 @@ fn padded_rows_and_chunks_decode_like_single_rows() {
         Vec::<i64>::try_from(&second.sequences.get(0)).unwrap()
     );
     let _ = Kind::Float;
+}
+
+// ---- Threshold reveals and key/value caching ----
+
+fn with_threshold(alg: DreamAlg, steps: i64, tau: f64) -> DreamDecodeConfig {
+    let mut cfg = greedy(alg, steps, 3);
+    cfg.fast.threshold = Some(tau);
+    cfg
+}
+
+fn decode_abc(cfg: &DreamDecodeConfig) -> couplet_rollout::Decoded {
+    dream_generate(&abc_model(), &prompt(), MASK, cfg, 0, &[0], |_| {}).unwrap()
+}
+
+#[test]
+fn a_threshold_above_one_reveals_one_token_per_step() {
+    // No probability exceeds 1 + ε, so each step reveals only its best-ranked position:
+    // maskgit_plus B (.70), C (.68), A; the 5-step budget is an upper bound (3 forwards).
+    let out = decode_abc(&with_threshold(DreamAlg::MaskgitPlus, 5, 1.0 + 1e-9));
+    assert_eq!(out.reveal_step[0], vec![2, 0, 1]);
+    assert_eq!(out.stats.forward_passes, 3);
+    let ids = Vec::<i64>::try_from(&out.sequences.get(0)).unwrap();
+    assert_eq!(ids, vec![10, 11, 1, 3, 5]);
+}
+
+#[test]
+fn a_zero_threshold_reveals_everything_in_one_step() {
+    for alg in [DreamAlg::Origin, DreamAlg::MaskgitPlus, DreamAlg::Entropy] {
+        let out = decode_abc(&with_threshold(alg, 5, 0.0));
+        assert_eq!(out.reveal_step[0], vec![0, 0, 0], "{alg:?}");
+        assert_eq!(out.stats.forward_passes, 1);
+    }
+}
+
+#[test]
+fn threshold_reveal_counts_by_hand() {
+    // Probabilities A .60, B .70, C .68. τ = .65: B and C at step 0, then A.
+    for alg in [DreamAlg::MaskgitPlus, DreamAlg::Entropy] {
+        let out = decode_abc(&with_threshold(alg, 5, 0.65));
+        assert_eq!(out.reveal_step[0], vec![1, 0, 0], "{alg:?}");
+    }
+    // τ = .69: only B passes at step 0; at step 1 neither A (.60) nor C (.68) does, so the
+    // algorithm's own ranking picks one: maskgit_plus C (more probable), entropy A (lowest
+    // entropy); the other follows at step 2.
+    let out = decode_abc(&with_threshold(DreamAlg::MaskgitPlus, 5, 0.69));
+    assert_eq!(out.reveal_step[0], vec![2, 0, 1]);
+    let out = decode_abc(&with_threshold(DreamAlg::Entropy, 5, 0.69));
+    assert_eq!(out.reveal_step[0], vec![1, 0, 2]);
+    // A budget of 2 steps: the last step reveals whatever is left.
+    let out = decode_abc(&with_threshold(DreamAlg::MaskgitPlus, 2, 0.69));
+    assert_eq!(out.reveal_step[0], vec![1, 0, 1]);
+}
+
+#[test]
+fn block_threshold_stays_inside_the_block() {
+    // Confidences pos 0 .6, 1 .7 | 2 .99, 3 .8; τ = .75 in blocks of 2 with 2 steps each.
+    // Block 1: nothing passes, the best (pos 1) at step 0, pos 0 at the block's last
+    // step. Block 2: both pass at once (step 2), step 3 is skipped.
+    let mut cfg = block_config(2, Remasking::LowConfidence);
+    cfg.fast.threshold = Some(0.75);
+    let out = block_generate(&four_positions(), &prompt(), MASK, &cfg, 0, &[0], |_| {}).unwrap();
+    assert_eq!(out.reveal_step[0], vec![1, 0, 2, 2]);
+    assert_eq!(out.stats.forward_passes, 3);
+}
+
+fn four_positions() -> FixedLogits {
+    let table = [
+        dist(&[(0, 1.0)]),
+        dist(&[(0, 1.0)]),
+        dist(&[(1, 0.6), (2, 0.4)]),
+        dist(&[(3, 0.7), (2, 0.3)]),
+        dist(&[(4, 0.99), (2, 0.01)]),
+        dist(&[(5, 0.8), (2, 0.2)]),
+    ]
+    .concat();
+    FixedLogits {
+        table: Tensor::from_slice(&table).view([6, V]),
+    }
+}
+
+/// A stub that records, for every forward, whether it was a refresh and which columns a
+/// cached step asked to recompute.
+struct Recording {
+    inner: FixedLogits,
+    calls: std::cell::RefCell<Vec<Option<Vec<i64>>>>,
+}
+
+impl couplet_rollout::Denoiser for Recording {
+    fn score(&self, x: &Tensor, mask: Option<&Tensor>, select: &Tensor) -> Tensor {
+        self.inner.score(x, mask, select)
+    }
+
+    fn device(&self) -> tch::Device {
+        tch::Device::Cpu
+    }
+
+    fn score_refresh(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        select: &Tensor,
+    ) -> (Tensor, couplet_model::KvCache) {
+        self.calls.borrow_mut().push(None);
+        (
+            self.inner.score(x, mask, select),
+            couplet_model::KvCache::empty(),
+        )
+    }
+
+    fn score_cached(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        compute: &Tensor,
+        select: &Tensor,
+        _cache: &mut couplet_model::KvCache,
+    ) -> Tensor {
+        let cols = Vec::<i64>::try_from(&compute.get(0).nonzero().view([-1])).unwrap();
+        self.calls.borrow_mut().push(Some(cols));
+        self.inner.score(x, mask, select)
+    }
+}
+
+fn recorded(
+    inner: FixedLogits,
+    decode: impl FnOnce(&Recording) -> couplet_rollout::Decoded,
+) -> Vec<Option<Vec<i64>>> {
+    let stub = Recording {
+        inner,
+        calls: Default::default(),
+    };
+    let out = decode(&stub);
+    let calls = stub.calls.into_inner();
+    assert_eq!(calls.len() as i64, out.stats.forward_passes);
+    assert_eq!(
+        calls.iter().filter(|c| c.is_none()).count() as i64,
+        out.stats.refreshes
+    );
+    calls
+}
+
+fn dream_cached(mode: CacheMode, refresh_every: Option<i64>) -> Vec<Option<Vec<i64>>> {
+    let mut cfg = with_threshold(DreamAlg::MaskgitPlus, 5, 1.5); // one per step: B, C, A
+    cfg.fast.cache = CachePolicy {
+        mode,
+        refresh_every,
+    };
+    recorded(abc_model(), |m| {
+        dream_generate(m, &prompt(), MASK, &cfg, 0, &[0], |_| {}).unwrap()
+    })
+}
+
+#[test]
+fn dream_cache_modes_recompute_what_they_say() {
+    // Prompt columns 0, 1; completion 2 (A), 3 (B), 4 (C), revealed B, C, A.
+    // prefix: every cached step recomputes the completion.
+    assert_eq!(
+        dream_cached(CacheMode::Prefix, None),
+        vec![None, Some(vec![2, 3, 4]), Some(vec![2, 3, 4])]
+    );
+    // delayed: the masked positions and the token revealed on the previous forward.
+    assert_eq!(
+        dream_cached(CacheMode::Delayed, None),
+        vec![None, Some(vec![2, 3, 4]), Some(vec![2, 4])]
+    );
+    // refresh_every = 2: a full forward every second forward.
+    assert_eq!(
+        dream_cached(CacheMode::Delayed, Some(2)),
+        vec![None, Some(vec![2, 3, 4]), None]
+    );
+    // refresh_every = 1: every forward is a full one (the exact decoder).
+    assert_eq!(dream_cached(CacheMode::Prefix, Some(1)), vec![None; 3]);
+    // No cache: plain forwards only, each counted as a full one.
+    let out = decode_abc(&with_threshold(DreamAlg::MaskgitPlus, 5, 1.5));
+    assert_eq!((out.stats.forward_passes, out.stats.refreshes), (3, 3));
+}
+
+#[test]
+fn block_cache_modes_recompute_what_they_say_and_refresh_per_block() {
+    // Columns 2, 3 | 4, 5; one reveal per step (the schedule), a refresh opening each block.
+    let run = |mode| {
+        let mut cfg = block_config(2, Remasking::LowConfidence);
+        cfg.fast.cache = CachePolicy {
+            mode,
+            refresh_every: None,
+        };
+        recorded(four_positions(), |m| {
+            block_generate(m, &prompt(), MASK, &cfg, 0, &[0], |_| {}).unwrap()
+        })
+    };
+    assert_eq!(
+        run(CacheMode::Prefix),
+        vec![None, Some(vec![2, 3, 4, 5]), None, Some(vec![4, 5])]
+    );
+    assert_eq!(
+        run(CacheMode::Dual),
+        vec![None, Some(vec![2, 3]), None, Some(vec![4, 5])]
+    );
+    // Block 1 reveals column 3 first: then column 2 is masked and 3 was just revealed.
+    assert_eq!(
+        run(CacheMode::Delayed),
+        vec![None, Some(vec![2, 3]), None, Some(vec![4, 5])]
+    );
+}
+
+#[test]
+fn the_dream_decoder_has_no_dual_cache() {
+    let mut cfg = greedy(DreamAlg::Entropy, 3, 3);
+    cfg.fast.cache.mode = CacheMode::Dual;
+    let err = dream_generate(&abc_model(), &prompt(), MASK, &cfg, 0, &[0], |_| {}).unwrap_err();
+    assert!(err.to_string().contains("`cache`"), "{err}");
 }

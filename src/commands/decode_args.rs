@@ -3,7 +3,8 @@
 use anyhow::Result;
 use couplet_model::{DeviceSpec, Precision};
 use couplet_rollout::{
-    DecoderConfig, DecoderKind, DecoderSettings, DreamAlg, Remasking, RolloutConfig, SamplingParams,
+    CacheMode, CachePolicy, DecoderConfig, DecoderKind, DecoderSettings, DreamAlg, FastDecoding,
+    Remasking, RolloutConfig, SamplingParams,
 };
 
 #[derive(clap::Args, Clone)]
@@ -44,6 +45,21 @@ pub struct DecodeArgs {
     /// f32 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: Precision,
+    /// Key/value caching: none (exact), prefix, dual (block decoder only) or delayed.
+    #[arg(long, default_value = "none")]
+    pub cache: CacheMode,
+    /// With --cache: a full forward every N forwards (default: only at the start and at
+    /// each block boundary).
+    #[arg(long, allow_negative_numbers = true)]
+    pub refresh_every: Option<i64>,
+    /// Reveal every masked position whose proposal probability exceeds this (at least one
+    /// per row); --steps becomes an upper bound.
+    #[arg(long, allow_negative_numbers = true)]
+    pub threshold: Option<f64>,
+    /// Also run the exact forward on every cached step and report the mean |Δ log p| of
+    /// the revealed tokens (measures a cache mode; doubles the cost).
+    #[arg(long)]
+    pub audit_cache: bool,
     /// LoRA adapters (a PEFT folder: adapter_config.json + adapter_model.safetensors, e.g.
     /// a LoRA run's RUN/checkpoint-N/adapter) applied on top of --model.
     #[arg(long)]
@@ -73,6 +89,14 @@ impl DecodeArgs {
             alg,
             alg_temp,
             remasking,
+            fast: FastDecoding {
+                cache: CachePolicy {
+                    mode: self.cache,
+                    refresh_every: self.refresh_every,
+                },
+                threshold: self.threshold,
+                audit: self.audit_cache,
+            },
         };
         Ok(settings.build()?)
     }

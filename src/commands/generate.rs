@@ -125,6 +125,8 @@ pub fn run(args: Args) -> Result<()> {
             "seconds": rollout.seconds,
             "terminated": rollout.terminated[row],
             "decode_order": rollout.decode_orders[row],
+            "forward_passes": rollout.stats.forward_passes,
+            "audit_mean_abs_dlogp": rollout.stats.mean_abs_dlogp(),
             "arness": rollout.arness[row],
         });
         if args.json {
@@ -143,15 +145,24 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let ar = rollout.mean_arness();
+    let stats = &rollout.stats;
     eprintln!(
-        "decoded {} completions × {} tokens, {} forward passes, {:.2}s ({:.0} tokens/s); AR-ness local@1 {:.3} global@1 {:.3}",
+        "decoded {} completions × {} tokens, {} forward passes ({} full), {:.2} tokens per step, {:.2}s ({:.0} tokens/s); AR-ness local@1 {:.3} global@1 {:.3}",
         rollout.len(),
         args.decode.max_new_tokens,
-        rollout.forward_passes,
+        stats.forward_passes,
+        stats.refreshes,
+        rollout.tokens_per_forward(),
         rollout.seconds,
         rollout.tokens_per_second(),
         ar.local[0],
         ar.global[0],
     );
+    if let Some(d) = stats.mean_abs_dlogp() {
+        eprintln!(
+            "cache audit: mean |Δ log p| of the {} tokens revealed on cached steps = {d:.6}",
+            stats.audit_tokens
+        );
+    }
     Ok(())
 }

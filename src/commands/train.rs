@@ -224,8 +224,8 @@ impl Job {
             .set_message(format!("reward {:.3} kl {:.4}", m.reward, m.kl));
         if m.step % logging.log_every == 0 {
             self.say(format!(
-                "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5}  clip {:.3}  |g| {:.4}  lr {:.2e}  len {:.1}  rollout {:.1}s reward {:.1}s update {:.1}s",
-                m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.cost.rollout_seconds, m.cost.reward_seconds, m.update_seconds
+                "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5}  clip {:.3}  |g| {:.4}  lr {:.2e}  len {:.1}  rollout {:.1}s ({:.0} tok/s, {:.1} fwd/run, {:.2} tok/fwd) reward {:.1}s update {:.1}s",
+                m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.cost.rollout_seconds, m.cost.rollout_tokens_per_second, m.cost.rollout_forwards_per_chunk, m.cost.rollout_tokens_per_forward, m.cost.reward_seconds, m.update_seconds
             ));
         }
         Ok(())

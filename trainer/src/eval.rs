@@ -10,7 +10,7 @@ use std::path::Path;
 
 use couplet_model::{chat_prompt, LoadedModel};
 use couplet_reward::{humaneval, load_rows, pass_at_k, LoadOptions};
-use couplet_rollout::{generate_rollout, ArNess, RolloutConfig};
+use couplet_rollout::{generate_rollout, ArNess, DecodeStats, RolloutConfig};
 use couplet_sandbox::{Job, Limits, NonDataCounts, SandboxPool};
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +139,12 @@ pub struct EvalReport {
     pub generation_seconds: f64,
     /// Decoded tokens per second.
     pub tokens_per_second: f64,
+    /// Tokens each sequence revealed per forward pass (K / forwards per decoding run).
+    #[serde(default)]
+    pub tokens_per_forward: f64,
+    /// Mean |Δ log p| of tokens revealed on cached steps, when the cache was audited.
+    #[serde(default)]
+    pub cache_audit: Option<f64>,
     /// Total wall time.
     pub seconds: f64,
 }
@@ -178,9 +184,15 @@ impl EvalReport {
         }
         if self.generation_seconds > 0.0 {
             s += &format!(
-                "generation {:.1} s ({:.1} tok/s), total {:.1} s\n",
-                self.generation_seconds, self.tokens_per_second, self.seconds
+                "generation {:.1} s ({:.1} tok/s, {:.2} tokens per forward), total {:.1} s\n",
+                self.generation_seconds,
+                self.tokens_per_second,
+                self.tokens_per_forward,
+                self.seconds
             );
+        }
+        if let Some(d) = self.cache_audit {
+            s += &format!("cache audit: mean |Δ log p| of cached-step tokens {d:.6}\n");
         }
         s
     }
@@ -257,6 +269,8 @@ pub fn check_completions(
         non_data,
         generation_seconds: 0.0,
         tokens_per_second: 0.0,
+        tokens_per_forward: 0.0,
+        cache_audit: None,
         seconds: started.elapsed().as_secs_f64(),
     }
 }
@@ -300,6 +314,7 @@ pub fn evaluate(
     let mut completions: Vec<Vec<String>> = Vec::with_capacity(problems.len());
     let mut arness = Vec::new();
     let (mut generation_seconds, mut tokens) = (0.0, 0.0);
+    let (mut stats, mut chunks) = (DecodeStats::default(), 0);
     for (b, chunk) in problems.chunks(per_batch).enumerate() {
         let prompts: Vec<String> = chunk
             .iter()
@@ -317,6 +332,8 @@ pub fn evaluate(
         .map_err(|e| e.to_string())?;
         generation_seconds += rollout.seconds;
         tokens += rollout.tokens_per_second() * rollout.seconds;
+        stats.add(&rollout.stats);
+        chunks += rollout.chunks;
         for (i, _) in chunk.iter().enumerate() {
             completions.push(
                 (0..rollout.len())
@@ -335,6 +352,9 @@ pub fn evaluate(
     report.arness = Some(ArNess::mean(&arness));
     report.generation_seconds = generation_seconds;
     report.tokens_per_second = tokens / generation_seconds.max(1e-9);
+    let forwards_per_chunk = stats.forward_passes as f64 / chunks.max(1) as f64;
+    report.tokens_per_forward = cfg.decoder.max_new_tokens() as f64 / forwards_per_chunk.max(1e-9);
+    report.cache_audit = stats.mean_abs_dlogp();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

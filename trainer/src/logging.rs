@@ -84,6 +84,14 @@ impl RunLog {
             "rollout/tokens_per_second",
             m.cost.rollout_tokens_per_second,
         );
+        put(
+            "rollout/forwards_per_run",
+            m.cost.rollout_forwards_per_chunk,
+        );
+        put(
+            "rollout/tokens_per_forward",
+            m.cost.rollout_tokens_per_forward,
+        );
         put("sandbox/tests_per_second", m.cost.sandbox_tests_per_second);
         put("sandbox/timeouts", m.cost.sandbox_timeouts as f64);
         put("sandbox/failures", m.cost.sandbox_failures as f64);

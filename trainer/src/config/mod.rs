@@ -320,6 +320,13 @@ mod tests {
                 "rollout.steps",
             ),
             (vec!["rollout.decoder=\"block\""], "rollout.block_length"),
+            (vec!["rollout.cache=\"dual\""], "rollout.cache"),
+            (vec!["rollout.cache=\"always\""], "rollout.cache"),
+            (
+                vec!["rollout.cache=\"delayed\"", "rollout.refresh_every=0"],
+                "rollout.refresh_every",
+            ),
+            (vec!["rollout.threshold=-0.1"], "rollout.threshold"),
             (
                 vec!["objective.num_iterations=0"],
                 "objective.num_iterations",

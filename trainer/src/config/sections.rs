@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use couplet_model::{DeviceSpec, Precision};
 use couplet_reward::{BadRows, RewardKind};
 use couplet_rollout::{
-    DecoderConfig, DecoderKind, DecoderSettings, DreamAlg, Remasking, RolloutError, SamplingParams,
+    CacheMode, CachePolicy, DecoderConfig, DecoderKind, DecoderSettings, DreamAlg, FastDecoding,
+    Remasking, RolloutError, SamplingParams,
 };
 use couplet_sandbox::{BackendKind, BackendSpec, Limits};
 use serde::{Deserialize, Serialize};
@@ -133,6 +134,15 @@ pub struct RolloutSection {
     pub block_length: Option<i64>,
     /// Block decoder: low_confidence or random.
     pub remasking: Remasking,
+    /// Key/value reuse between decoding steps: none (exact), prefix, dual (block decoder)
+    /// or delayed. The estimators stay exact; the rollouts come from the cached sampler.
+    pub cache: CacheMode,
+    /// With a cache: a full forward every this many forwards (unset: only at the start
+    /// and at each block boundary).
+    pub refresh_every: Option<i64>,
+    /// Reveal every masked position whose proposal probability exceeds this (at least one
+    /// per row); `steps` becomes an upper bound. Unset: the decoder's schedule.
+    pub threshold: Option<f64>,
 }
 
 impl Default for RolloutSection {
@@ -151,6 +161,9 @@ impl Default for RolloutSection {
             alg_temp: 0.0,
             block_length: None,
             remasking: Remasking::LowConfidence,
+            cache: CacheMode::None,
+            refresh_every: None,
+            threshold: None,
         }
     }
 }
@@ -171,6 +184,14 @@ impl RolloutSection {
             alg_temp: self.alg_temp,
             block_length: self.block_length,
             remasking: self.remasking,
+            fast: FastDecoding {
+                cache: CachePolicy {
+                    mode: self.cache,
+                    refresh_every: self.refresh_every,
+                },
+                threshold: self.threshold,
+                audit: false,
+            },
         }
     }
 

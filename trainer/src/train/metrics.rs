@@ -54,11 +54,17 @@ pub struct StepMetrics {
 }
 
 /// What a round cost: one rank's, or the whole round's (rates add over ranks, times take
-/// the slowest).
+/// the slowest, per-run decoding counts average).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundCost {
     /// Decoded tokens per second.
     pub rollout_tokens_per_second: f64,
+    /// Forward passes per decoding run (per chunk of rows decoded together).
+    #[serde(default)]
+    pub rollout_forwards_per_chunk: f64,
+    /// Tokens each sequence revealed per forward pass.
+    #[serde(default)]
+    pub rollout_tokens_per_forward: f64,
     /// Sandbox tests per second.
     pub sandbox_tests_per_second: f64,
     /// Tests that timed out.
@@ -79,8 +85,11 @@ impl RoundCost {
     pub fn merge(costs: &[RoundCost]) -> RoundCost {
         let sum = |f: fn(&RoundCost) -> f64| costs.iter().map(f).sum::<f64>();
         let max = |f: fn(&RoundCost) -> f64| costs.iter().map(f).fold(0.0, f64::max);
+        let n = costs.len().max(1) as f64;
         RoundCost {
             rollout_tokens_per_second: sum(|c| c.rollout_tokens_per_second),
+            rollout_forwards_per_chunk: sum(|c| c.rollout_forwards_per_chunk) / n,
+            rollout_tokens_per_forward: sum(|c| c.rollout_tokens_per_forward) / n,
             sandbox_tests_per_second: sum(|c| c.sandbox_tests_per_second),
             sandbox_timeouts: costs.iter().map(|c| c.sandbox_timeouts).sum(),
             sandbox_failures: costs.iter().map(|c| c.sandbox_failures).sum(),

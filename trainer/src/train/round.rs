@@ -277,6 +277,8 @@ impl Trainer {
 fn rank_cost(rollout: &Rollout, rewards: &RewardBatch, elapsed: f64) -> RoundCost {
     RoundCost {
         rollout_tokens_per_second: rollout.tokens_per_second(),
+        rollout_forwards_per_chunk: rollout.forwards_per_chunk(),
+        rollout_tokens_per_forward: rollout.tokens_per_forward(),
         sandbox_tests_per_second: rewards.tests_run as f64 / rewards.sandbox_seconds.max(1e-9),
         sandbox_timeouts: rewards.timeouts,
         sandbox_failures: rewards.sandbox_failures,
