@@ -126,6 +126,8 @@ pub fn run(args: Args) -> Result<()> {
             "terminated": rollout.terminated[row],
             "decode_order": rollout.decode_orders[row],
             "forward_passes": rollout.stats.forward_passes,
+            "forwards_per_run": rollout.forwards_per_chunk(),
+            "tokens_per_forward": rollout.tokens_per_forward(),
             "audit_mean_abs_dlogp": rollout.stats.mean_abs_dlogp(),
             "arness": rollout.arness[row],
         });

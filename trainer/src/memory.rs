@@ -44,6 +44,8 @@ pub struct PlanInput {
     pub checkpointing: bool,
     /// Rows decoded at once in rollouts.
     pub generation_batch: usize,
+    /// Rollouts keep every layer's keys and values (`rollout.cache` other than `none`).
+    pub decode_cache: bool,
     /// Gradient bucket size (bytes).
     pub bucket_bytes: f64,
     /// LoRA adapters on a frozen base (only they are trained).
@@ -87,6 +89,7 @@ impl PlanInput {
             logits_chunk_rows: config.estimator.logits_chunk_rows as usize,
             checkpointing: config.model.gradient_checkpointing,
             generation_batch: config.rollout.generation_batch_size,
+            decode_cache: config.rollout.cache != couplet_rollout::CacheMode::None,
             bucket_bytes: (config.distributed.bucket_mb << 20) as f64,
             lora,
             fused_attention: config.model.device != couplet_model::DeviceSpec::Cpu,
@@ -373,7 +376,7 @@ fn rollout_phase(input: &PlanInput) -> Vec<Component> {
         c.vocab_size as f64,
     );
     let rows = (input.generation_batch * input.completion) as f64;
-    vec![
+    let mut parts = vec![
         Component {
             name: "decode activations",
             bytes: tokens * (4.0 * h + 3.0 * i) * input.weight_bytes,
@@ -384,7 +387,17 @@ fn rollout_phase(input: &PlanInput) -> Vec<Component> {
             bytes: rows * v * 4.0 * 3.0,
             how: format!("{rows:.0} masked rows × V × f32 × 3 (logits, probs, scores)"),
         },
-    ]
+    ];
+    if input.decode_cache {
+        let kv = (c.num_kv_heads() * c.head_dim()) as f64;
+        let layers = c.num_hidden_layers as f64;
+        parts.push(Component {
+            name: "decode KV cache",
+            bytes: 2.0 * layers * tokens * kv * input.weight_bytes,
+            how: format!("keys + values × {layers:.0} layers × {tokens:.0} tokens × {kv:.0}"),
+        });
+    }
+    parts
 }
 
 /// Backward of one micro-batch: the full working-dtype gradients, the saved activations
@@ -543,6 +556,7 @@ mod tests {
             logits_chunk_rows: 8,
             checkpointing: false,
             generation_batch: 4,
+            decode_cache: false,
             bucket_bytes: 1024.0,
             lora: None,
             fused_attention: true,
