@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod adapter_folder;
+pub mod chat_template;
 pub mod config;
 pub mod device;
 pub mod dream;
@@ -26,6 +27,7 @@ pub mod random;
 pub mod tokenizer;
 
 pub use adapter_folder::{is_adapter_folder, load_adapter, save_adapter};
+pub use chat_template::{ChatTemplate, Message};
 pub use config::{DreamConfig, GenerationConfig, TokenIds};
 pub use device::{DeviceSpec, Precision};
 pub use dream::{DreamModel, Init};

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::chat_template::ChatTemplate;
 use crate::config::{DreamConfig, GenerationConfig};
 use crate::error::{ModelError, Result};
 
@@ -59,6 +60,7 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     special: SpecialTokens,
     path: PathBuf,
+    chat: ChatTemplate,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -100,7 +102,8 @@ pub fn add_dream_tokens(tokenizer: &mut Tokenizer) -> usize {
 }
 
 impl TextTokenizer {
-    /// Loads `dir/tokenizer.json` and resolves special tokens from the folder's configs.
+    /// Loads `dir/tokenizer.json`, resolves special tokens from the folder's configs and
+    /// reads its chat template (built-in Qwen when it has none).
     pub fn from_model_dir(dir: &Path, config: &DreamConfig) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let inner = load_tokenizer_file(&path)?;
@@ -110,7 +113,19 @@ impl TextTokenizer {
             inner,
             special,
             path,
+            chat: ChatTemplate::from_model_dir(dir)?,
         })
+    }
+
+    /// `system` and `user` wrapped in the model's chat template, ending with the
+    /// assistant's prefix.
+    pub fn chat_prompt(&self, system: &str, user: &str) -> Result<String> {
+        self.chat.prompt(system, user)
+    }
+
+    /// The model's chat template.
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.chat
     }
 
     /// The special-token ids of the folder.
@@ -226,8 +241,9 @@ impl PromptBatch {
     }
 }
 
-/// The Qwen chat template for one system + one user turn, ending with the assistant prefix
-/// (SPEC section 8), byte for byte.
+/// The built-in Qwen chat template for one system + one user turn, ending with the
+/// assistant prefix (SPEC section 8), byte for byte; models use
+/// [`TextTokenizer::chat_prompt`], which renders their folder's own template when it has one.
 pub fn chat_prompt(system: &str, user: &str) -> String {
     format!(
         "{IM_START_TOKEN}system\n{system}{IM_END_TOKEN}\n{IM_START_TOKEN}user\n{user}{IM_END_TOKEN}\n{IM_START_TOKEN}assistant\n"

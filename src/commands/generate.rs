@@ -4,7 +4,6 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_model::chat_prompt;
 use couplet_rollout::generate_rollout;
 
 use super::decode_args::DecodeArgs;
@@ -87,8 +86,8 @@ pub fn run(args: Args) -> Result<()> {
     let texts: Vec<String> = if args.chat {
         prompts
             .iter()
-            .map(|p| chat_prompt(&args.system, p))
-            .collect()
+            .map(|p| ckpt.tokenizer.chat_prompt(&args.system, p))
+            .collect::<Result<_, _>>()?
     } else {
         prompts.clone()
     };

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use couplet_model::{chat_prompt, LoadedModel};
+use couplet_model::LoadedModel;
 use couplet_reward::{humaneval, load_rows, pass_at_k, LoadOptions};
 use couplet_rollout::{generate_rollout, ArNess, DecodeStats, RolloutConfig};
 use couplet_sandbox::{Job, Limits, NonDataCounts, SandboxPool};
@@ -318,8 +318,13 @@ pub fn evaluate(
     for (b, chunk) in problems.chunks(per_batch).enumerate() {
         let prompts: Vec<String> = chunk
             .iter()
-            .map(|p| chat_prompt(&settings.system_prompt, &p.question))
-            .collect();
+            .map(|p| {
+                model
+                    .tokenizer
+                    .chat_prompt(&settings.system_prompt, &p.question)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
         let first = (b * per_batch * settings.samples) as u64;
         let rollout = generate_rollout(
             &model.model,

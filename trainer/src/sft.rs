@@ -11,7 +11,7 @@
 //! bound. Logits follow the model's shift convention. Masks come from the counter RNG keyed
 //! by (seed, step, example).
 
-use couplet_model::{chat_prompt, random, PromptBatch, TextTokenizer};
+use couplet_model::{random, PromptBatch, TextTokenizer};
 use tch::{Kind, Tensor};
 
 use std::path::Path;
@@ -68,7 +68,7 @@ pub fn build_example(
     max_prompt: usize,
     answer_length: usize,
 ) -> couplet_model::Result<SftExample> {
-    let mut prompt = tokenizer.encode(&chat_prompt(system, question))?;
+    let mut prompt = tokenizer.encode(&tokenizer.chat_prompt(system, question)?)?;
     if prompt.len() > max_prompt {
         prompt.drain(..prompt.len() - max_prompt);
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use couplet_model::{chat_prompt, random, DreamModel};
+use couplet_model::{random, DreamModel};
 use couplet_reward::{score_batch, RewardBatch};
 use couplet_rollout::{generate_rollout, Rollout};
 use tch::{Device, Kind, Tensor};
@@ -149,8 +149,17 @@ impl Trainer {
         let group = (cfg.rollout.generation_batch_size / g).max(1);
         let prompts: Vec<String> = rows
             .iter()
-            .map(|&i| chat_prompt(&cfg.data.system_prompt, &self.data.rows[i].question))
-            .collect();
+            .map(|&i| {
+                let question = &self.data.rows[i].question;
+                self.policy
+                    .tokenizer
+                    .chat_prompt(&cfg.data.system_prompt, question)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|source| TrainError::Model {
+                context: "rendering the chat template",
+                source,
+            })?;
         let rollout_seed = random::bits(cfg.seed, random::stream::ROLLOUT_ROUND, round);
         let first_sample = self.first_local_sample(round);
         let reward_cfg = cfg.reward.reward_config(cfg.rollout.max_new_tokens);
@@ -196,7 +205,15 @@ impl Trainer {
         let cfg = &self.config;
         let mut width = 0;
         for &i in rows {
-            let prompt = chat_prompt(&cfg.data.system_prompt, &self.data.rows[i].question);
+            let question = &self.data.rows[i].question;
+            let prompt = self
+                .policy
+                .tokenizer
+                .chat_prompt(&cfg.data.system_prompt, question)
+                .map_err(|source| TrainError::Model {
+                    context: "rendering the chat template",
+                    source,
+                })?;
             let ids =
                 self.policy
                     .tokenizer
