@@ -1,6 +1,8 @@
 //! AceCoder-style datasets (SPEC section 8): rows of `id`, `question`, `test_cases` and
 //! optionally `source`, `inferences`, `context_messages`, read as JSON lines or as one JSON
-//! array — streamed, one row in memory at a time, so a 90k-row file is never slurped.
+//! array (plain or gzip), from one file, a directory or a glob of shards
+//! ([`crate::sources`]) — streamed, one row in memory at a time, so a 90k-row file is
+//! never slurped.
 //!
 //! Every bad row is reported with its file, line (or array index) and field; the
 //! [`BadRows`] policy says whether it is skipped or fatal, and a [`LoadSummary`] counts
@@ -8,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -248,45 +250,57 @@ pub fn validate_row(
     })
 }
 
-/// Streams the rows of `path` (JSON lines, or a JSON array) into `on_row`, validating each.
+/// Streams the rows of `path` into `on_row`, validating each. `path` is a file (JSON lines
+/// or a JSON array, optionally gzip-compressed as `.gz`), a directory of such files, or a
+/// glob of shards (`train-0000*-of-*.jsonl.gz`); shards are read in name order as one
+/// dataset, and every row error names its own shard.
 pub fn for_each_row(
     path: &Path,
     options: &LoadOptions,
     mut on_row: impl FnMut(Row) -> Result<(), DataError>,
 ) -> Result<LoadSummary, DataError> {
+    let mut summary = LoadSummary::default();
+    for shard in crate::sources::shards(path)? {
+        let mut handle = |parsed: Result<Value, String>, location: String| {
+            summary.read += 1;
+            let row = parsed
+                .map_err(|message| RowError {
+                    file: shard.path.clone(),
+                    location: location.clone(),
+                    field: "<row>".into(),
+                    message,
+                })
+                .and_then(|value| validate_row(value, options, &shard.path, &location));
+            match row {
+                Ok(row) => {
+                    summary.kept += 1;
+                    on_row(row)
+                }
+                Err(e) if options.bad_rows == BadRows::Skip => {
+                    eprintln!("skipping bad row: {e}");
+                    summary.skipped += 1;
+                    *summary.skipped_by_field.entry(e.field.clone()).or_default() += 1;
+                    Ok(())
+                }
+                Err(e) => Err(DataError::Row(e)),
+            }
+        };
+        let reader = shard.open()?;
+        read_json_rows(reader, &shard.path, &mut handle)?;
+    }
+    Ok(summary)
+}
+
+/// Feeds each row of a JSON-lines or JSON-array stream to `handle(row, location)`; the
+/// location is the line number, or the array index.
+fn read_json_rows(
+    mut reader: Box<dyn BufRead>,
+    path: &Path,
+    handle: &mut dyn FnMut(Result<Value, String>, String) -> Result<(), DataError>,
+) -> Result<(), DataError> {
     let io = |e| DataError::Io {
         path: path.to_path_buf(),
         error: e,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut summary = LoadSummary::default();
-    let mut handle = |parsed: Result<Value, String>,
-                      location: String,
-                      summary: &mut LoadSummary|
-     -> Result<(), DataError> {
-        summary.read += 1;
-        let row = parsed
-            .map_err(|message| RowError {
-                file: path.to_path_buf(),
-                location: location.clone(),
-                field: "<row>".into(),
-                message,
-            })
-            .and_then(|value| validate_row(value, options, path, &location));
-        match row {
-            Ok(row) => {
-                summary.kept += 1;
-                on_row(row)
-            }
-            Err(e) if options.bad_rows == BadRows::Skip => {
-                eprintln!("skipping bad row: {e}");
-                summary.skipped += 1;
-                *summary.skipped_by_field.entry(e.field.clone()).or_default() += 1;
-                Ok(())
-            }
-            Err(e) => Err(DataError::Row(e)),
-        }
     };
     // Peek at the first non-space byte: '[' means one JSON array.
     let first = loop {
@@ -305,21 +319,20 @@ pub fn for_each_row(
         }
     };
     if first == Some(b'[') {
-        stream_array(reader, path, |index, value| {
-            handle(Ok(value), index.to_string(), &mut summary)
-        })?;
-    } else {
-        for (i, line) in reader.lines().enumerate() {
-            let line = line.map_err(io)?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed =
-                serde_json::from_str::<Value>(&line).map_err(|e| format!("not valid JSON: {e}"));
-            handle(parsed, (i + 1).to_string(), &mut summary)?;
-        }
+        return stream_array(reader, path, |index, value| {
+            handle(Ok(value), index.to_string())
+        });
     }
-    Ok(summary)
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed =
+            serde_json::from_str::<Value>(&line).map_err(|e| format!("not valid JSON: {e}"));
+        handle(parsed, (i + 1).to_string())?;
+    }
+    Ok(())
 }
 
 /// Reads all rows into memory (for small files: task sets, tests).

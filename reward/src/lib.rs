@@ -14,6 +14,7 @@ pub mod data;
 pub mod humaneval;
 pub mod pass_at_k;
 pub mod rewards;
+pub mod sources;
 pub mod split;
 
 pub use data::{
