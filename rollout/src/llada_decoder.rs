@@ -184,15 +184,19 @@ pub fn block_generate(
             } else {
                 logits.argmax(-1, false)
             };
-            let probability = || {
+            // The proposal's probability: the low-confidence ranking and the threshold's
+            // measure (computed once when either needs it).
+            let probability = (cfg.remasking == Remasking::LowConfidence
+                || cfg.fast.threshold.is_some())
+            .then(|| {
                 logits
                     .softmax(-1, Kind::Double)
                     .gather(-1, &x0.unsqueeze(-1), false)
                     .squeeze_dim(-1)
-            };
-            let conf = match cfg.remasking {
-                Remasking::LowConfidence => probability(),
-                Remasking::Random => uniform_tensor(seed, STREAM_REMASK, &draw_index, device),
+            });
+            let conf = match (cfg.remasking, &probability) {
+                (Remasking::LowConfidence, Some(p)) => p.shallow_clone(),
+                _ => uniform_tensor(seed, STREAM_REMASK, &draw_index, device),
             };
             let index = [Some(positions.select(1, 0)), Some(positions.select(1, 1))];
             let on_canvas = |values: &Tensor, fill: f64| {
@@ -202,7 +206,8 @@ pub fn block_generate(
             let chosen = match cfg.fast.threshold {
                 Some(tau) => {
                     let last = i == steps_per_block - 1;
-                    threshold_reveal(&on_canvas(&probability(), 0.0), &full, &masked, tau, last)
+                    let p = probability.as_ref().expect("computed under a threshold");
+                    threshold_reveal(&on_canvas(p, 0.0), &full, &masked, tau, last)
                 }
                 None => top_n_per_row(&full, &n, &masked),
             };

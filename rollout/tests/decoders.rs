@@ -217,18 +217,7 @@ fn block_decoder_finishes_each_block_before_the_next() {
     // K = 4 in blocks of 2, 2 steps per block. Confidences: pos 0 .6, 1 .7, 2 .99, 3 .8.
     // Block 1 (pos 0, 1): step 0 reveals pos 1 (.7), step 1 pos 0. Block 2: pos 2 then 3,
     // although pos 2 and 3 are more confident than anything in block 1.
-    let table = [
-        dist(&[(0, 1.0)]),
-        dist(&[(0, 1.0)]),
-        dist(&[(1, 0.6), (2, 0.4)]),
-        dist(&[(3, 0.7), (2, 0.3)]),
-        dist(&[(4, 0.99), (2, 0.01)]),
-        dist(&[(5, 0.8), (2, 0.2)]),
-    ]
-    .concat();
-    let model = FixedLogits {
-        table: Tensor::from_slice(&table).view([6, V]),
-    };
+    let model = four_positions();
     let cfg = block_config(2, Remasking::LowConfidence);
     let out = block_generate(&model, &prompt(), MASK, &cfg, 0, &[0], |_| {}).unwrap();
     assert_eq!(out.reveal_step[0], vec![1, 0, 2, 3]);
@@ -355,6 +344,7 @@ fn block_threshold_stays_inside_the_block() {
     assert_eq!(out.stats.forward_passes, 3);
 }
 
+/// Confidences pos 0 .6, 1 .7, 2 .99, 3 .8 after a 2-token prompt.
 fn four_positions() -> FixedLogits {
     let table = [
         dist(&[(0, 1.0)]),
