@@ -308,8 +308,8 @@ const NO_DROPOUT: u64 = u64::MAX;
 impl DreamModel {
     /// Builds the parameters on `device` in `kind` (f32 or bf16) for `config`.
     ///
-    /// `Init::Random` consumes torch's global RNG: call `tch::manual_seed` first for a
-    /// reproducible model.
+    /// `Init::Random` consumes torch's global RNG: build it inside
+    /// [`crate::random::with_torch_seed`] for a reproducible model.
     pub fn new(config: &DreamConfig, device: Device, kind: Kind, init: Init) -> Self {
         let mut vs = nn::VarStore::new(device);
         let root = vs.root();

@@ -71,8 +71,8 @@ impl Preset {
 }
 
 /// Writes a randomly initialised model folder at `out` using the tokenizer at
-/// `tokenizer_path` (Dream's mask tokens are added when missing). Consumes torch's RNG
-/// after `tch::manual_seed(seed)`.
+/// `tokenizer_path` (Dream's mask tokens are added when missing). The weights are a
+/// function of `seed` (drawn under [`crate::random::with_torch_seed`]).
 pub fn init_model_folder(
     mut config: DreamConfig,
     tokenizer_path: &Path,
@@ -124,14 +124,9 @@ pub fn init_model_folder(
     }
     write_generation_config(out, &generation)?;
 
-    // torch's generator is process-global: hold a lock from seeding to the last draw so
-    // that models initialised on several threads at once are still a function of `seed`.
-    static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let model = {
-        let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(seed);
+    let model = crate::random::with_torch_seed(seed, || {
         DreamModel::new(&config, Device::Cpu, Kind::Float, Init::Random)
-    };
+    });
     save_model(&model, out, &SaveOptions::default())?;
     Ok(model)
 }

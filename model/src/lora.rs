@@ -163,8 +163,9 @@ impl Adapter {
     pub fn delta(&self, xs: &Tensor, dropout_seed: Option<u64>) -> Tensor {
         let mut x = xs.to_kind(Kind::Float);
         if let (Some(seed), true) = (dropout_seed, self.dropout > 0.0) {
-            tch::manual_seed((seed >> 1) as i64);
-            x = x.dropout(self.dropout, true);
+            x = crate::random::with_torch_seed((seed >> 1) as i64, || {
+                x.dropout(self.dropout, true)
+            });
         }
         (x.matmul(&self.a.tr()).matmul(&self.b.tr()) * self.scale).to_kind(xs.kind())
     }

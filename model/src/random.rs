@@ -104,3 +104,16 @@ mod tests {
         assert!((below - 0.25).abs() < 0.005, "P(u<0.25) = {below}");
     }
 }
+
+/// Runs `draw` right after `tch::manual_seed(seed)` while holding a process-wide lock.
+///
+/// torch's CPU generator is process-global, so two threads that seed and draw at once
+/// (parallel tests, a test building two models) interleave their draws and each gets
+/// weights that are no longer a function of its seed. Every seeded initialisation goes
+/// through here.
+pub fn with_torch_seed<T>(seed: i64, draw: impl FnOnce() -> T) -> T {
+    static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    draw()
+}

@@ -5,7 +5,7 @@
 use couplet_testkit as common;
 
 use couplet_model::{
-    load_adapter, load_model, save_adapter, DreamModel, LoadOptions, LoraConfig, LoraInit,
+    load_adapter, load_model, random, save_adapter, DreamModel, LoadOptions, LoraConfig, LoraInit,
     LoraTarget,
 };
 use serde_json::json;
@@ -38,14 +38,15 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Gives every B a random value (B = 0 at init would make every A gradient zero).
 fn randomise_b(model: &DreamModel) {
-    tch::manual_seed(9);
     let (_, vs) = model.lora().unwrap();
-    tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
-            if name.contains("lora_B") {
-                t.copy_(&(Tensor::randn(t.size(), (Kind::Float, t.device())) * 0.05));
+    random::with_torch_seed(9, || {
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                if name.contains("lora_B") {
+                    t.copy_(&(Tensor::randn(t.size(), (Kind::Float, t.device())) * 0.05));
+                }
             }
-        }
+        })
     });
 }
 
@@ -55,8 +56,7 @@ fn adapters_start_as_the_base_and_switch_off_to_it() {
     let dir = common::tiny_model(tmp.path(), false, 3);
     let mut model = load_model(&dir, LoadOptions::default()).unwrap();
     let base = logits(&model);
-    tch::manual_seed(1);
-    model.attach_lora(&lora(4, &LoraTarget::ALL));
+    random::with_torch_seed(1, || model.attach_lora(&lora(4, &LoraTarget::ALL)));
     assert_eq!(
         max_diff(&logits(&model), &base),
         0.0,
@@ -89,14 +89,13 @@ fn gradients_match_a_plain_pytorch_lora() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), false, 5);
     let mut model = load_model(&dir, LoadOptions::default()).unwrap();
-    tch::manual_seed(2);
     let targets = [
         LoraTarget::QProj,
         LoraTarget::VProj,
         LoraTarget::OProj,
         LoraTarget::DownProj,
     ];
-    model.attach_lora(&lora(3, &targets));
+    random::with_torch_seed(2, || model.attach_lora(&lora(3, &targets)));
     randomise_b(&model);
     let adapter = tmp.path().join("adapter");
     save_adapter(&model, &adapter, Some(&dir)).unwrap();
@@ -175,11 +174,12 @@ fn merge_equals_applying_and_folders_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), true, 7);
     let mut model = load_model(&dir, LoadOptions::default()).unwrap();
-    tch::manual_seed(4);
-    model.attach_lora(&lora(
-        2,
-        &[LoraTarget::KProj, LoraTarget::GateProj, LoraTarget::UpProj],
-    ));
+    random::with_torch_seed(4, || {
+        model.attach_lora(&lora(
+            2,
+            &[LoraTarget::KProj, LoraTarget::GateProj, LoraTarget::UpProj],
+        ))
+    });
     randomise_b(&model);
     let adapted = logits(&model);
     let adapter = tmp.path().join("adapter");
@@ -221,8 +221,7 @@ fn bad_adapter_folders_name_the_field() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), false, 3);
     let mut model = load_model(&dir, LoadOptions::default()).unwrap();
-    tch::manual_seed(1);
-    model.attach_lora(&lora(2, &[LoraTarget::QProj]));
+    random::with_torch_seed(1, || model.attach_lora(&lora(2, &[LoraTarget::QProj])));
     let adapter = tmp.path().join("adapter");
     save_adapter(&model, &adapter, None).unwrap();
     let config_path = adapter.join("adapter_config.json");

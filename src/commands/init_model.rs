@@ -82,14 +82,16 @@ fn rescale_embedding(
     seed: i64,
 ) -> Result<couplet_model::DreamModel> {
     let model = couplet_model::load_model(dir, couplet_model::LoadOptions::default())?;
-    tch::manual_seed(seed.wrapping_add(1));
-    tch::no_grad(|| {
-        for (name, mut var) in model.var_store().variables() {
-            if name == "model.embed_tokens.weight" {
-                let fresh = tch::Tensor::randn(var.size(), (tch::Kind::Float, var.device())) * std;
-                var.copy_(&fresh);
+    couplet_model::random::with_torch_seed(seed.wrapping_add(1), || {
+        tch::no_grad(|| {
+            for (name, mut var) in model.var_store().variables() {
+                if name == "model.embed_tokens.weight" {
+                    let fresh =
+                        tch::Tensor::randn(var.size(), (tch::Kind::Float, var.device())) * std;
+                    var.copy_(&fresh);
+                }
             }
-        }
+        })
     });
     couplet_model::save_model(&model, dir, &couplet_model::SaveOptions::default())?;
     Ok(model)

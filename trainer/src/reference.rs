@@ -106,13 +106,14 @@ mod tests {
 
     #[test]
     fn copy_is_frozen_and_sync_mixes() {
-        tch::manual_seed(0);
-        let policy = DreamModel::new(
-            &Preset::Tiny.config(64),
-            Device::Cpu,
-            Kind::Float,
-            Init::Random,
-        );
+        let policy = couplet_model::random::with_torch_seed(0, || {
+            DreamModel::new(
+                &Preset::Tiny.config(64),
+                Device::Cpu,
+                Kind::Float,
+                Init::Random,
+            )
+        });
         let mut reference =
             ReferenceModel::from_policy(&policy, Device::Cpu, Kind::Float, Some(2), 0.6);
         let name = "model.norm.weight";

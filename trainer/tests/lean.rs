@@ -3,7 +3,7 @@
 mod common;
 
 use common::{grads, zero};
-use couplet_model::{DreamModel, Init, Preset};
+use couplet_model::{random, DreamModel, Init, Preset};
 use couplet_trainer::{
     estimate, grpo_loss, Estimator, EstimatorBatch, LeanConfig, LeanEstimate, ObjectiveConfig,
 };
@@ -19,8 +19,9 @@ fn model(tied: bool) -> DreamModel {
     cfg.tie_word_embeddings = tied;
     cfg.initializer_range = 0.3;
     cfg.mask_token_id = Some(299);
-    tch::manual_seed(3);
-    DreamModel::new(&cfg, Device::Cpu, Kind::Float, Init::Random)
+    random::with_torch_seed(3, || {
+        DreamModel::new(&cfg, Device::Cpu, Kind::Float, Init::Random)
+    })
 }
 
 #[test]

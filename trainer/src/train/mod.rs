@@ -445,8 +445,9 @@ fn attach_adapters(
 ) -> Result<(), TrainError> {
     let Some(checkpoint) = resume else {
         let seed = random::bits(config.seed, random::stream::LORA_INIT, 0);
-        tch::manual_seed((seed >> 1) as i64);
-        policy.model.attach_lora(&config.lora);
+        random::with_torch_seed((seed >> 1) as i64, || {
+            policy.model.attach_lora(&config.lora)
+        });
         return Ok(());
     };
     let dir = checkpoint.adapter();

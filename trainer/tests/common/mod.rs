@@ -2,7 +2,7 @@
 //! project-wide ones come from `couplet-testkit`.
 #![allow(dead_code)]
 
-use couplet_model::{DreamModel, Init, Preset};
+use couplet_model::{random, DreamModel, Init, Preset};
 use couplet_trainer::{AdamW, AdamWConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -12,8 +12,9 @@ pub fn tiny_model(std: f64, seed: i64) -> DreamModel {
     let mut cfg = Preset::Tiny.config(300);
     cfg.initializer_range = std;
     cfg.mask_token_id = Some(299);
-    tch::manual_seed(seed);
-    DreamModel::new(&cfg, Device::Cpu, Kind::Float, Init::Random)
+    random::with_torch_seed(seed, || {
+        DreamModel::new(&cfg, Device::Cpu, Kind::Float, Init::Random)
+    })
 }
 
 /// AdamW over every parameter of `m`, no weight decay, clipping at 1.
