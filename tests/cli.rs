@@ -574,6 +574,65 @@ fn a_failed_save_keeps_the_previous_checkpoint() {
 }
 
 #[test]
+fn eval_plus_reports_base_and_plus_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mbpp = tmp.path().join("mbpp.jsonl");
+    let row = serde_json::json!({
+        "task_id": 7, "text": "Write a function to double a number.",
+        "code": "def double(x):\n    return 2 * x",
+        "test_list": ["assert double(2) == 4", "assert double(0) == 0"],
+        "test_setup_code": "", "challenge_test_list": ["assert double(-3) == -6"],
+    });
+    std::fs::write(&mbpp, row.to_string()).unwrap();
+    let out_dir = tmp.path().join("out");
+    let args = |plus: bool| {
+        let mut a = vec![
+            "eval",
+            "--canonical",
+            "--benchmark",
+            mbpp.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        if plus {
+            a.push("--plus");
+        }
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let run = |plus: bool| {
+        let a = args(plus);
+        couplet(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = run(true);
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("base+plus") && stdout.contains("100.00%   100.00%"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["pass_at_k_plus"]["pass@1"], 1.0);
+    let samples = std::fs::read_to_string(out_dir.join("samples.jsonl")).unwrap();
+    assert!(samples.contains("\"task_id\":\"Mbpp/7\""), "{samples}");
+    // Without --plus: one column, no plus score.
+    let out = run(false);
+    assert_ok(&out);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("base+plus"));
+    // --plus on a benchmark without plus tests is refused by name.
+    let out = couplet(&[
+        "eval",
+        "--canonical",
+        "--benchmark",
+        "data/tasks/val.jsonl",
+        "--plus",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plus tests"));
+}
+
+#[test]
 fn eval_canonical_solutions_pass_and_model_samples_are_judged() {
     let tmp = tempfile::tempdir().unwrap();
     // Wiring: HumanEval's canonical solutions fed as completions pass every problem. A
@@ -613,6 +672,15 @@ fn eval_canonical_solutions_pass_and_model_samples_are_judged() {
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["pass_at_k"]["pass@1"], 1.0);
+    // EvalPlus's samples.jsonl beside the results, for rescoring with the official tool.
+    let samples = std::fs::read_to_string(out_dir.join("samples.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
+    assert_eq!(samples.lines().count(), 164);
+    assert_eq!(first["task_id"], "HumanEval/0");
+    assert!(first["solution"]
+        .as_str()
+        .unwrap()
+        .contains("def has_close_elements"));
     // A random tiny model's samples on the bundled tasks: judged, per-problem lines, AR-ness.
     let model = common::tiny_model(tmp.path(), false, 0);
     let out_dir = tmp.path().join("tiny");

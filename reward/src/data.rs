@@ -1,8 +1,8 @@
 //! AceCoder-style datasets (SPEC section 8): rows of `id`, `question`, `test_cases` and
-//! optionally `source`, `inferences`, `context_messages`, read as JSON lines or as one JSON
-//! array (plain or gzip), from one file, a directory or a glob of shards
-//! ([`crate::sources`]) — streamed, one row in memory at a time, so a 90k-row file is
-//! never slurped.
+//! optionally `source`, `inferences`, `context_messages`, read from JSON lines, a JSON
+//! array (plain or gzip), Parquet or Arrow IPC, from one file, a directory or a glob of
+//! shards ([`crate::sources`]) — streamed, one batch in memory at a time, so a 90k-row
+//! file is never slurped.
 //!
 //! Every bad row is reported with its file, line (or array index) and field; the
 //! [`BadRows`] policy says whether it is skipped or fatal, and a [`LoadSummary`] counts
@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{BufRead, Read};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -251,88 +251,40 @@ pub fn validate_row(
 }
 
 /// Streams the rows of `path` into `on_row`, validating each. `path` is a file (JSON lines
-/// or a JSON array, optionally gzip-compressed as `.gz`), a directory of such files, or a
-/// glob of shards (`train-0000*-of-*.jsonl.gz`); shards are read in name order as one
-/// dataset, and every row error names its own shard.
+/// or a JSON array, optionally gzip-compressed as `.gz`; Parquet; Arrow IPC), a directory
+/// of such files, or a glob of shards (`train-0000*-of-*.parquet`); shards are read in name
+/// order as one dataset, and every row error names its own shard.
 pub fn for_each_row(
     path: &Path,
     options: &LoadOptions,
     mut on_row: impl FnMut(Row) -> Result<(), DataError>,
 ) -> Result<LoadSummary, DataError> {
     let mut summary = LoadSummary::default();
-    for shard in crate::sources::shards(path)? {
-        let mut handle = |parsed: Result<Value, String>, location: String| {
-            summary.read += 1;
-            let row = parsed
-                .map_err(|message| RowError {
-                    file: shard.path.clone(),
-                    location: location.clone(),
-                    field: "<row>".into(),
-                    message,
-                })
-                .and_then(|value| validate_row(value, options, &shard.path, &location));
-            match row {
-                Ok(row) => {
-                    summary.kept += 1;
-                    on_row(row)
-                }
-                Err(e) if options.bad_rows == BadRows::Skip => {
-                    eprintln!("skipping bad row: {e}");
-                    summary.skipped += 1;
-                    *summary.skipped_by_field.entry(e.field.clone()).or_default() += 1;
-                    Ok(())
-                }
-                Err(e) => Err(DataError::Row(e)),
+    crate::sources::for_each_value(path, |shard, parsed, location| {
+        summary.read += 1;
+        let row = parsed
+            .map_err(|message| RowError {
+                file: shard.path.clone(),
+                location: location.clone(),
+                field: "<row>".into(),
+                message,
+            })
+            .and_then(|value| validate_row(value, options, &shard.path, &location));
+        match row {
+            Ok(row) => {
+                summary.kept += 1;
+                on_row(row).map(|()| ControlFlow::Continue(()))
             }
-        };
-        let reader = shard.open()?;
-        read_json_rows(reader, &shard.path, &mut handle)?;
-    }
+            Err(e) if options.bad_rows == BadRows::Skip => {
+                eprintln!("skipping bad row: {e}");
+                summary.skipped += 1;
+                *summary.skipped_by_field.entry(e.field.clone()).or_default() += 1;
+                Ok(ControlFlow::Continue(()))
+            }
+            Err(e) => Err(DataError::Row(e)),
+        }
+    })?;
     Ok(summary)
-}
-
-/// Feeds each row of a JSON-lines or JSON-array stream to `handle(row, location)`; the
-/// location is the line number, or the array index.
-fn read_json_rows(
-    mut reader: Box<dyn BufRead>,
-    path: &Path,
-    handle: &mut dyn FnMut(Result<Value, String>, String) -> Result<(), DataError>,
-) -> Result<(), DataError> {
-    let io = |e| DataError::Io {
-        path: path.to_path_buf(),
-        error: e,
-    };
-    // Peek at the first non-space byte: '[' means one JSON array.
-    let first = loop {
-        let buf = reader.fill_buf().map_err(io)?;
-        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
-            Some(i) => {
-                let b = buf[i];
-                reader.consume(i);
-                break Some(b);
-            }
-            None if buf.is_empty() => break None,
-            None => {
-                let n = buf.len();
-                reader.consume(n);
-            }
-        }
-    };
-    if first == Some(b'[') {
-        return stream_array(reader, path, |index, value| {
-            handle(Ok(value), index.to_string())
-        });
-    }
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(io)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed =
-            serde_json::from_str::<Value>(&line).map_err(|e| format!("not valid JSON: {e}"));
-        handle(parsed, (i + 1).to_string())?;
-    }
-    Ok(())
 }
 
 /// Reads all rows into memory (for small files: task sets, tests).
@@ -343,42 +295,4 @@ pub fn load_rows(path: &Path, options: &LoadOptions) -> Result<(Vec<Row>, LoadSu
         Ok(())
     })?;
     Ok((rows, summary))
-}
-
-/// Calls `on_item(index, value)` for each element of a top-level JSON array, parsing one
-/// element at a time.
-fn stream_array(
-    reader: impl Read,
-    path: &Path,
-    on_item: impl FnMut(usize, Value) -> Result<(), DataError>,
-) -> Result<(), DataError> {
-    use serde::de::{Deserializer, SeqAccess, Visitor};
-    struct Each<F>(F, Option<DataError>);
-    impl<'de, F: FnMut(usize, Value) -> Result<(), DataError>> Visitor<'de> for &mut Each<F> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a JSON array of rows")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let mut index = 0;
-            while let Some(value) = seq.next_element::<Value>()? {
-                if let Err(e) = (self.0)(index, value) {
-                    self.1 = Some(e);
-                    return Err(serde::de::Error::custom("stopped"));
-                }
-                index += 1;
-            }
-            Ok(())
-        }
-    }
-    let mut each = Each(on_item, None);
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    let result = de.deserialize_seq(&mut each);
-    if let Some(e) = each.1 {
-        return Err(e);
-    }
-    result.map_err(|e| DataError::Format {
-        path: path.to_path_buf(),
-        message: format!("not a valid JSON array: {e}"),
-    })
 }

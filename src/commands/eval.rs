@@ -17,9 +17,14 @@ pub struct Args {
     /// Model folder, training checkpoint or run directory (not needed with --canonical).
     #[arg(long, required_unless_present = "canonical")]
     model: Option<PathBuf>,
-    /// `humaneval`, or a JSONL file in HumanEval or AceCoder format.
+    /// `humaneval`, or a benchmark file, directory or glob (JSON lines, .gz, Parquet,
+    /// Arrow) in EvalPlus (HumanEval+/MBPP+), HumanEval, MBPP or AceCoder format.
     #[arg(long, default_value = "humaneval")]
     benchmark: String,
+    /// Also judge the plus tests (EvalPlus's plus inputs, MBPP's challenge tests) and
+    /// report base and base+plus pass@k side by side.
+    #[arg(long)]
+    plus: bool,
     /// n: samples per problem.
     #[arg(long, default_value_t = 1)]
     samples: usize,
@@ -60,6 +65,15 @@ pub fn run(args: Args) -> Result<()> {
     let mut problems = load_benchmark(&args.benchmark, &repo).map_err(anyhow::Error::msg)?;
     if let Some(n) = args.limit {
         problems.truncate(n);
+    }
+    if args.plus && problems.iter().all(|p| p.plus_tests.is_empty()) {
+        bail!(
+            "--plus: {} has no plus tests (EvalPlus `plus_input`, MBPP `challenge_test_list`)",
+            args.benchmark
+        );
+    }
+    if !args.plus {
+        problems.iter_mut().for_each(|p| p.plus_tests.clear());
     }
     if args.samples == 0 {
         bail!("--samples must be at least 1");
@@ -132,13 +146,15 @@ pub fn run(args: Args) -> Result<()> {
             writeln!(f, "{}", serde_json::to_string(p)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
+        write_evalplus_samples(&dir.join("samples.jsonl"), &report)?;
         let summary = serde_json::json!({
             "benchmark": args.benchmark,
             "model": args.model,
             "canonical": args.canonical,
             "problems": report.problems.len(),
             "samples": args.samples,
-            "pass_at_k": report.pass_at_k.iter().map(|(k, v)| (format!("pass@{k}"), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "pass_at_k": by_k(&report.pass_at_k),
+            "pass_at_k_plus": report.pass_at_k_plus.as_deref().map(by_k),
             "arness": report.arness,
             "sandbox_errors": report.sandbox_errors,
             "generation_seconds": report.generation_seconds,
@@ -150,5 +166,36 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     print!("{}", report.summary_table());
+    Ok(())
+}
+
+/// `{"pass@1": v, ...}`.
+fn by_k(values: &[(usize, f64)]) -> std::collections::BTreeMap<String, f64> {
+    values
+        .iter()
+        .map(|(k, v)| (format!("pass@{k}"), *v))
+        .collect()
+}
+
+/// EvalPlus's `samples.jsonl` (`task_id`, `solution`: the code each sample was judged on),
+/// so `evalplus.evaluate --samples` can rescore the run with the official tool.
+fn write_evalplus_samples(
+    path: &std::path::Path,
+    report: &couplet_trainer::EvalReport,
+) -> Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for p in &report.problems {
+        for c in &p.completions {
+            let line = serde_json::json!({
+                "task_id": p.id,
+                "solution": couplet_trainer::eval::solution_code(c),
+            });
+            writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    f.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

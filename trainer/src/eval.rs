@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use couplet_model::LoadedModel;
-use couplet_reward::{humaneval, load_rows, pass_at_k, LoadOptions};
+use couplet_reward::{evalplus, humaneval, load_rows, mbpp, pass_at_k, LoadOptions};
 use couplet_rollout::{generate_rollout, ArNess, DecodeStats, RolloutConfig};
 use couplet_sandbox::{Job, Limits, NonDataCounts, SandboxPool};
 use serde::{Deserialize, Serialize};
@@ -23,14 +23,19 @@ pub struct EvalProblem {
     pub question: String,
     /// Test statements its code must pass.
     pub tests: Vec<String>,
+    /// Extra tests (EvalPlus's plus inputs, MBPP's challenge tests): judged only when not
+    /// empty, and reported as the plus score (base and plus tests all passing).
+    pub plus_tests: Vec<String>,
     /// A known-good full solution, when the benchmark has one (`--canonical` checks the
     /// wiring and the sandbox with it).
     pub reference: Option<String>,
 }
 
-/// Loads `humaneval` (the wheel's 164 problems, fetched by setup) or a JSONL file in
-/// HumanEval format (`task_id`, `prompt`, `test`, `entry_point`) or AceCoder format
-/// (`id`, `question`, `test_cases`, optionally `solution`).
+/// Loads `humaneval` (the wheel's 164 problems, fetched by setup) or a benchmark file (any
+/// row source: JSON lines, .gz, Parquet, Arrow, directories, globs) in EvalPlus format
+/// (`base_input`, `plus_input`, `atol`), HumanEval format (`task_id`, `prompt`, `test`,
+/// `entry_point`), MBPP format (`text`, `code`, `test_list`, ...) or AceCoder format (`id`,
+/// `question`, `test_cases`, optionally `solution`), told by the first row's fields.
 pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProblem>, String> {
     let path = if benchmark == "humaneval" {
         repo_root.join(humaneval::DEFAULT_PATH)
@@ -38,22 +43,18 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
         repo_root.join(benchmark)
     };
     // Only the first row is read here, to tell the format; the loaders read the file (or
-    // its shards: plain or .gz files, a directory, a glob).
+    // its shards: JSON lines, .gz, Parquet, Arrow; a directory, a glob).
     let hint = if benchmark == "humaneval" {
         " (run scripts/setup.sh to fetch it)"
     } else {
         ""
     };
-    let first_shard = couplet_reward::sources::shards(&path)
-        .and_then(|shards| shards[0].open())
-        .map_err(|e| format!("{e}{hint}"))?;
-    let first_line = std::io::BufRead::lines(first_shard)
-        .map_while(Result::ok)
-        .find(|l| !l.trim().is_empty())
+    let first = couplet_reward::sources::first_value(&path)
+        .map_err(|e| format!("{e}{hint}"))?
         .ok_or_else(|| format!("{}: no problems", path.display()))?;
-    let first: serde_json::Value = serde_json::from_str(&first_line)
-        .map_err(|e| format!("{}: first row: {e}", path.display()))?;
-    let problems: Vec<EvalProblem> = if first.get("entry_point").is_some() {
+    let problems = if couplet_reward::evalplus::is_evalplus_row(&first) {
+        evalplus_problems(&path)?
+    } else if first.get("entry_point").is_some() {
         humaneval::load(&path)
             .map_err(|e| e.to_string())?
             .into_iter()
@@ -61,7 +62,20 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
                 id: p.task_id.clone(),
                 question: p.instruct_question(),
                 tests: vec![p.test_program()],
+                plus_tests: Vec::new(),
                 reference: Some(p.completed_source(&p.canonical_solution)),
+            })
+            .collect()
+    } else if couplet_reward::mbpp::is_mbpp_row(&first) {
+        mbpp::load(&path)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|p| EvalProblem {
+                id: p.id(),
+                question: p.instruct_question(),
+                tests: p.base_tests(),
+                plus_tests: p.plus_tests(),
+                reference: Some(p.code.clone()),
             })
             .collect()
     } else {
@@ -76,6 +90,7 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
                 id: r.id,
                 question: r.question,
                 tests: r.test_cases,
+                plus_tests: Vec::new(),
             })
             .collect()
     };
@@ -83,6 +98,21 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
         return Err(format!("{}: no usable problems", path.display()));
     }
     Ok(problems)
+}
+
+/// EvalPlus tasks (HumanEval+ or MBPP+) as problems: base and plus tests.
+fn evalplus_problems(path: &Path) -> Result<Vec<EvalProblem>, String> {
+    Ok(evalplus::load(path)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|p| EvalProblem {
+            id: p.task_id.clone(),
+            question: p.instruct_question(),
+            tests: p.base_tests(),
+            plus_tests: p.plus_tests(),
+            reference: Some(p.reference()),
+        })
+        .collect())
 }
 
 /// How to sample and judge.
@@ -119,6 +149,15 @@ pub struct ProblemResult {
     pub completions: Vec<String>,
     /// Whether each passed.
     pub passed: Vec<bool>,
+    /// With plus tests: samples that passed the base and the plus tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correct_plus: Option<usize>,
+    /// With plus tests: pass@k over base and plus tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_at_k_plus: Option<Vec<(usize, f64)>>,
+    /// With plus tests: whether each passed the base and the plus tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed_plus: Option<Vec<bool>>,
 }
 
 /// The whole evaluation.
@@ -128,6 +167,10 @@ pub struct EvalReport {
     pub problems: Vec<ProblemResult>,
     /// Mean over problems.
     pub pass_at_k: Vec<(usize, f64)>,
+    /// Mean over problems of pass@k on base and plus tests (EvalPlus's "plus" score), when
+    /// the problems have plus tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_at_k_plus: Option<Vec<(usize, f64)>>,
     /// Mean AR-ness of the samples' decode orders (absent for given completions).
     pub arness: Option<ArNess>,
     /// Samples whose tests could not run.
@@ -170,8 +213,18 @@ impl EvalReport {
             self.non_data.results,
             self.non_data.arguments
         );
-        for (k, v) in &self.pass_at_k {
-            s += &format!("pass@{k:<3} {:6.2}%\n", 100.0 * v);
+        match &self.pass_at_k_plus {
+            None => {
+                for (k, v) in &self.pass_at_k {
+                    s += &format!("pass@{k:<3} {:6.2}%\n", 100.0 * v);
+                }
+            }
+            Some(plus) => {
+                s += "         base      base+plus\n";
+                for ((k, v), (_, p)) in self.pass_at_k.iter().zip(plus) {
+                    s += &format!("pass@{k:<3} {:6.2}%   {:6.2}%\n", 100.0 * v, 100.0 * p);
+                }
+            }
         }
         if let Some(a) = &self.arness {
             let fmt = |v: &[f64]| {
@@ -214,57 +267,50 @@ pub fn check_completions(
             jobs.push(Job {
                 id: format!("{}#{j}", p.id),
                 solution: solution_code(c).to_string(),
-                tests: p.tests.clone(),
+                tests: p.tests.iter().chain(&p.plus_tests).cloned().collect(),
                 check_syntax: false,
             });
         }
     }
+    let with_plus = problems.iter().any(|p| !p.plus_tests.is_empty());
     let results = pool.run_all(jobs, limits);
     let non_data = NonDataCounts::of(&results);
     let mut results = results.into_iter();
     let mut out = Vec::with_capacity(problems.len());
     let mut sandbox_errors = 0;
     for (p, samples) in problems.iter().zip(completions) {
-        let mut passed = Vec::with_capacity(samples.len());
+        let (mut passed, mut passed_plus) = (Vec::new(), Vec::new());
         let mut errors = 0;
         for _ in samples {
-            let r = results.next();
-            let rate = r.as_ref().and_then(|r| r.pass_rate());
-            if rate.is_none() {
-                errors += 1;
-            }
-            passed.push(!p.tests.is_empty() && rate.is_some_and(|x| x >= 1.0));
+            let verdict = Verdict::of(results.next().as_ref(), p.tests.len());
+            errors += usize::from(verdict.sandbox_error);
+            passed.push(!p.tests.is_empty() && verdict.base);
+            passed_plus.push(!p.tests.is_empty() && verdict.base && verdict.plus);
         }
-        let n = samples.len();
-        let correct = passed.iter().filter(|x| **x).count();
         sandbox_errors += errors;
+        let n = samples.len();
+        let count = |v: &[bool]| v.iter().filter(|x| **x).count();
+        let (correct, correct_plus) = (count(&passed), count(&passed_plus));
         out.push(ProblemResult {
             id: p.id.clone(),
             samples: n,
             correct,
-            pass_at_k: ks
-                .iter()
-                .filter_map(|&k| pass_at_k(n, correct, k).map(|v| (k, v)))
-                .collect(),
+            pass_at_k: pass_at_ks(n, correct, ks),
             sandbox_errors: errors,
             completions: samples.clone(),
             passed,
+            correct_plus: with_plus.then_some(correct_plus),
+            pass_at_k_plus: with_plus.then(|| pass_at_ks(n, correct_plus, ks)),
+            passed_plus: with_plus.then_some(passed_plus),
         });
     }
-    let pass_at_k = ks
-        .iter()
-        .filter_map(|&k| {
-            let values: Vec<f64> = out
-                .iter()
-                .filter_map(|r| r.pass_at_k.iter().find(|(x, _)| *x == k).map(|v| v.1))
-                .collect();
-            (!values.is_empty() && values.len() == out.len())
-                .then(|| (k, values.iter().sum::<f64>() / values.len() as f64))
-        })
-        .collect();
+    let pass_at_k = mean_pass_at_k(ks, out.iter().map(|r| &r.pass_at_k[..]));
+    let pass_at_k_plus = with_plus
+        .then(|| mean_pass_at_k(ks, out.iter().filter_map(|r| r.pass_at_k_plus.as_deref())));
     EvalReport {
         problems: out,
         pass_at_k,
+        pass_at_k_plus,
         arness: None,
         sandbox_errors,
         non_data,
@@ -276,8 +322,61 @@ pub fn check_completions(
     }
 }
 
+/// One sample's verdict: base tests all passed, plus tests all passed, or the sandbox
+/// failed (never a pass).
+struct Verdict {
+    base: bool,
+    plus: bool,
+    sandbox_error: bool,
+}
+
+impl Verdict {
+    fn of(result: Option<&couplet_sandbox::JobResult>, base_tests: usize) -> Self {
+        match result.filter(|r| r.pass_rate().is_some()) {
+            None => Verdict {
+                base: false,
+                plus: false,
+                sandbox_error: true,
+            },
+            Some(r) => {
+                let (base, plus) = r.tests.split_at(base_tests.min(r.tests.len()));
+                Verdict {
+                    base: r.tests.len() >= base_tests && base.iter().all(|t| t.outcome.passed()),
+                    plus: plus.iter().all(|t| t.outcome.passed()),
+                    sandbox_error: false,
+                }
+            }
+        }
+    }
+}
+
+fn pass_at_ks(n: usize, correct: usize, ks: &[usize]) -> Vec<(usize, f64)> {
+    ks.iter()
+        .filter_map(|&k| pass_at_k(n, correct, k).map(|v| (k, v)))
+        .collect()
+}
+
+/// The mean over problems of each k's pass@k (a k missing for any problem is left out).
+fn mean_pass_at_k<'a>(
+    ks: &[usize],
+    per_problem: impl Iterator<Item = &'a [(usize, f64)]> + Clone,
+) -> Vec<(usize, f64)> {
+    ks.iter()
+        .filter_map(|&k| {
+            let values: Vec<Option<f64>> = per_problem
+                .clone()
+                .map(|r| r.iter().find(|(x, _)| *x == k).map(|v| v.1))
+                .collect();
+            let values: Option<Vec<f64>> = values.into_iter().collect();
+            values
+                .filter(|v| !v.is_empty())
+                .map(|v| (k, v.iter().sum::<f64>() / v.len() as f64))
+        })
+        .collect()
+}
+
 /// The code a sample is judged on: its first ```python block, else the whole text.
-fn solution_code(completion: &str) -> &str {
+pub fn solution_code(completion: &str) -> &str {
     if completion.contains("```python\n") {
         couplet_reward::extract_code(completion)
     } else {
