@@ -295,6 +295,68 @@ fn logprobs_estimates_and_pinned_masks() {
     );
 }
 
+/// A LLaDA-layout model goes through every stage unchanged: both decoders, a d1-style
+/// training step with the block decoder, and a checkpoint written in LLaDA's layout.
+#[test]
+fn a_llada_model_generates_trains_and_checkpoints_in_its_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("llada");
+    let tok = common::cpu_tokenizer();
+    let out = couplet(&[
+        "init-model",
+        "--arch",
+        "llada",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    assert_generates(&model);
+    let m = model.to_str().unwrap();
+    let out = couplet(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--steps",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--block-length",
+        "2",
+        "--cache",
+        "prefix",
+    ]);
+    assert_ok(&out);
+    let run = tmp.path().join("run");
+    let out = train_command(&model, &run, 1, false)
+        .args([
+            "--set",
+            "rollout.decoder=\"block\"",
+            "--set",
+            "rollout.block_length=8",
+            "--set",
+            "estimator.kind=\"d1\"",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoint-1/policy/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["model_type"], "llada");
+    assert!(config["d_model"].is_i64());
+    let policy = couplet_model::load_model(
+        &run.join("checkpoint-1/policy"),
+        couplet_model::LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(policy.config().is_llada() && !policy.shifted());
+}
+
 #[test]
 fn train_then_resume_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();

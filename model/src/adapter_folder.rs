@@ -32,40 +32,87 @@ pub fn save_adapter(model: &DreamModel, dir: &Path, base: Option<&Path>) -> Resu
         });
     };
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let config = serde_json::to_string_pretty(&PeftConfig::of(lora, base)).map_err(|e| {
-        ModelError::Parse {
-            path: dir.join(ADAPTER_CONFIG),
-            message: e.to_string(),
-        }
+    let llada = model.config().is_llada();
+    let mut peft = PeftConfig::of(lora, base);
+    if llada {
+        // PEFT on a LLaDA base names modules as LLaDA's code does.
+        peft.target_modules = lora
+            .target_modules
+            .iter()
+            .map(|&t| crate::llada::target_module(t).to_string())
+            .collect();
+    }
+    let config = serde_json::to_string_pretty(&peft).map_err(|e| ModelError::Parse {
+        path: dir.join(ADAPTER_CONFIG),
+        message: e.to_string(),
     })?;
     let path = dir.join(ADAPTER_CONFIG);
     std::fs::write(&path, config).map_err(|e| ModelError::io(&path, e))?;
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
-    hf_folder::write_safetensors(&dir.join(ADAPTER_WEIGHTS), &names, &vars, Kind::Float)
+    hf_folder::write_safetensors(
+        &dir.join(ADAPTER_WEIGHTS),
+        &names,
+        &vars,
+        Kind::Float,
+        &|name| adapter_stored_name(llada, name),
+    )
 }
 
-/// Reads the adapter shape of a folder's `adapter_config.json`.
+/// The name adapter tensor `name` is stored under on a base of this layout.
+fn adapter_stored_name(llada: bool, name: &str) -> String {
+    if llada {
+        crate::llada::adapter_tensor_name(name)
+    } else {
+        name.to_string()
+    }
+}
+
+/// Reads the adapter shape of a folder's `adapter_config.json` (module names of a Qwen2
+/// base).
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
+    read_adapter_config_for(dir, false)
+}
+
+/// Reads `adapter_config.json` for a base of LLaDA's layout (`llada`) or Qwen2's.
+fn read_adapter_config_for(dir: &Path, llada: bool) -> Result<LoraConfig> {
     let path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let peft: PeftConfig = serde_json::from_str(&text).map_err(|e| ModelError::Parse {
+    let mut peft: PeftConfig = serde_json::from_str(&text).map_err(|e| ModelError::Parse {
         path: path.clone(),
         message: e.to_string(),
     })?;
+    if llada {
+        for name in &mut peft.target_modules {
+            match crate::llada::parse_target_module(name) {
+                Some(target) => *name = target.name().to_string(),
+                None => {
+                    return Err(ModelError::field(
+                        &path,
+                        "target_modules",
+                        format!("{name:?} is not a LoRA target of a LLaDA base (q_proj, k_proj, v_proj, attn_out, ff_proj, up_proj, ff_out)"),
+                    ))
+                }
+            }
+        }
+    }
     peft.lora(&path)
 }
 
 /// Attaches the adapters of the folder `dir` to `model` (which must have none yet) and
 /// loads their weights, checking every name and shape.
 pub fn load_adapter(model: &mut DreamModel, dir: &Path) -> Result<LoraConfig> {
-    let lora = read_adapter_config(dir)?;
+    let llada = model.config().is_llada();
+    let lora = read_adapter_config_for(dir, llada)?;
     model.attach_lora(&lora);
-    let vars = model
+    let vars: HashMap<String, Tensor> = model
         .lora()
         .map(|(_, vs)| vs.variables())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, t)| (adapter_stored_name(llada, &name), t))
+        .collect();
     load_tensors(&vars, &dir.join(ADAPTER_WEIGHTS), dir)?;
     Ok(lora)
 }

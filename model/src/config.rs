@@ -70,9 +70,27 @@ pub struct DreamConfig {
     /// model) or token i (LLaDA-style). Absent means shifted, Dream's convention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift_logits: Option<bool>,
+    /// Whether the q/k/v projections carry a bias (Qwen2 and Dream do, LLaDA does not).
+    /// Absent means they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_bias: Option<bool>,
+    /// The checkpoint layout the folder uses; saving writes the same layout back.
+    #[serde(skip)]
+    pub layout: Layout,
     /// Every other key of the file, written back unchanged on save.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// How a folder names its tensors and config keys.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Layout {
+    /// Qwen2's (Dream, DiffuCoder): `model.layers.N.self_attn.q_proj`, `hidden_size`, ...
+    #[default]
+    Qwen2,
+    /// LLaDA's ([`crate::llada`]), holding the folder's own `config.json` keys so a save
+    /// writes back everything the user had.
+    Llada(Box<Map<String, Value>>),
 }
 
 /// `eos_token_id` is an integer or a list of integers in Hugging Face files.
@@ -112,15 +130,31 @@ fn default_initializer_range() -> f64 {
 }
 
 /// Model types whose tensors follow Qwen2's names and shapes.
-pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["Dream", "dream", "qwen2"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 4] = ["Dream", "dream", "qwen2", crate::llada::MODEL_TYPE];
 
 impl DreamConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let value: Value = parse_json(path, &text)?;
+        if let Value::Object(map) = &value {
+            if map.get("model_type").and_then(Value::as_str) == Some(crate::llada::MODEL_TYPE) {
+                return crate::llada::config_from_json(path, map.clone());
+            }
+        }
         let config: DreamConfig = parse_json(path, &text)?;
         config.validate(path)?;
         Ok(config)
+    }
+
+    /// Whether the q/k/v projections carry a bias.
+    pub fn attention_bias(&self) -> bool {
+        self.attention_bias.unwrap_or(true)
+    }
+
+    /// Whether the folder uses LLaDA's names and keys.
+    pub fn is_llada(&self) -> bool {
+        matches!(self.layout, Layout::Llada(_))
     }
 
     /// Key/value heads (grouped-query attention), defaulting to the attention heads.
@@ -254,7 +288,10 @@ impl DreamConfig {
 
     /// Writes the config as pretty JSON, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        write_json(path, self)
+        match &self.layout {
+            Layout::Qwen2 => write_json(path, self),
+            Layout::Llada(original) => write_json(path, &crate::llada::to_json(self, original)),
+        }
     }
 }
 

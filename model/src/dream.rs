@@ -93,7 +93,8 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos + rotate_half(x) * sin
 }
 
-/// Bidirectional grouped-query self-attention with q/k/v biases.
+/// Bidirectional grouped-query self-attention, with q/k/v biases unless the config has
+/// none (LLaDA).
 #[derive(Debug)]
 pub struct Attention {
     q_proj: Proj,
@@ -157,11 +158,11 @@ impl Attention {
     fn new(vs: nn::Path, cfg: &DreamConfig, init: Init) -> Self {
         let (h, d) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
-        let std = cfg.initializer_range;
+        let (std, bias) = (cfg.initializer_range, cfg.attention_bias());
         Attention {
-            q_proj: Proj::new(linear(&vs / "q_proj", h, nh * d, true, init, std)),
-            k_proj: Proj::new(linear(&vs / "k_proj", h, nkv * d, true, init, std)),
-            v_proj: Proj::new(linear(&vs / "v_proj", h, nkv * d, true, init, std)),
+            q_proj: Proj::new(linear(&vs / "q_proj", h, nh * d, bias, init, std)),
+            k_proj: Proj::new(linear(&vs / "k_proj", h, nkv * d, bias, init, std)),
+            v_proj: Proj::new(linear(&vs / "v_proj", h, nkv * d, bias, init, std)),
             o_proj: Proj::new(linear(&vs / "o_proj", nh * d, h, false, init, std)),
             num_heads: nh,
             num_kv_heads: nkv,

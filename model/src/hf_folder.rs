@@ -111,6 +111,15 @@ pub fn load_weights_into(model: &DreamModel, dir: &Path) -> Result<()> {
     let (files, weight_map) = weight_files(dir)?;
     let vars: HashMap<String, Tensor> = model.var_store().variables();
     let tied = model.config().tie_word_embeddings;
+    // Checkpoint names ↔ parameter names (the same, except for LLaDA folders).
+    let llada = model.config().is_llada();
+    let to_var = |stored: &str| {
+        if llada {
+            crate::llada::var_name(stored)
+        } else {
+            Some(stored.to_string())
+        }
+    };
     let mut seen = BTreeSet::new();
     let mut unexpected = Vec::new();
     let mut wrong = Vec::new();
@@ -143,8 +152,12 @@ pub fn load_weights_into(model: &DreamModel, dir: &Path) -> Result<()> {
                     continue;
                 }
             }
-            let Some(var) = vars.get(&name) else {
-                if tied && name == "lm_head.weight" {
+            let Some(var_name) = to_var(&name) else {
+                unexpected.push(problem("not a tensor name of LLaDA's layout".into()));
+                continue;
+            };
+            let Some(var) = vars.get(&var_name) else {
+                if tied && var_name == "lm_head.weight" {
                     continue; // tied checkpoints may still carry the duplicate
                 }
                 unexpected.push(problem("not a parameter of this architecture".into()));
@@ -166,7 +179,7 @@ pub fn load_weights_into(model: &DreamModel, dir: &Path) -> Result<()> {
                 )));
                 continue;
             };
-            if !seen.insert(name.clone()) {
+            if !seen.insert(var_name) {
                 wrong.push(problem("appears in more than one file".into()));
                 continue;
             }
@@ -183,7 +196,7 @@ pub fn load_weights_into(model: &DreamModel, dir: &Path) -> Result<()> {
     let missing: Vec<String> = vars
         .keys()
         .filter(|k| !seen.contains(*k))
-        .cloned()
+        .map(|k| stored_name(model.config(), k))
         .collect();
     if !missing.is_empty() || !unexpected.is_empty() || !wrong.is_empty() {
         let mut missing = missing;
@@ -260,16 +273,17 @@ pub fn save_model(model: &DreamModel, dir: &Path, options: &SaveOptions) -> Resu
         }
     }
 
+    let stored = |name: &str| stored_name(model.config(), name);
     if shards.len() == 1 {
-        write_safetensors(&dir.join(SINGLE_FILE), &shards[0], &vars, kind)?;
+        write_safetensors(&dir.join(SINGLE_FILE), &shards[0], &vars, kind, &stored)?;
     } else {
         let n = shards.len();
         let mut weight_map = BTreeMap::new();
         for (i, shard) in shards.iter().enumerate() {
             let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
-            write_safetensors(&dir.join(&file), shard, &vars, kind)?;
+            write_safetensors(&dir.join(&file), shard, &vars, kind, &stored)?;
             for name in shard {
-                weight_map.insert((*name).clone(), file.clone());
+                weight_map.insert(stored(name), file.clone());
             }
         }
         let index = serde_json::json!({
@@ -293,13 +307,24 @@ pub fn save_model(model: &DreamModel, dir: &Path, options: &SaveOptions) -> Resu
     Ok(())
 }
 
+/// The name parameter `name` is stored under in `config`'s layout.
+fn stored_name(config: &DreamConfig, name: &str) -> String {
+    if config.is_llada() {
+        crate::llada::stored_name(name)
+    } else {
+        name.to_string()
+    }
+}
+
 /// Streams `names` into one safetensors file (header, then raw little-endian data), one
-/// tensor in memory at a time. Written under a temp name and renamed when complete.
+/// tensor in memory at a time, each under `stored(name)`. Written under a temp name and
+/// renamed when complete.
 pub(crate) fn write_safetensors(
     path: &Path,
     names: &[&String],
     vars: &HashMap<String, Tensor>,
     kind: Kind,
+    stored: &dyn Fn(&str) -> String,
 ) -> Result<()> {
     let elem = dtype::element_size(kind);
     let mut header = serde_json::Map::new();
@@ -309,7 +334,7 @@ pub(crate) fn write_safetensors(
         let t = &vars[*name];
         let bytes = t.numel() * elem;
         header.insert(
-            (*name).clone(),
+            stored(name),
             serde_json::json!({
                 "dtype": dtype::safetensors_name(kind),
                 "shape": t.size(),

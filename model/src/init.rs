@@ -65,6 +65,8 @@ impl Preset {
             bos_token_id: None,
             eos_token_id: None,
             shift_logits: None,
+            attention_bias: None,
+            layout: crate::config::Layout::Qwen2,
             extra: Map::new(),
         }
     }

@@ -21,6 +21,7 @@ mod fsutil;
 pub mod hf_folder;
 pub mod init;
 pub mod kv_cache;
+pub mod llada;
 pub mod lora;
 pub mod names;
 pub mod random;
@@ -28,7 +29,7 @@ pub mod tokenizer;
 
 pub use adapter_folder::{is_adapter_folder, load_adapter, save_adapter};
 pub use chat_template::{ChatTemplate, Message};
-pub use config::{DreamConfig, GenerationConfig, TokenIds};
+pub use config::{DreamConfig, GenerationConfig, Layout, TokenIds};
 pub use device::{DeviceSpec, Precision};
 pub use dream::{DreamModel, Init};
 pub use error::{ModelError, Result};

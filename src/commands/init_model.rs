@@ -1,9 +1,18 @@
-//! `couplet init-model`: a fresh random Dream folder for tests and demos.
+//! `couplet init-model`: a fresh random Dream (or LLaDA-layout) folder for tests and demos.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use couplet_model::{init_model_folder, Preset};
+
+/// The checkpoint layout `init-model` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// Dream / DiffuCoder (Qwen2 layout).
+    Dream,
+    /// LLaDA-8B's layout.
+    Llada,
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,6 +25,10 @@ pub struct Args {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    /// Checkpoint layout: dream (Qwen2 names, q/k/v bias, GQA, shifted logits) or llada
+    /// (LLaDA-8B's names and config keys, no q/k/v bias, multi-head attention, unshifted).
+    #[arg(long, value_enum, default_value_t = Arch::Dream)]
+    arch: Arch,
     /// Seed of the random initialisation.
     #[arg(long, default_value_t = 0)]
     seed: i64,
@@ -59,6 +72,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(std) = args.init_std {
         config.initializer_range = std;
+    }
+    if args.arch == Arch::Llada {
+        config = couplet_model::llada::fresh(config);
     }
     let mut model = init_model_folder(config, &args.tokenizer, &args.out, args.seed)
         .with_context(|| format!("writing model folder {}", args.out.display()))?;

@@ -54,7 +54,12 @@ pub fn tiny_model(dir: &Path, tied: bool, seed: i64) -> PathBuf {
 
 /// Runs `tests/reference/dream_ref.py ARGS...`, panicking with its stderr on failure.
 pub fn reference(args: &[&str]) {
-    let script = repo().join("tests/reference/dream_ref.py");
+    reference_script("dream_ref.py", args)
+}
+
+/// Runs `tests/reference/SCRIPT ARGS...`, panicking with its stderr on failure.
+pub fn reference_script(script: &str, args: &[&str]) {
+    let script = repo().join("tests/reference").join(script);
     let out = Command::new(python())
         .arg(&script)
         .args(args)

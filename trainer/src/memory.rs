@@ -113,12 +113,14 @@ pub struct ParameterCount {
     pub vocab_matrix: f64,
 }
 
-/// Counts the parameters of `c` (Qwen2 layout: q/k/v biases, untied head unless tied).
+/// Counts the parameters of `c` (q/k/v biases unless the config has none, as LLaDA; an
+/// untied head unless tied).
 pub fn parameter_count(c: &DreamConfig) -> ParameterCount {
     let (h, i) = (c.hidden_size as f64, c.intermediate_size as f64);
     let q = (c.num_attention_heads * c.head_dim()) as f64;
     let kv = (c.num_kv_heads() * c.head_dim()) as f64;
-    let attention = h * q + q + 2.0 * (h * kv + kv) + q * h;
+    let bias = if c.attention_bias() { 1.0 } else { 0.0 };
+    let attention = h * q + bias * q + 2.0 * (h * kv + bias * kv) + q * h;
     let mlp = 3.0 * h * i;
     let layer = attention + mlp + 2.0 * h;
     let vocab_matrix = (c.vocab_size as f64) * h;
@@ -503,9 +505,12 @@ mod tests {
 
     #[test]
     fn parameter_count_matches_the_model() {
-        for tied in [false, true] {
+        for (tied, llada) in [(false, false), (true, false), (false, true)] {
             let mut cfg = Preset::Tiny.config(97);
             cfg.tie_word_embeddings = tied;
+            if llada {
+                cfg = couplet_model::llada::fresh(cfg);
+            }
             let model = couplet_model::DreamModel::new(
                 &cfg,
                 tch::Device::Cpu,
@@ -513,7 +518,11 @@ mod tests {
                 couplet_model::Init::Zeros,
             );
             let counted = parameter_count(&cfg).total;
-            assert_eq!(counted, model.num_parameters() as f64, "tied = {tied}");
+            assert_eq!(
+                counted,
+                model.num_parameters() as f64,
+                "tied = {tied}, llada = {llada}"
+            );
         }
     }
 
