@@ -96,9 +96,7 @@ impl Shard {
             ShardFormat::Columnar(container) => columnar::read_rows(&self.path, container, handle),
         }
     }
-}
 
-impl Shard {
     /// A row location of this shard in words (`line 3`, `row 7 (row group 1)`).
     pub fn describe(&self, location: &str) -> String {
         match self.format {
