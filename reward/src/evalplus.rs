@@ -1,15 +1,16 @@
 //! EvalPlus benchmarks (HumanEval+ and MBPP+ JSONL: `task_id`, `prompt`, `entry_point`,
 //! `canonical_solution`, `base_input`, `plus_input`, `atol`): a sample is judged on its
 //! outputs against the canonical solution's outputs on the same inputs, as EvalPlus
-//! judges — equality, or for floats closeness within `atol` (at least 1e-6) with numpy's
-//! default `rtol = 1e-7`, and HumanEval/32's root oracle.
+//! judges — equality, or for float outputs of the same type closeness within `atol` (1e-6
+//! when it is 0) with `rtol = 1e-7`, HumanEval/32's root oracle and MBPP+'s oracles.
 //!
 //! Each test program runs in the sandbox's trusted interpreter: it executes the canonical
 //! solution (benchmark code, trusted) in a namespace of its own, computes the expected
 //! output of every input there, and calls the sample's entry point, whose results cross
-//! back as plain data only. Inputs are JSON (tuples arrive as lists: EvalPlus's per-task
-//! MBPP+ re-typing and its MBPP+ special oracles are not reproduced), which is why the
-//! evaluation also writes EvalPlus's `samples.jsonl` for rescoring with the official tool.
+//! back as plain data only. MBPP+ inputs are re-typed as EvalPlus deserialises them (JSON
+//! has no tuples, sets or complex numbers) and MBPP+'s special oracles apply
+//! (`evalplus_harness.py`); the evaluation also writes EvalPlus's `samples.jsonl` for
+//! rescoring with the official tool.
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -158,16 +159,36 @@ impl Problem {
             .collect()
     }
 
+    /// `mbpp` for MBPP+ tasks (`Mbpp/N`), else `humaneval`: which of EvalPlus's rules apply.
+    fn dataset(&self) -> &'static str {
+        if self.task_id.starts_with("Mbpp/") {
+            "mbpp"
+        } else {
+            "humaneval"
+        }
+    }
+
+    /// N of `Mbpp/N` (-1 when the id has no number): the key of MBPP+'s input re-typing.
+    fn task_number(&self) -> i64 {
+        self.task_id
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(-1)
+    }
+
     /// A trusted test program judging the entry point on the inputs of `inputs_json`.
     fn test_program(&self, inputs_json: &str) -> String {
         let literal = |s: &str| serde_json::to_string(s).expect("a string serialises");
         format!(
-            "{HARNESS}\n_check({reference}, {entry}, {entry_name}, {inputs}, {atol:?})\n",
+            "{HARNESS}\n_check({reference}, {entry}, {entry_name}, {inputs}, {atol:?}, {dataset}, {task})\n",
             reference = literal(&self.reference()),
             entry = self.entry_point,
             entry_name = literal(&self.entry_point),
             inputs = literal(inputs_json),
             atol = self.atol,
+            dataset = literal(self.dataset()),
+            task = self.task_number(),
         )
     }
 }
@@ -186,51 +207,6 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_alphanumeric() || c == '_')
 }
 
-/// The judging code shared by every EvalPlus test program (runs in the trusted
-/// interpreter; `candidate` is the sample's entry point, a handle to the untrusted side).
-const HARNESS: &str = r#"
-import copy as _copy, json as _json, math as _math
-
-def _is_floats(x):
-    if isinstance(x, float):
-        return True
-    if isinstance(x, (list, tuple)):
-        return all(isinstance(i, float) for i in x)
-    return False
-
-def _close(out, exp, atol):
-    # numpy.testing.assert_allclose(out, exp, atol=atol): rtol 1e-7, NaN equals NaN.
-    if isinstance(exp, (list, tuple)):
-        return (isinstance(out, (list, tuple)) and len(out) == len(exp)
-                and all(_close(o, e, atol) for o, e in zip(out, exp)))
-    numbers = (int, float)
-    if type(out) not in numbers + (bool,) or type(exp) not in numbers + (bool,):
-        return False
-    if _math.isnan(exp) or _math.isnan(out):
-        return _math.isnan(exp) and _math.isnan(out)
-    if _math.isinf(exp) or _math.isinf(out):
-        return exp == out
-    return abs(out - exp) <= atol + 1e-7 * abs(exp)
-
-def _poly(xs, x):
-    return sum(c * _math.pow(x, i) for i, c in enumerate(xs))
-
-def _check(reference, candidate, entry_point, inputs, atol):
-    namespace = {}
-    exec(compile(reference, "<canonical solution>", "exec"), namespace)
-    expected_of = namespace[entry_point]
-    for i, args in enumerate(_json.loads(inputs)):
-        expected = expected_of(*_copy.deepcopy(args))
-        out = candidate(*_copy.deepcopy(args))
-        if entry_point == "find_zero":
-            assert abs(_poly(args[0], out)) <= max(atol, 1e-6), f"input {i}: not a root"
-            continue
-        tolerance = atol
-        if tolerance == 0 and _is_floats(expected):
-            tolerance = 1e-6
-        exact = out == expected
-        if not exact and tolerance != 0:
-            assert _close(out, expected, tolerance), f"input {i}: {out!r} != {expected!r}"
-        else:
-            assert exact, f"input {i}: {out!r} != {expected!r}"
-"#;
+/// The judging code shared by every EvalPlus test program (EvalPlus's rules, run in the
+/// trusted interpreter).
+const HARNESS: &str = include_str!("evalplus_harness.py");

@@ -166,6 +166,60 @@ fn outputs_are_judged_like_evalplus() {
     assert!(report.non_data.results >= 1, "the forged object is counted");
 }
 
+/// MBPP+ as EvalPlus judges it: inputs re-typed (Mbpp/2 takes tuples), set equality for
+/// Mbpp/2, and Mbpp/737's "returned something" oracle for a non-data (match object) result.
+#[test]
+fn mbpp_plus_inputs_are_retyped_and_its_oracles_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("MbppPlus.jsonl");
+    write_jsonl(
+        &path,
+        &[
+            json!({
+                "task_id": "Mbpp/2",
+                "prompt": "\"\"\"\nWrite a function to find the shared elements from the given two lists.\nassert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))\n\"\"\"\n",
+                "entry_point": "similar_elements",
+                "canonical_solution": "\ndef similar_elements(test_tup1, test_tup2):\n  return tuple(set(test_tup1) & set(test_tup2))\n",
+                "base_input": [[[3, 4, 5, 6], [5, 7, 4, 10]], [[1, 2, 3, 4], [5, 4, 3, 7]]],
+                "plus_input": [[[11, 12, 14, 13], [17, 15, 14, 13]]],
+                "atol": 0,
+            }),
+            json!({
+                "task_id": "Mbpp/737",
+                "prompt": "\"\"\"\nWrite a function to check whether the given string is starting with a vowel or not using regex.\nassert check_str(\"annie\")\n\"\"\"\n",
+                "entry_point": "check_str",
+                "canonical_solution": "import re\nregex = '^[aeiouAEIOU][A-Za-z0-9_]*'\ndef check_str(string):\n  return re.search(regex, string)\n",
+                "base_input": [["annie"], ["dawood"]],
+                "plus_input": [["Else"], ["xyz"]],
+                "atol": 0,
+            }),
+        ],
+    );
+    let problems = load_benchmark(&path.to_string_lossy(), &repo()).unwrap();
+    let shared = vec![
+        sample(problems[0].reference.as_ref().unwrap()),
+        // Only tuples (EvalPlus's types) get an answer; the order differs (set equality).
+        sample("def similar_elements(a, b):\n    if type(a) is not tuple:\n        return None\n    return tuple(sorted(set(a) & set(b), reverse=True))"),
+        sample("def similar_elements(a, b):\n    return (a[0],)"),
+    ];
+    let vowel = vec![
+        // Returns a match object (not plain data): judged on whether it returned one.
+        sample(problems[1].reference.as_ref().unwrap()),
+        sample("import re\ndef check_str(s):\n    return bool(re.match('[aeiouAEIOU]', s))"),
+        sample("def check_str(s):\n    return True"),
+    ];
+    let report = judge(&problems, vec![shared, vowel]);
+    assert_eq!(report.sandbox_errors, 0);
+    assert_eq!(
+        passes(&report, 0),
+        (vec![true, true, false], vec![true, true, false])
+    );
+    assert_eq!(
+        passes(&report, 1),
+        (vec![true, true, false], vec![true, true, false])
+    );
+}
+
 #[test]
 fn mbpp_rows_become_docstring_prompts_and_assert_tests() {
     let tmp = tempfile::tempdir().unwrap();
