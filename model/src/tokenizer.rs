@@ -23,6 +23,8 @@ pub const END_OF_TEXT_TOKEN: &str = "<|endoftext|>";
 pub const IM_START_TOKEN: &str = "<|im_start|>";
 /// End of a chat turn (also ends a completion).
 pub const IM_END_TOKEN: &str = "<|im_end|>";
+/// End of a chat turn in LLaMA-3-style templates (LLaDA-8B-Instruct).
+pub const EOT_TOKEN: &str = "<|eot_id|>";
 /// System prompt of the chat template when none is given.
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant.";
 
@@ -37,12 +39,13 @@ pub struct SpecialTokens {
     pub eos: Vec<i64>,
     /// Chat turn delimiters, when the tokenizer has them.
     pub im_start: Option<i64>,
-    /// End of a chat turn, when the vocabulary has one.
+    /// End of a chat turn, when the vocabulary has one: Qwen's `<|im_end|>`, else
+    /// LLaMA-3's / LLaDA's `<|eot_id|>`.
     pub im_end: Option<i64>,
 }
 
 impl SpecialTokens {
-    /// Ids that end a completion: eos and, for chat models, `<|im_end|>` (SPEC 2.3).
+    /// Ids that end a completion: eos and, for chat models, the end of turn (SPEC 2.3).
     pub fn end_of_completion(&self) -> Vec<i64> {
         let mut ids = self.eos.clone();
         if let Some(id) = self.im_end {
@@ -300,7 +303,7 @@ fn resolve_special_tokens(
         pad,
         eos,
         im_start: lookup(IM_START_TOKEN),
-        im_end: lookup(IM_END_TOKEN),
+        im_end: lookup(IM_END_TOKEN).or_else(|| lookup(EOT_TOKEN)),
     };
     let vocab = config.vocab_size;
     let tokenizer_vocab = tokenizer.get_vocab_size(true) as i64;

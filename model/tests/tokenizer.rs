@@ -45,6 +45,28 @@ fn qwen_model_folder_resolves_special_tokens_from_files() {
     assert_eq!(ids.iter().filter(|&&i| i == 151645).count(), 2);
 }
 
+/// LLaMA-3-style vocabularies (LLaDA-8B-Instruct) end a chat turn with `<|eot_id|>`.
+#[test]
+fn eot_id_ends_a_completion_when_there_is_no_im_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The CPU tokenizer with its `<|im_end|>` renamed `<|eot_id|>`.
+    let text = std::fs::read_to_string(common::cpu_tokenizer()).unwrap();
+    assert!(text.contains("<|im_end|>"));
+    let tok_path = tmp.path().join("tokenizer.json");
+    std::fs::write(&tok_path, text.replace("<|im_end|>", "<|eot_id|>")).unwrap();
+    assert!(load_tokenizer_file(&tok_path)
+        .unwrap()
+        .token_to_id("<|im_end|>")
+        .is_none());
+    let dir = tmp.path().join("m");
+    init_model_folder(common::tiny_config(false), &tok_path, &dir, 0).unwrap();
+    let ckpt = LoadedModel::load(&dir, LoadOptions::default()).unwrap();
+    let eot = ckpt.tokenizer.token_to_id("<|eot_id|>").unwrap();
+    let special = ckpt.tokenizer.special();
+    assert_eq!(special.im_end, Some(eot));
+    assert!(special.end_of_completion().contains(&eot));
+}
+
 #[test]
 fn ids_come_from_the_folder_not_from_constants() {
     // Pointing config.json at another mask id is honoured.
