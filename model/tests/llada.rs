@@ -116,12 +116,7 @@ fn parity(tied: bool) {
     // Two implementations, two summation orders: the longest chained reduction is the
     // MLP's, once per layer plus the head.
     let magnitude = expected.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
-    let cfg = model.config();
-    let tol = common::f32_order_tolerance(
-        magnitude,
-        cfg.intermediate_size as usize,
-        cfg.num_hidden_layers as usize + 1,
-    );
+    let tol = common::forward_tolerance(magnitude, model.config());
     eprintln!(
         "tied={tied}: max |Δlogit| = {max_diff:e} (tolerance {tol:e}, magnitude {magnitude:.2})"
     );

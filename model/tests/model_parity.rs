@@ -65,12 +65,7 @@ fn parity(tied: bool, padded: bool) {
     // Two implementations, two summation orders: the longest chained reduction is the
     // MLP's (intermediate_size terms), once per layer plus the lm_head.
     let magnitude = expected.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
-    let cfg = model.config();
-    let tol = common::f32_order_tolerance(
-        magnitude,
-        cfg.intermediate_size as usize,
-        cfg.num_hidden_layers as usize + 1,
-    );
+    let tol = common::forward_tolerance(magnitude, model.config());
     eprintln!("tied={tied} padded={padded}: max |Δlogit| = {max_diff:e} (tolerance {tol:e})");
     assert!(
         f64::from(max_diff) <= tol,
@@ -109,14 +104,9 @@ fn left_padding_does_not_change_real_positions() {
     let mask = Tensor::from_slice2(&[[0i64, 0, 0, 1, 1, 1, 1, 1]]);
     let a = model.forward_logits(&plain, None);
     let b = model.forward_logits(&padded, Some(&mask)).narrow(1, 3, 5);
-    let cfg = model.config();
     // Padding changes the key count of every attention softmax and the matmul blocking;
     // the longest chained reduction is the MLP's, once per layer plus the lm_head.
-    let tol = common::f32_order_tolerance(
-        a.abs().max().double_value(&[]),
-        cfg.intermediate_size as usize,
-        cfg.num_hidden_layers as usize + 1,
-    );
+    let tol = common::forward_tolerance(a.abs().max().double_value(&[]), model.config());
     let diff = (a - b).abs().max().double_value(&[]);
     eprintln!("left padding: max |Δlogit| = {diff:e} (tolerance {tol:e})");
     assert!(diff <= tol, "diff {diff} > tolerance {tol}");

@@ -95,27 +95,22 @@ pub(crate) fn read_rows(
             };
             read_batches(path, reader, "Parquet", &locate, handle)
         }
-        Container::ArrowFile => {
-            let reader = arrow_ipc::reader::FileReader::try_new(BufReader::new(file), None)
-                .map_err(|e| format_error("Arrow IPC", &e))?;
-            read_batches(
-                path,
-                reader,
-                "Arrow IPC",
-                &|row| format!("row {row}"),
-                handle,
-            )
-        }
-        Container::ArrowStream => {
-            let reader = arrow_ipc::reader::StreamReader::try_new(BufReader::new(file), None)
-                .map_err(|e| format_error("Arrow IPC", &e))?;
-            read_batches(
-                path,
-                reader,
-                "Arrow IPC",
-                &|row| format!("row {row}"),
-                handle,
-            )
+        Container::ArrowFile | Container::ArrowStream => {
+            let file = BufReader::new(file);
+            let reader: Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>>> =
+                if container == Container::ArrowFile {
+                    Box::new(
+                        arrow_ipc::reader::FileReader::try_new(file, None)
+                            .map_err(|e| format_error("Arrow IPC", &e))?,
+                    )
+                } else {
+                    Box::new(
+                        arrow_ipc::reader::StreamReader::try_new(file, None)
+                            .map_err(|e| format_error("Arrow IPC", &e))?,
+                    )
+                };
+            let locate = |row: usize| format!("row {row}");
+            read_batches(path, reader, "Arrow IPC", &locate, handle)
         }
     }
 }

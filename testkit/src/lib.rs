@@ -190,6 +190,17 @@ pub fn f32_order_tolerance(magnitude: f64, n: usize, depth: usize) -> f64 {
     2.0 * (n * depth) as f64 * F32_UNIT_ROUNDOFF * magnitude.max(1.0)
 }
 
+/// The f32 bound on the logits of two implementations of a whole forward pass of `config`:
+/// the longest chained reduction is the MLP's (`intermediate_size` terms), once per layer
+/// plus the LM head.
+pub fn forward_tolerance(magnitude: f64, config: &DreamConfig) -> f64 {
+    f32_order_tolerance(
+        magnitude,
+        config.intermediate_size as usize,
+        config.num_hidden_layers as usize + 1,
+    )
+}
+
 /// A stub denoiser whose logits depend only on the scored position: row `pos` of
 /// `table [L, V]`, so decoders and estimators can be checked by hand.
 pub struct FixedLogits {
