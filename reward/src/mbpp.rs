@@ -107,18 +107,19 @@ impl Problem {
         self.tests_of(&self.challenge_test_list)
     }
 
-    fn tests_of(&self, asserts: &[String]) -> Vec<String> {
-        let mut preamble = self.test_imports.join("\n");
+    /// MBPP's harness runs the test imports and `test_setup_code` in the same program as
+    /// the solution, before it: they are the job's trusted setup code (run before the
+    /// solution, and before each test on the trusted side), so a canonical solution may use
+    /// a name they define and a solution cannot redefine it for the tests.
+    pub fn setup(&self) -> String {
+        let mut setup = self.test_imports.join("\n");
         if !self.test_setup_code.trim().is_empty() {
-            preamble = format!("{preamble}\n{}", self.test_setup_code);
+            setup = format!("{setup}\n{}", self.test_setup_code);
         }
-        asserts
-            .iter()
-            .map(|a| {
-                format!("{}\n{}\n", preamble.trim(), a.trim())
-                    .trim_start()
-                    .to_string()
-            })
-            .collect()
+        setup.trim().to_string()
+    }
+
+    fn tests_of(&self, asserts: &[String]) -> Vec<String> {
+        asserts.iter().map(|a| format!("{}\n", a.trim())).collect()
     }
 }

@@ -278,6 +278,7 @@ fn run_jobs(
                     Vec::new()
                 },
                 check_syntax: true,
+                ..Default::default()
             };
             (i, job)
         })

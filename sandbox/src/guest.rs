@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::harness::{
-    code_frame, init_frame, new_token, source_frame, Flood, Frame, FrameReader, Role,
+    code_frame, init_frame, new_token, source_frame, Flood, Frame, FrameReader, GuestRules,
+    JobCode, Role,
 };
 use crate::job::Limits;
 
@@ -56,9 +57,9 @@ pub trait Launcher: Send + Sync {
     /// Starts `python -I -S -B -c BOOT` confined as the backend confines; the first frame
     /// sent on `to_guest` will be a bootstrap frame (see `harness::BOOT`).
     fn launch(&self, role: Role, limits: &Limits) -> Result<Pipes, String>;
-    /// The process backend's audit rules (extra allowed roots); `None`: no OS audit rules.
-    fn audit_roots(&self) -> Option<Vec<String>> {
-        None
+    /// What the harness in each instance must do for its own confinement.
+    fn guest_rules(&self) -> GuestRules {
+        GuestRules::default()
     }
 }
 
@@ -79,8 +80,6 @@ pub struct Guest {
     frames: FrameReader,
     /// Role it plays.
     pub role: Role,
-    /// Memory cap it was started with (trusted instances are reused only under the same).
-    pub memory_bytes: u64,
     ended: Option<InstanceEnd>,
 }
 
@@ -88,34 +87,25 @@ pub struct Guest {
 const START_BUDGET: Duration = Duration::from_secs(30);
 
 impl Guest {
-    /// Starts an instance and waits for its hello. `Err` is a sandbox failure (the
-    /// interpreter cannot start, or died before running anything of the job's).
+    /// Starts a fresh instance for one job and waits for its hello. `Err` is a sandbox
+    /// failure (the interpreter cannot start, or died before running anything of the
+    /// job's).
     pub fn start(
         launcher: &dyn Launcher,
         cache: &InstanceCache,
         role: Role,
         limits: &Limits,
-        solution: &str,
+        code: JobCode<'_>,
     ) -> Result<Guest, String> {
-        let pipes = match role {
-            Role::Untrusted => cache.booted_untrusted(launcher, limits)?,
-            Role::Trusted => boot(launcher, cache, role, limits)?,
-        };
+        let pipes = cache.booted(launcher, role, limits)?;
         let token = new_token();
-        let roots = launcher.audit_roots();
-        let init = init_frame(
-            role,
-            &token,
-            roots.as_deref(),
-            limits.output_bytes,
-            solution,
-        );
+        let rules = launcher.guest_rules();
+        let init = init_frame(role, &token, &rules, limits.output_bytes, code);
         let _ = pipes.to_guest.send(init);
         let mut guest = Guest {
             pipes,
             frames: FrameReader::new(&token),
             role,
-            memory_bytes: limits.memory_bytes,
             ended: None,
         };
         match guest.recv(Instant::now() + START_BUDGET) {
@@ -185,21 +175,20 @@ impl Drop for Guest {
     }
 }
 
-/// What a backend keeps between jobs: the harness compiled by its own interpreter, and idle
-/// trusted instances, which are reused because they never execute solution code (one job
-/// cannot leave anything behind for the next).
+/// What a backend keeps between jobs: the harness compiled by its own interpreter, and
+/// instances already booting for the next jobs. Nothing that ran any job's code is kept:
+/// each job gets a fresh trusted and a fresh untrusted instance, so no state (a poisoned
+/// module, a rewritten harness) can outlive the job that made it.
 #[derive(Default)]
 pub struct InstanceCache {
     code: OnceLock<Result<Vec<u8>, String>>,
-    idle: Mutex<Vec<Guest>>,
-    /// Untrusted instances already booting (harness loaded, waiting for their first job's
-    /// init), with the limits they were started under. Each is fresh: it has run nothing
-    /// of any solution. Booting the next one while a job runs fills the cores' idle time
-    /// between request and answer.
-    spare: Mutex<Vec<(Limits, Pipes)>>,
+    /// Instances already booting (harness loaded, waiting for their job's init), with the
+    /// role and limits they were started under. Each has run nothing of any job. Booting
+    /// the next ones while a job runs fills the cores' idle time between request and answer.
+    spare: Mutex<Vec<(Role, Limits, Pipes)>>,
 }
 
-/// Booting untrusted instances kept at most (jobs with differing limits each leave one).
+/// Booting instances kept at most (jobs with differing limits each leave some).
 const MAX_SPARES: usize = 8;
 
 /// Launches an instance and sends it the marshalled harness.
@@ -224,44 +213,33 @@ impl InstanceCache {
         }
     }
 
-    /// A fresh, booting untrusted instance for `limits` (a spare when one is ready), and a
+    /// A fresh, booting instance of `role` for `limits` (a spare when one is ready), and a
     /// new spare started behind it.
-    fn booted_untrusted(&self, launcher: &dyn Launcher, limits: &Limits) -> Result<Pipes, String> {
+    fn booted(
+        &self,
+        launcher: &dyn Launcher,
+        role: Role,
+        limits: &Limits,
+    ) -> Result<Pipes, String> {
         let spare = self.spare.lock().ok().and_then(|mut spares| {
-            let at = spares.iter().position(|(l, _)| l == limits)?;
-            Some(spares.swap_remove(at).1)
+            let at = spares
+                .iter()
+                .position(|(r, l, _)| *r == role && l == limits)?;
+            Some(spares.swap_remove(at).2)
         });
         let pipes = match spare {
             Some(pipes) => pipes,
-            None => boot(launcher, self, Role::Untrusted, limits)?,
+            None => boot(launcher, self, role, limits)?,
         };
-        if let Ok(next) = boot(launcher, self, Role::Untrusted, limits) {
+        if let Ok(next) = boot(launcher, self, role, limits) {
             if let Ok(mut spares) = self.spare.lock() {
                 if spares.len() >= MAX_SPARES {
                     spares.remove(0);
                 }
-                spares.push((*limits, next));
+                spares.push((role, *limits, next));
             }
         }
         Ok(pipes)
-    }
-
-    /// An idle trusted instance started with `limits`' memory cap, if any.
-    pub fn take(&self, limits: &Limits) -> Option<Guest> {
-        let mut idle = self.idle.lock().ok()?;
-        let at = idle
-            .iter()
-            .position(|g| g.memory_bytes == limits.memory_bytes)?;
-        Some(idle.swap_remove(at))
-    }
-
-    /// Returns a healthy trusted instance for the next job.
-    pub fn put(&self, guest: Guest) {
-        if guest.alive() && guest.role == Role::Trusted {
-            if let Ok(mut idle) = self.idle.lock() {
-                idle.push(guest);
-            }
-        }
     }
 }
 

@@ -8,9 +8,15 @@
 #
 # Values cross as plain data: exact builtin types only (None, bool, int, float, complex,
 # str, bytes, list, tuple, dict, set, frozenset), depth- and size-capped; any other object
-# stays where it lives and crosses as a handle, on which the trusted side allows only
-# attribute access, calls, iteration, len, indexing and `in` (each a request). Comparing,
-# hashing, truth-testing or printing a handle fails the test: `non-data result`.
+# stays where it lives and crosses as a handle. A handle is asked only to compute: calls,
+# attribute access, indexing and iteration are requests whose answers are again plain data
+# or handles. It is never asked for its opinion of a test's value: comparing, hashing,
+# truth-testing, converting or printing it fails the test (`non-data result`); `in` and
+# `len` are answered here, from the items its iteration yields.
+#
+# Names mean what the test means: builtins, standard-library modules and the names the
+# job's trusted setup code defines (a HumanEval prompt's helpers, MBPP's test_setup_code)
+# always resolve here; only the job's entry points may carry such a name.
 #
 # Framing. host -> guest: "<kind> <seq> <length>\n<payload>".
 #          guest -> host: "\n<token> <kind> <seq> <length>\n<payload>" (bytes around frames
@@ -59,12 +65,26 @@ def _couplet_main():
     state["token"] = fields[0]
     flags = fields[1].split(b",")
     roots = [r.decode() for r in fields[2].split(b"\x00") if r]
+    if b"nodump" in flags:
+        _not_dumpable()
     _install_audit_hook(b"audit" in flags, roots, _BaseException)
     sys.stdin = None
+    setup, entry_points, solution = _decode(fields[4], None)
+    text = lambda b: b.decode("utf-8", "surrogatepass")
     if kind == b"T":
-        _trusted(read_frame, send)
+        _trusted(read_frame, send, text(setup), frozenset(text(e) for e in entry_points))
     else:
-        _untrusted(read_frame, send, int(fields[3]), fields[4].decode("utf-8", "surrogatepass"))
+        _untrusted(read_frame, send, int(fields[3]), text(setup), text(solution))
+
+
+def _not_dumpable():
+    # PR_SET_DUMPABLE = 4. execve makes every process dumpable again, so the instance says
+    # it itself, before any job code runs; the seccomp filter refuses any other prctl, so
+    # nothing can turn it back on.
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:
+        raise SystemExit(4)
 
 
 # ---------------------------------------------------------------- plain-data codec
@@ -127,9 +147,10 @@ _SEQUENCE_TAGS = {list: b"l", tuple: b"u", set: b"e", frozenset: b"z"}
 _SEQUENCE_KINDS = {tag: kind for kind, tag in _SEQUENCE_TAGS.items()}
 
 
-def _decode(data, handle):
-    """The value `_encode` wrote; `handle(i)` resolves handle i. Raises _NotData when `data`
-    is not exactly one well-formed value within the caps."""
+def _decode(data, handle, texts=None):
+    """The value `_encode` wrote; `handle(i)` resolves handle i; every str and bytes value
+    is also added (as bytes) to `texts` when given. Raises _NotData when `data` is not
+    exactly one well-formed value within the caps."""
     pos = [0]
     count = [0]
 
@@ -166,6 +187,8 @@ def _decode(data, handle):
             size = sized()
             raw = data[pos[0] : pos[0] + size]
             pos[0] += size
+            if texts is not None:
+                texts.add(bytes(raw))
             return raw.decode("utf-8", "surrogatepass") if tag == b"s" else bytes(raw)
         if tag in (b"l", b"u", b"e", b"z"):
             n = int(upto(b":"))
@@ -233,16 +256,18 @@ def _exception_message(e):
 
 
 # Request operations (the only things the trusted side may ask of a handle).
-_CALL, _GETATTR, _SETATTR, _ITER, _NEXT, _LEN, _GETITEM, _CONTAINS = range(8)
+_CALL, _GETATTR, _SETATTR, _ITER, _NEXT, _GETITEM, _ITEMS = range(7)
 
 
 # ---------------------------------------------------------------- untrusted role
 
 
-def _untrusted(read_frame, send, cap, solution):
-    """Execute the solution (at start and again after every `O`, announcing its names with
-    `N`), answer requests (`C`), end a test and hand over its captured output (`O`). Nothing here is trusted by anyone: a solution may rewrite all
-    of it, and can still only answer with plain data or handles."""
+def _untrusted(read_frame, send, cap, setup, solution):
+    """Report whether the solution parses (`S`, before anything of it runs), then execute
+    the setup code and the solution (at start and again after every `O`, announcing the
+    names with `N`), answer requests (`C`), end a test and hand over its captured output
+    (`O`). Nothing here is trusted by anyone: a solution may rewrite all of it, and can
+    still only answer with plain data or handles."""
     import sys, builtins
 
     pristine = dict(builtins.__dict__)
@@ -253,14 +278,16 @@ def _untrusted(read_frame, send, cap, solution):
         handles.append(obj)
         return _len(handles) - 1
 
+    send(b"H", 0, b"")
+    parsed, code = _parse(solution)
     try:
-        code = compile(solution, "<solution>", "exec", dont_inherit=True)
+        setup_code = compile(setup, "<setup>", "exec", dont_inherit=True)
     except _BaseException as e:
-        code = e
+        setup_code = e
     out, err = _Capped(cap), _Capped(cap)
     sys.stdout, sys.stderr = out, err
-    send(b"H", 0, b"")
-    send(*_reset(0, code, pristine, handle_of))
+    send(b"S", 0, parsed)
+    send(*_reset(0, setup_code, code, pristine, handle_of))
     while True:
         kind, seq, payload = read_frame()
         if kind == b"C":
@@ -271,21 +298,37 @@ def _untrusted(read_frame, send, cap, solution):
             out.buf, err.buf, out.truncated, err.truncated = bytearray(), bytearray(), False, False
             send(b"O", seq, blob)
             # Ready for the next test at once (saves the judge a round trip per test).
-            send(*_reset(seq, code, pristine, handle_of))
+            send(*_reset(seq, setup_code, code, pristine, handle_of))
 
 
-def _reset(seq, code, pristine, handle_of):
-    """Fresh builtins and globals, the solution executed; reply with its names (`N`) or
-    the exception its execution raised (`X`)."""
+def _parse(solution):
+    """(`ok` or the parser's exception name, the compiled solution or that exception).
+    0x400 = ast.PyCF_ONLY_AST: the syntax verdict is exactly ast.parse's. It runs here, in
+    the instance that is about to run the solution anyway, so a parser crash
+    (RecursionError on a deeply nested expression) costs nothing but a `false`."""
+    try:
+        tree = compile(solution, "<solution>", "exec", 0x400, dont_inherit=True)
+    except BaseException as e:
+        return type(e).__name__.encode() or b"error", e
+    try:
+        return b"ok", compile(tree, "<solution>", "exec", dont_inherit=True)
+    except BaseException as e:
+        return b"ok", e
+
+
+def _reset(seq, setup_code, code, pristine, handle_of):
+    """Fresh builtins and globals, the setup code and the solution executed; reply with the
+    names (`N`) or the exception their execution raised (`X`)."""
     import builtins, types
 
     builtins.__dict__.clear()
     builtins.__dict__.update(pristine)
     g = {"__name__": "__main__", "__builtins__": builtins}
     try:
-        if isinstance(code, BaseException):
-            raise code
-        exec(code, g)
+        for c in (setup_code, code):
+            if isinstance(c, BaseException):
+                raise c
+            exec(c, g)
     except BaseException as e:
         return b"X", seq, _encode((type(e).__name__, _exception_message(e)), None)
     names = []
@@ -323,14 +366,24 @@ def _answer(seq, payload, handles, handle_of):
             return b"X", seq, _encode(("Exception", ""), None)
 
 
+def _items(target):
+    """The items an object commits to, for the trusted side's `len` and `in`: a list of
+    what iterating it yields. An iterator has no length (as in Python: TypeError); the
+    trusted side then iterates it for `in`, consuming it as Python would."""
+    if iter(target) is target:
+        raise TypeError("object of type '%s' has no len()" % type(target).__name__)
+    return list(target)
+
+
+# No `len` or `in` here: the trusted side answers them from `_items`, so an object cannot
+# claim a length or a member it does not have.
 _OPERATIONS = {
+    _ITEMS: _items,
     _GETATTR: getattr,
     _SETATTR: setattr,
     _ITER: iter,
     _NEXT: next,
-    _LEN: len,
     _GETITEM: lambda target, key: target[key],
-    _CONTAINS: lambda target, item: item in target,
 }
 
 
@@ -345,37 +398,34 @@ class _NonDataUse(BaseException):
     """A value that is not plain data reached a place that needs data."""
 
 
-def _trusted(read_frame, send):
-    """Serve `S` (syntax check of a solution's source, by parsing only) and `T` (run one
-    test with the solution's names bound to handles) until the host closes stdin."""
+def _trusted(read_frame, send, setup, entry_points):
+    """Serve `T` (run one test with the solution's names bound to handles) until the host
+    closes stdin. One instance serves one job: nothing a job does here outlives it."""
     import sys, builtins
 
     pristine = dict(builtins.__dict__)
+    try:
+        setup_code = compile(setup, "<setup>", "exec", dont_inherit=True)
+    except BaseException as e:
+        setup_code = e
+    names = _Names(frozenset(pristine), frozenset(sys.stdlib_module_names), entry_points)
+    crossed = set()
+    _install_gate(crossed)
     send(b"H", 0, b"")
     while True:
         kind, seq, payload = read_frame()
-        if kind == b"S":
-            send(b"S", seq, _syntax(payload))
-        elif kind == b"T":
-            index, cap, source, names = _decode(payload, None)
-            verdict = _run_test(cap, source.decode("utf-8", "surrogatepass"), names, pristine, read_frame, send)
+        if kind == b"T":
+            index, cap, source, announced = _decode(payload, None)
+            test = source.decode("utf-8", "surrogatepass")
+            link = _Link(read_frame, send, crossed)
+            verdict = _run_test(cap, setup_code, test, announced, names, pristine, link)
             send(b"D", seq, verdict)
 
 
-def _syntax(source):
-    # 0x400 = ast.PyCF_ONLY_AST: exactly ast.parse's check, and nothing is executed.
-    try:
-        compile(source.decode("utf-8", "surrogatepass"), "<solution>", "exec", 0x400, dont_inherit=True)
-        return b"ok"
-    except (SyntaxError, ValueError, OverflowError, MemoryError, UnicodeError) as e:
-        return type(e).__name__.encode()
-
-
-def _run_test(cap, source, names, pristine, read_frame, send):
+def _run_test(cap, setup_code, source, announced, names, pristine, link):
     """Run one test program; the verdict (status, error, stdout, stderr, truncated)."""
     import sys, builtins
 
-    link = _Link(read_frame, send)
     builtins.__dict__.clear()
     builtins.__dict__.update(pristine)
     out, err = _Capped(cap), _Capped(cap)
@@ -384,8 +434,11 @@ def _run_test(cap, source, names, pristine, read_frame, send):
     status, error = "pass", ""
     try:
         g = {"__name__": "__main__", "__builtins__": builtins}
+        if isinstance(setup_code, BaseException):
+            raise setup_code
+        exec(setup_code, g)
         try:
-            link.bind_names(_decode(names, link.handle), g)
+            names.bind(_decode(announced, link.handle, link.crossed), g, frozenset(g), link)
         except _NotData:
             raise link.fail("non-data result")
         exec(compile(source, "<test>", "exec", dont_inherit=True), g)
@@ -404,6 +457,54 @@ def _run_test(cap, source, names, pristine, read_frame, send):
     return _encode(verdict, None)
 
 
+class _Names:
+    """Which of the names the solution announces a test may see, and as what.
+
+    The rule: a name the job declares as an entry point is the solution's (a handle or
+    plain data; never a module). Any other name is the solution's only when it is not a
+    builtin, not a standard-library module's name and not defined by the setup code; a
+    module the solution imported is bound as the trusted side's own import of it, and only
+    for standard-library modules under their own name (`import math`, `from os import
+    path`), so a solution chooses no code that runs here."""
+
+    def __init__(self, builtin_names, stdlib, entry_points):
+        self.builtin_names, self.stdlib, self.entry_points = builtin_names, stdlib, entry_points
+
+    def bind(self, announced, g, setup_names, link):
+        if type(announced) is not list:
+            raise link.fail("protocol violation")
+        for entry in announced:
+            if type(entry) is not tuple or len(entry) != 3:
+                raise link.fail("protocol violation")
+            kind, name, value = entry
+            if type(name) is not str or not name.isidentifier() or name.startswith("__"):
+                continue
+            if name in self.entry_points:
+                if kind == "v":
+                    g[name] = value
+            elif name in self.builtin_names or name in setup_names:
+                continue
+            elif kind == "m":
+                module = self.module(name, value)
+                if module is not None:
+                    g[name] = module
+            elif name not in self.stdlib:
+                g[name] = value
+
+    def module(self, name, module_name):
+        if type(module_name) is not str or module_name.partition(".")[0] not in self.stdlib:
+            return None
+        if name in self.stdlib and name != module_name:
+            return None
+        import sys
+
+        try:
+            __import__(module_name)
+            return sys.modules[module_name]
+        except BaseException:
+            return None
+
+
 class _SolutionError(Exception):
     """An exception the solution raised whose type is not a builtin exception."""
 
@@ -416,26 +517,10 @@ class _Link:
     """The trusted side's end of the request channel for one test. `sticky` remembers a
     non-data use or an abort even when the test catches the exception."""
 
-    def __init__(self, read_frame, send):
-        self.read_frame, self.send = read_frame, send
+    def __init__(self, read_frame, send, crossed):
+        self.read_frame, self.send, self.crossed = read_frame, send, crossed
         self.seq = 0
         self.sticky = ""
-
-    def bind_names(self, names, g):
-        if type(names) is not list:
-            raise _NonDataUse("names")
-        for entry in names:
-            if type(entry) is not tuple or len(entry) != 3:
-                raise self.fail("protocol violation")
-            kind, name, value = entry
-            if type(name) is not str or not name.isidentifier() or name.startswith("__"):
-                continue
-            if kind == "m" and type(value) is str:
-                module = _import(value)
-                if module is not None:
-                    g[name] = module
-            else:
-                g[name] = value
 
     def handle(self, i):
         return _remote(self, i)
@@ -457,13 +542,13 @@ class _Link:
         if kind == b"N" or seq != self.seq:
             raise self.fail(reply.decode("utf-8", "replace") if kind == b"N" else "protocol violation")
         try:
-            value = _decode(reply, self.handle)
+            value = _decode(reply, self.handle, self.crossed)
         except _NotData:
             raise self.fail("non-data result")
         if kind == b"X":
             if type(value) is tuple and value[:1] == ("NonDataResult",):
                 raise self.fail("non-data result")
-            raise _solution_exception(value)
+            raise _solution_exception(value, op)
         if type(value) is not tuple or len(value) != 2 or type(value[1]) is not list:
             raise self.fail("protocol violation")
         result, moved = value
@@ -477,25 +562,29 @@ class _Link:
         return _NonDataUse(reason)
 
 
-def _import(name):
-    import sys
-
-    try:
-        __import__(name)
-        return sys.modules[name]
-    except BaseException:
-        return None
+# Exceptions that steer Python's control flow rather than report an error. A solution's
+# never crosses as itself (PEP 479 does the same for generators): it would end a test's
+# `all(map(f, xs))` early, or exit a loop. Only a handle's own `__next__` may end an
+# iteration with StopIteration.
+_CONTROL_FLOW = ("StopIteration", "StopAsyncIteration")
 
 
-def _solution_exception(value):
+def _solution_exception(value, op):
     """The trusted-side exception for the solution's (type name, message): the builtin
-    exception of that name, else a _SolutionError carrying the name."""
+    exception of that name when it is an ordinary error, else a _SolutionError carrying the
+    name (control-flow exceptions, BaseExceptions, the solution's own classes)."""
     import builtins
 
     name, message = value if type(value) is tuple and len(value) == 2 else ("Exception", "")
     name, message = str(name)[:64], str(message)
     cls = builtins.__dict__.get(name)
-    if isinstance(cls, type) and issubclass(cls, BaseException) and cls.__module__ == "builtins":
+    ordinary = (
+        isinstance(cls, type)
+        and issubclass(cls, Exception)
+        and cls.__module__ == "builtins"
+        and (name not in _CONTROL_FLOW or (op == _NEXT and name == "StopIteration"))
+    )
+    if ordinary:
         try:
             return cls(message)
         except BaseException:
@@ -546,9 +635,10 @@ def _refuse(name):
 
 class Remote:
     """A handle to an object living in the untrusted instance. Attribute access, calls,
-    iteration, len, indexing and `in` become requests; anything that would let the
-    object decide a verdict (comparison, truth, hashing, conversion, printing) fails
-    the test as `non-data result`."""
+    iteration and indexing become requests; `in` and `len` are computed here from the
+    items its iteration yields; anything that would let the object decide a verdict
+    (comparison, truth, hashing, conversion, printing, arithmetic) fails the test as
+    `non-data result`."""
 
     __slots__ = ("_couplet_id", "_couplet_link")
 
@@ -568,13 +658,22 @@ class Remote:
         return _link(self).ask(_NEXT, self)
 
     def __len__(self):
-        return _link(self).ask(_LEN, self)
+        return len(_link(self).ask(_ITEMS, self))
 
     def __getitem__(self, key):
         return _link(self).ask(_GETITEM, self, key)
 
     def __contains__(self, item):
-        return _link(self).ask(_CONTAINS, self, item)
+        # Python's own rule for an iterable without __contains__; `==` here is the trusted
+        # side's, and refuses when either value is a handle.
+        try:
+            items = _link(self).ask(_ITEMS, self)
+        except TypeError:
+            items = self
+        for x in items:
+            if x is item or x == item:
+                return True
+        return False
 
 
 for _name in (
@@ -590,6 +689,53 @@ for _name in (
 
 
 # ---------------------------------------------------------------- confinement
+
+# What unpickling may construct on the trusted side: plain data and its containers.
+_UNPICKLABLE = {
+    ("builtins", n) for n in "complex set frozenset bytearray range slice list dict tuple int float str bytes bool".split()
+} | {("collections", n) for n in ("OrderedDict", "deque", "Counter", "defaultdict")} | {("_codecs", "encode")}
+
+
+def _install_gate(crossed):
+    """The trusted role's gate against running the solution's output as code. A test that
+    compiles (eval, exec, compile) or unmarshals text made from a str or bytes value that
+    crossed from the solution in this job gets PermissionError before anything of it runs:
+    the value itself, a piece of it (8 bytes or more: `f(x).strip()`, a slice), or code
+    built around it (16 bytes or more of it: `"(" + f(x) + ")"`). Parsing alone
+    (`ast.parse`, `ast.literal_eval`) runs nothing and stays allowed; unpickling may
+    construct plain data only. The hook decides before the code exists, in a process where
+    no solution code has run, so nothing can switch it off first."""
+    import sys
+
+    def piece_of_solution(source):
+        if source in crossed:
+            return True
+        return len(source) >= 8 and any(source in t for t in crossed if len(t) > len(source))
+
+    def built_around_solution(source):
+        return any(t in source for t in crossed if len(t) >= 16)
+
+    def parsing_only():
+        caller = sys._getframe(2)  # parsing_only <- gate <- the caller of compile
+        return caller.f_code.co_name == "parse" and caller.f_code.co_filename.endswith("ast.py")
+
+    def gate(event, args):
+        if event in ("compile", "marshal.loads") and args and crossed:
+            source = args[0]
+            if type(source) is str:
+                source = source.encode("utf-8", "surrogatepass")
+            if type(source) is not bytes:
+                return
+            # Only code made at run time (`<string>`, `<test>`...) is searched for pieces
+            # of the solution's text; a module's own source or bytecode is not.
+            generated = event == "compile" and str(args[1] if len(args) > 1 else "").startswith("<")
+            suspect = piece_of_solution(source) or (generated and built_around_solution(source))
+            if suspect and not parsing_only():
+                raise PermissionError("sandbox: the solution's output is never run as code")
+        elif event == "pickle.find_class" and tuple(args[:2]) not in _UNPICKLABLE:
+            raise PermissionError("sandbox: unpickling may construct plain data only")
+
+    sys.addaudithook(gate)
 
 
 def _install_audit_hook(os_rules, allowed_roots, _BaseException):

@@ -55,23 +55,64 @@ pub enum Role {
     Untrusted,
 }
 
-/// The first frame an instance reads: its role, the token for its replies, the audit rules
-/// (process backend: the extra allowed roots), the output cap and the solution.
+/// What the harness inside an instance is told to do for its own confinement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestRules {
+    /// Make itself not dumpable (`PR_SET_DUMPABLE` 0) before running anything of the job
+    /// (execve makes every process dumpable again, so only the instance can say it).
+    pub not_dumpable: bool,
+    /// Install the Python audit hook that refuses OS access outside these extra roots (and
+    /// the standard library and the working directory). Only where the kernel's isolation
+    /// is unavailable and the user opted down: an audit hook is not a boundary.
+    pub audit_roots: Option<Vec<String>>,
+}
+
+/// The job's code an instance is started with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobCode<'a> {
+    /// Trusted dataset code run before the solution (untrusted side) and before each test
+    /// (trusted side).
+    pub setup: &'a str,
+    /// The names the task asks the solution for.
+    pub entry_points: &'a [String],
+    /// The solution (untrusted side only; empty for the trusted one).
+    pub solution: &'a str,
+}
+
+/// The first frame an instance reads: its role, the token for its replies, its own
+/// confinement, the output cap and the job's code (tagged encoding).
 pub fn init_frame(
     role: Role,
     token: &str,
-    audit: Option<&[String]>,
+    rules: &GuestRules,
     output_cap: usize,
-    solution: &str,
+    code: JobCode<'_>,
 ) -> Vec<u8> {
-    let flags = if audit.is_some() { "audit" } else { "" };
-    let roots = audit.unwrap_or(&[]).join("\0");
-    let body = format!("{token}\n{flags}\n{roots}\n{output_cap}\n{solution}");
+    let mut flags = Vec::new();
+    if rules.not_dumpable {
+        flags.push("nodump");
+    }
+    if rules.audit_roots.is_some() {
+        flags.push("audit");
+    }
+    let roots = rules.audit_roots.as_deref().unwrap_or(&[]).join("\0");
+    let mut body = format!("{token}\n{}\n{roots}\n{output_cap}\n", flags.join(",")).into_bytes();
+    let entry_points = code.entry_points.iter();
+    Value::Seq(vec![
+        Value::Bytes(code.setup.as_bytes().to_vec()),
+        Value::Seq(
+            entry_points
+                .map(|e| Value::Bytes(e.as_bytes().to_vec()))
+                .collect(),
+        ),
+        Value::Bytes(code.solution.as_bytes().to_vec()),
+    ])
+    .encode(&mut body);
     let kind = match role {
         Role::Trusted => b'T',
         Role::Untrusted => b'U',
     };
-    host_frame(kind, 0, body.as_bytes())
+    host_frame(kind, 0, &body)
 }
 
 /// A host → guest frame.

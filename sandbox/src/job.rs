@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// A solution and the tests to run against it (AceCoder: one `assert` line per test).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Job {
     /// Caller's label, echoed in the result.
     #[serde(default)]
@@ -19,6 +19,17 @@ pub struct Job {
     /// Also report whether the solution parses (CPython's own compiler: `ast.parse` rules).
     #[serde(default)]
     pub check_syntax: bool,
+    /// Trusted dataset code (a HumanEval prompt with its helpers, MBPP's
+    /// `test_setup_code`): run before each test in the trusted interpreter, and before the
+    /// solution in the untrusted one (as the dataset's own harness runs it). The names it
+    /// defines are the dataset's: a test sees them, never the solution's redefinitions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub setup: String,
+    /// The names the task asks the solution for (HumanEval's `entry_point`). Only these
+    /// may shadow a builtin, a standard-library module or a setup-defined name; empty: no
+    /// solution name may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entry_points: Vec<String>,
 }
 
 /// Limits of one job.

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use crate::guest::{Guest, InstanceCache, InstanceEnd, Launcher, Recv};
-use crate::harness::{host_frame, Frame, Role, Value};
+use crate::harness::{host_frame, Frame, JobCode, Role, Value};
 use crate::job::{Job, JobResult, Limits, Outcome, TestResult, NON_DATA_RESULT};
 
 /// How long the trusted side may take to wind a test down after an abort.
@@ -20,8 +20,8 @@ const ABORT_GRACE: Duration = Duration::from_secs(1);
 /// Least time the untrusted side gets to end a test (release its objects, hand over output).
 const FINISH_MINIMUM: Duration = Duration::from_millis(200);
 
-/// Runs `job` on instances from `launcher`, taking and returning a trusted instance from
-/// `cache`.
+/// Runs `job` on fresh instances from `launcher` (booted ahead by `cache`); both are
+/// stopped when the job ends.
 pub fn run_job(
     job: &Job,
     limits: &Limits,
@@ -35,16 +35,14 @@ pub fn run_job(
         launcher,
         job_deadline: started + limits.per_job,
         cache,
-        trusted: cache.take(limits),
+        trusted: None,
         untrusted: None,
+        syntax_ok: None,
         seq: 0,
         names_seq: 0,
         instances: 0,
     };
     let outcome = judge.run();
-    if let Some(trusted) = judge.trusted.take() {
-        cache.put(trusted);
-    }
     let wall_seconds = started.elapsed().as_secs_f64();
     match outcome {
         Ok((tests, syntax_ok)) => JobResult {
@@ -67,6 +65,8 @@ struct Judge<'a> {
     job_deadline: Instant,
     trusted: Option<Guest>,
     untrusted: Option<Guest>,
+    /// Whether the solution parses, as the first untrusted instance said before running it.
+    syntax_ok: Option<bool>,
     seq: u64,
     /// Sequence number the untrusted instance's next names announcement carries.
     names_seq: u64,
@@ -83,11 +83,9 @@ enum Cut {
 
 impl Judge<'_> {
     fn run(&mut self) -> Result<(Vec<TestResult>, Option<bool>), String> {
-        let syntax_ok = if self.job.check_syntax {
-            self.syntax()?
-        } else {
-            None
-        };
+        if self.job.check_syntax && self.job.tests.is_empty() {
+            self.untrusted()?;
+        }
         let mut tests = Vec::with_capacity(self.job.tests.len());
         for index in 0..self.job.tests.len() {
             if Instant::now() >= self.job_deadline {
@@ -96,42 +94,56 @@ impl Judge<'_> {
             tests.push(self.test(index)?);
         }
         tests.resize(self.job.tests.len(), TestResult::bare(Outcome::Timeout));
-        Ok((tests, syntax_ok))
+        Ok((tests, self.syntax_ok.filter(|_| self.job.check_syntax)))
     }
 
-    /// Parsed by the trusted side (parsing only: nothing of the solution runs there).
-    fn syntax(&mut self) -> Result<Option<bool>, String> {
+    fn code(&self, role: Role) -> JobCode<'_> {
+        JobCode {
+            setup: &self.job.setup,
+            entry_points: &self.job.entry_points,
+            solution: match role {
+                Role::Trusted => "",
+                Role::Untrusted => &self.job.solution,
+            },
+        }
+    }
+
+    /// A running untrusted instance, started when there is none. A fresh one first says
+    /// whether the solution parses (`S`, sent before it runs any of it: a parser crash
+    /// costs that instance, never a verdict).
+    fn untrusted(&mut self) -> Result<(), String> {
+        if self.untrusted.is_some() {
+            return Ok(());
+        }
+        let code = self.code(Role::Untrusted);
+        let guest = Guest::start(
+            self.launcher,
+            self.cache,
+            Role::Untrusted,
+            self.limits,
+            code,
+        )?;
+        self.untrusted = Some(guest);
+        self.names_seq = 0;
+        self.instances += 1;
         let deadline = self.test_deadline();
-        let seq = self.next_seq();
-        let frame = host_frame(b'S', seq, self.job.solution.as_bytes());
-        let trusted = self.trusted()?;
-        trusted.send(frame);
-        Ok(match trusted.recv(deadline) {
-            Recv::Frame(f) if f.kind == b'S' && f.seq == seq => Some(f.payload == b"ok"),
-            Recv::Timeout => {
-                self.drop_trusted(InstanceEnd::TestTimeout);
-                None
+        match self.await_untrusted(deadline) {
+            Ok(frame) if frame.kind == b'S' && frame.seq == 0 => {
+                self.syntax_ok.get_or_insert(frame.payload == b"ok");
             }
-            _ => {
-                self.drop_trusted(InstanceEnd::Released);
-                None
+            Ok(_) => self.drop_untrusted(),
+            // Only the parser ran: an interpreter that dies or hangs parsing the solution
+            // has found it unparseable.
+            Err(_) => {
+                self.syntax_ok.get_or_insert(false);
             }
-        })
+        }
+        Ok(())
     }
 
     fn test(&mut self, index: usize) -> Result<TestResult, String> {
         self.trusted()?;
-        if self.untrusted.is_none() {
-            self.untrusted = Some(Guest::start(
-                self.launcher,
-                self.cache,
-                Role::Untrusted,
-                self.limits,
-                &self.job.solution,
-            )?);
-            self.names_seq = 0;
-            self.instances += 1;
-        }
+        self.untrusted()?;
         let deadline = self.test_deadline();
         let mut result = match self.reset(deadline) {
             Ok(names) => self.exchange(index, names, deadline),
@@ -337,13 +349,9 @@ impl Judge<'_> {
 
     fn trusted(&mut self) -> Result<&mut Guest, String> {
         if self.trusted.is_none() {
-            self.trusted = Some(Guest::start(
-                self.launcher,
-                self.cache,
-                Role::Trusted,
-                self.limits,
-                "",
-            )?);
+            let code = self.code(Role::Trusted);
+            let guest = Guest::start(self.launcher, self.cache, Role::Trusted, self.limits, code)?;
+            self.trusted = Some(guest);
         }
         self.trusted
             .as_mut()

@@ -14,6 +14,7 @@
 //! Not for: reward arithmetic or answer extraction (the `reward` crate does that).
 #![deny(missing_docs)]
 
+pub mod confine;
 pub mod guest;
 pub mod harness;
 pub mod job;
@@ -22,6 +23,7 @@ pub mod pool;
 pub mod process;
 pub mod wasm;
 
+pub use confine::{Isolation, Layers};
 pub use job::{
     Job, JobResult, Limits, NonDataCounts, Outcome, TestResult, NON_DATA_ARGUMENT, NON_DATA_RESULT,
 };
@@ -89,6 +91,8 @@ pub struct BackendSpec {
     /// The project folder: the default module and the compiled-module cache
     /// (`root/.cache/wasm-compiled`) are found under it.
     pub root: PathBuf,
+    /// How strictly the process backend must isolate its instances.
+    pub process_isolation: Isolation,
 }
 
 impl BackendSpec {
@@ -99,6 +103,7 @@ impl BackendSpec {
             python: None,
             wasm: None,
             root: root.to_path_buf(),
+            process_isolation: Isolation::Strict,
         }
     }
 
@@ -117,7 +122,10 @@ impl BackendSpec {
                     .python
                     .clone()
                     .unwrap_or_else(ProcessBackend::default_python);
-                Arc::new(ProcessBackend::new(&python)?)
+                Arc::new(ProcessBackend::with_isolation(
+                    &python,
+                    self.process_isolation,
+                )?)
             }
         })
     }

@@ -1,18 +1,16 @@
-//! Process backend (`--sandbox process`): the native `python3` with OS limits.
+//! Process backend (`--sandbox process`): the native `python3` behind an OS boundary.
 //!
 //! Each instance (both roles: the trusted one runs dataset code, so it is confined alike)
 //! is a `python3 -I -S -B -c BOOT` in its own session and process group, with an empty
 //! environment, the judge's frames on stdin, a fresh temp working directory (removed
-//! afterwards), and rlimits: address space, CPU seconds (untrusted instances: the job's
-//! budget; the long-lived trusted one is bounded per test by the judge), file size, open
-//! files, no core dumps. As root it drops to `nobody` (so root-only files such
-//! as `~/.ssh` are out of reach and the process limit applies). When the kernel allows it,
-//! the instance gets a network namespace with no interfaces ([`ProcessBackend::network_isolated`]
-//! says whether that is active; it is never claimed when it is not). The harness also
-//! installs a Python audit hook that refuses process creation, threads, sockets, ctypes,
-//! signals to other processes, and file access outside the temp dir and the standard
-//! library. The judge enforces time: when a test overruns, the whole process group of the
-//! instance it waits on is killed (SIGKILL) and a fresh one continues with the next test.
+//! afterwards), rlimits (address space, CPU seconds, file size, open files, no core dumps),
+//! and the kernel-enforced layers of [`crate::confine`]: its own identity, a private
+//! `/proc`, an empty network namespace, Landlock filesystem/signal/TCP rules and a seccomp
+//! allow-list; the harness makes itself not dumpable before any job code runs. The layers
+//! are probed once ([`ProcessBackend::layers`]); under [`Isolation::Strict`] (the default)
+//! a missing one is an error naming it. The judge enforces time: when a test overruns, the
+//! whole process group of the instance it waits on is killed (SIGKILL) and a fresh one
+//! continues with the next test.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -22,47 +20,79 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
+use seccompiler::BpfProgram;
 
+use crate::confine::{self, Isolation, Layers, ProcMount};
 use crate::guest::{Control, InstanceCache, InstanceEnd, Launcher, Pipes};
-use crate::harness::{Role, BOOT};
+use crate::harness::{GuestRules, Role, BOOT};
 use crate::job::{Job, JobResult, Limits};
 use crate::judge::run_job;
 use crate::{Backend, SandboxError};
 
-const NOBODY: libc::uid_t = 65534;
-const NOGROUP: libc::gid_t = 65534;
 /// Total stdout bytes read from an instance; beyond it the instance is killed (OutputLimit).
 const STDOUT_CAPACITY: usize = 256 << 20;
 
 /// Native CPython under OS limits.
 pub struct ProcessBackend {
     python: PathBuf,
-    drop_privileges: bool,
-    /// Whether instances run in an empty network namespace.
-    pub network_isolated: bool,
+    isolation: Isolation,
+    layers: Layers,
+    seccomp: BpfProgram,
+    read_roots: Vec<PathBuf>,
+    executables: Vec<PathBuf>,
     cache: InstanceCache,
 }
 
+/// What one instance is started with.
+struct Spawn<'a> {
+    limits: &'a Limits,
+    cpu_seconds: Option<u64>,
+    dir: &'a Path,
+    uid: u32,
+    layers: Layers,
+}
+
 impl ProcessBackend {
-    /// Uses `python` (e.g. `/usr/bin/python3`). Probes once whether a network namespace
-    /// can be created.
+    /// Uses `python` (e.g. `/usr/bin/python3`) with the strict boundary.
     pub fn new(python: &Path) -> Result<Self, SandboxError> {
-        let drop_privileges = unsafe { libc::geteuid() } == 0;
+        Self::with_isolation(python, Isolation::Strict)
+    }
+
+    /// Uses `python`, probing which layers of the boundary this kernel allows; `Strict`
+    /// refuses to start without all of them.
+    pub fn with_isolation(python: &Path, isolation: Isolation) -> Result<Self, SandboxError> {
         let mut backend = ProcessBackend {
             python: python.to_path_buf(),
-            drop_privileges,
-            network_isolated: false,
+            isolation,
+            layers: Layers::default(),
+            seccomp: confine::seccomp_program().map_err(SandboxError::Setup)?,
+            read_roots: confine::read_roots(python),
+            executables: confine::executables(python),
             cache: InstanceCache::default(),
         };
-        backend.network_isolated = backend.probe(true);
-        if !backend.network_isolated && !backend.probe(false) {
+        if !backend.probe(Layers::default(), "pass") {
             return Err(SandboxError::Setup(format!(
-                "{} cannot be started in the sandbox (as {}): check the path and that it is readable and executable",
-                python.display(),
-                if drop_privileges { "nobody" } else { "the current user" }
+                "{} cannot be started in the sandbox: check the path and that it is readable and executable",
+                python.display()
+            )));
+        }
+        backend.layers = backend.probe_layers();
+        let missing = backend.layers.missing();
+        if isolation == Isolation::Strict && !missing.is_empty() {
+            return Err(SandboxError::Setup(format!(
+                "the process backend's isolation is incomplete on this machine: missing {}. \
+                 Use the wasm backend, or opt down with sandbox.process_isolation = \"best_effort\" \
+                 (--process-isolation best_effort) to run with what is available ({})",
+                missing.join("; "),
+                backend.layers.describe()
             )));
         }
         Ok(backend)
+    }
+
+    /// The layers of the boundary in force.
+    pub fn layers(&self) -> Layers {
+        self.layers
     }
 
     /// `/usr/bin/python3` when present (readable after dropping privileges), else `python3`.
@@ -75,103 +105,163 @@ impl ProcessBackend {
         }
     }
 
-    fn probe(&self, netns: bool) -> bool {
+    /// Adds the layers one by one, keeping each that a confined interpreter survives.
+    fn probe_layers(&self) -> Layers {
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut layers = Layers::default();
+        let try_layer = |layers: &mut Layers, set: &dyn Fn(&mut Layers)| {
+            let mut candidate = *layers;
+            set(&mut candidate);
+            if self.probe(candidate, "pass") {
+                *layers = candidate;
+            }
+        };
+        if root {
+            try_layer(&mut layers, &|l| l.own_uid = true);
+            try_layer(&mut layers, &|l| l.private_proc = true);
+        } else {
+            try_layer(&mut layers, &|l| l.own_userns = true);
+        }
+        try_layer(&mut layers, &|l| l.netns = true);
+        let abi = confine::landlock_abi();
+        if abi > 0 {
+            try_layer(&mut layers, &|l| l.landlock_abi = abi);
+        }
+        try_layer(&mut layers, &|l| l.seccomp = true);
+        let dumpable = "import ctypes\nassert ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) == 0";
+        layers.not_dumpable = self.probe(layers, dumpable);
+        layers
+    }
+
+    /// Whether `python -c program` exits 0 under `layers`.
+    fn probe(&self, layers: Layers, program: &str) -> bool {
+        let Ok(dir) = self.instance_dir(layers) else {
+            return false;
+        };
         let mut cmd = Command::new(&self.python);
-        cmd.args(["-I", "-S", "-c", "pass"])
+        cmd.args(["-I", "-S", "-c", program])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        self.confine(
-            &mut cmd,
-            &Limits::default(),
-            Some(10),
-            Path::new("/"),
-            netns,
-        );
-        cmd.status().map(|s| s.success()).unwrap_or(false)
+        let spawn = Spawn {
+            limits: &Limits::default(),
+            cpu_seconds: Some(10),
+            dir: &dir.0,
+            uid: dir.1,
+            layers,
+        };
+        let ok = self.confine(&mut cmd, &spawn).is_ok()
+            && cmd.status().map(|s| s.success()).unwrap_or(false);
+        let _ = std::fs::remove_dir_all(&dir.0);
+        ok
     }
 
-    /// Sets the child's environment, limits and identity.
-    fn confine(
-        &self,
-        cmd: &mut Command,
-        limits: &Limits,
-        cpu_seconds: Option<u64>,
-        dir: &Path,
-        netns: bool,
-    ) {
-        cmd.env_clear().current_dir(dir);
-        let address_space = limits.memory_bytes.max(64 << 20);
-        let drop_privileges = self.drop_privileges;
-        // SAFETY: only async-signal-safe libc calls between fork and exec.
+    /// A fresh temp dir and the uid that will own it (the uid is used only with own_uid).
+    fn instance_dir(&self, layers: Layers) -> Result<(PathBuf, u32), String> {
+        let dir = tempdir().map_err(|e| format!("creating a temp dir: {e}"))?;
+        let uid = confine::next_uid();
+        if layers.own_uid {
+            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|e| e.to_string())?;
+            // SAFETY: plain chown of a directory we just created.
+            if unsafe { libc::chown(c.as_ptr(), uid, uid) } != 0 {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!(
+                    "chown of the temp dir: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        Ok((dir, uid))
+    }
+
+    /// Sets the child's environment, limits, identity and kernel-enforced layers.
+    fn confine(&self, cmd: &mut Command, spawn: &Spawn<'_>) -> Result<(), String> {
+        cmd.env_clear().current_dir(spawn.dir);
+        let address_space = spawn.limits.memory_bytes.max(64 << 20);
+        let (layers, uid, cpu_seconds) = (spawn.layers, spawn.uid, spawn.cpu_seconds);
+        let mut ruleset = if layers.landlock_abi > 0 {
+            Some(confine::landlock_ruleset(
+                &self.read_roots,
+                &self.executables,
+                spawn.dir,
+            )?)
+        } else {
+            None
+        };
+        let seccomp = layers.seccomp.then(|| self.seccomp.clone());
+        let proc_mount = ProcMount::default();
+        let mut unshare = 0;
+        if layers.netns {
+            unshare |= libc::CLONE_NEWNET;
+        }
+        if layers.own_userns {
+            unshare |= libc::CLONE_NEWUSER;
+        }
+        if layers.private_proc {
+            unshare |= libc::CLONE_NEWNS;
+        }
+        // SAFETY: between fork and exec only system calls on memory prepared above (the
+        // Landlock ruleset fd, the BPF program, the mount strings); error paths may
+        // allocate, after which the child exits without exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::setsid() < 0 || (unshare != 0 && libc::unshare(unshare) != 0) {
+                    return fail();
                 }
-                if netns {
-                    let flags = if drop_privileges {
-                        libc::CLONE_NEWNET
-                    } else {
-                        libc::CLONE_NEWUSER | libc::CLONE_NEWNET
-                    };
-                    if libc::unshare(flags) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                if layers.private_proc {
+                    proc_mount.apply()?;
                 }
-                let set = |resource, value: u64| {
-                    let lim = libc::rlimit {
-                        rlim_cur: value,
-                        rlim_max: value,
-                    };
-                    libc::setrlimit(resource, &lim)
-                };
-                set(libc::RLIMIT_AS, address_space);
-                if let Some(cpu) = cpu_seconds {
-                    set(libc::RLIMIT_CPU, cpu);
+                set_rlimits(address_space, cpu_seconds);
+                if layers.own_uid
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(uid) != 0
+                        || libc::setuid(uid) != 0)
+                {
+                    return fail();
                 }
-                set(libc::RLIMIT_FSIZE, 1 << 20);
-                set(libc::RLIMIT_NOFILE, 64);
-                set(libc::RLIMIT_CORE, 0);
-                if drop_privileges {
-                    set(libc::RLIMIT_NPROC, 64);
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(NOGROUP) != 0
-                        || libc::setuid(NOBODY) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                if let Some(ruleset) = ruleset.take() {
+                    ruleset.restrict_self().map_err(std::io::Error::other)?;
+                }
+                if let Some(program) = &seccomp {
+                    seccompiler::apply_filter(program).map_err(std::io::Error::other)?;
                 }
                 Ok(())
             });
         }
+        Ok(())
     }
 
     /// Starts one confined `python3 -c BOOT` with pipes wired to the judge.
     fn spawn(&self, role: Role, limits: &Limits) -> Result<Pipes, String> {
-        let dir = tempdir().map_err(|e| format!("creating a temp dir: {e}"))?;
-        if self.drop_privileges {
-            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-                .map_err(|e| e.to_string())?;
-            // SAFETY: plain chown of a directory we just created.
-            unsafe { libc::chown(c.as_ptr(), NOBODY, NOGROUP) };
-        }
+        let (dir, uid) = self.instance_dir(self.layers)?;
         let mut cmd = Command::new(&self.python);
         cmd.args(["-I", "-S", "-B", "-c", BOOT])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // The trusted instance lives across jobs; the judge bounds its time per test.
-        let cpu = match role {
+        // Each instance serves one job; the untrusted one is bounded by the job's budget.
+        let cpu_seconds = match role {
             Role::Untrusted => Some(limits.per_job.as_secs().max(1) + 1),
             Role::Trusted => None,
         };
-        self.confine(&mut cmd, limits, cpu, &dir, self.network_isolated);
-        let mut child = match cmd.spawn() {
+        let spawn = Spawn {
+            limits,
+            cpu_seconds,
+            dir: &dir,
+            uid,
+            layers: self.layers,
+        };
+        let started = self.confine(&mut cmd, &spawn).and_then(|()| {
+            cmd.spawn()
+                .map_err(|e| format!("starting {}: {e}", self.python.display()))
+        });
+        let mut child = match started {
             Ok(child) => child,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(format!("starting {}: {e}", self.python.display()));
+                return Err(e);
             }
         };
         let (Some(stdin), Some(stdout), Some(stderr)) =
@@ -197,6 +287,26 @@ impl ProcessBackend {
             }),
         })
     }
+}
+
+/// rlimits of an instance (async-signal-safe).
+fn set_rlimits(address_space: u64, cpu_seconds: Option<u64>) {
+    let set = |resource, value: u64| {
+        let lim = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: setrlimit on a stack value.
+        unsafe { libc::setrlimit(resource, &lim) };
+    };
+    set(libc::RLIMIT_AS, address_space);
+    if let Some(cpu) = cpu_seconds {
+        set(libc::RLIMIT_CPU, cpu);
+    }
+    set(libc::RLIMIT_FSIZE, 1 << 20);
+    set(libc::RLIMIT_NOFILE, 64);
+    set(libc::RLIMIT_CORE, 0);
+    set(libc::RLIMIT_NPROC, 64);
 }
 
 /// Writes the judge's frames to the child's stdin until either side closes.
@@ -361,14 +471,15 @@ impl Backend for ProcessBackend {
     }
 
     fn isolation_note(&self) -> Option<String> {
-        Some(format!(
-            "process backend: network namespace {}",
-            if self.network_isolated {
-                "active (no interfaces)"
-            } else {
-                "NOT available on this kernel: network is refused only by the in-process audit hook"
-            }
-        ))
+        let mut note = format!(
+            "process backend ({}): {}",
+            self.isolation.name(),
+            self.layers.describe()
+        );
+        if self.guest_rules().audit_roots.is_some() {
+            note += "; seccomp or Landlock is missing, so an in-process audit hook stands in (NOT a security boundary)";
+        }
+        Some(note)
     }
 
     fn run(&self, job: &Job, limits: &Limits) -> JobResult {
@@ -381,8 +492,12 @@ impl Launcher for ProcessBackend {
         self.spawn(role, limits)
     }
 
-    fn audit_roots(&self) -> Option<Vec<String>> {
-        // Each instance's temp dir differs; the harness adds its own cwd.
-        Some(Vec::new())
+    fn guest_rules(&self) -> GuestRules {
+        let kernel_boundary = self.layers.seccomp && self.layers.landlock_abi > 0;
+        GuestRules {
+            not_dumpable: self.layers.not_dumpable,
+            // Each instance's temp dir differs; the harness adds its own cwd.
+            audit_roots: (!kernel_boundary).then(Vec::new),
+        }
     }
 }

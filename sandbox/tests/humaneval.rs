@@ -42,6 +42,8 @@ fn job(p: &Problem, body: &str) -> Job {
         solution: format!("{}{}", p.prompt, body),
         tests: vec![format!("{}\ncheck({})\n", p.test, p.entry_point)],
         check_syntax: true,
+        setup: p.prompt.clone(),
+        entry_points: vec![p.entry_point.clone()],
     }
 }
 
@@ -117,6 +119,7 @@ fn syntax_errors_are_reported_not_run() {
             solution: "def f(:\n    pass\n".into(),
             tests: vec!["assert True".into()],
             check_syntax: true,
+            ..Default::default()
         },
         &Limits::default(),
     );
@@ -125,4 +128,52 @@ fn syntax_errors_are_reported_not_run() {
         matches!(&r.tests[0].outcome, Outcome::Failed { error } if error == "SyntaxError"),
         "{r:?}"
     );
+}
+
+/// Completions that redefine the prompt's helpers so that the test's own use of them
+/// agrees with a wrong answer. With the helpers taken from the prompt (setup) they fail;
+/// taken from the completion (no setup: the old binding) they pass, which shows each
+/// attack is real.
+#[test]
+fn prompt_helpers_come_from_the_prompt() {
+    let problems = problems();
+    let hacks = [
+        (
+            "HumanEval/50",
+            "def encode_shift(s):\n    return s\ndef decode_shift(s):\n    return s\n",
+        ),
+        (
+            "HumanEval/38",
+            "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s\n",
+        ),
+        (
+            "HumanEval/32",
+            "def poly(xs, x):\n    return 0.0\ndef find_zero(xs):\n    return 0.0\n",
+        ),
+    ];
+    let backend = WasmBackend::from_repo(&root()).unwrap();
+    let process = ProcessBackend::new(&ProcessBackend::default_python()).unwrap();
+    for (id, completion) in hacks {
+        let p = problems.iter().find(|p| p.id == id).unwrap();
+        let mut j = job(p, "");
+        j.solution = completion.to_string();
+        for b in [&backend as &dyn Backend, &process] {
+            let r = b.run(&j, &Limits::default());
+            assert!(
+                matches!(&r.tests[0].outcome, Outcome::Failed { error } if error == "AssertionError"),
+                "[{}] {id}: {r:?}",
+                b.name()
+            );
+            let old_binding = Job {
+                setup: String::new(),
+                ..j.clone()
+            };
+            let r = b.run(&old_binding, &Limits::default());
+            assert!(
+                r.tests[0].outcome.passed(),
+                "[{}] {id}: the hack is not real: {r:?}",
+                b.name()
+            );
+        }
+    }
 }

@@ -44,6 +44,7 @@ fn pool_survives_a_crashing_job() {
             solution: String::new(),
             tests: vec![],
             check_syntax: false,
+            ..Default::default()
         })
         .collect();
     let results = pool.run_all(jobs, Limits::default());
@@ -74,6 +75,7 @@ fn pool_survives_a_crashing_job() {
             solution: String::new(),
             tests: vec![],
             check_syntax: false,
+            ..Default::default()
         }],
         Limits::default(),
     );

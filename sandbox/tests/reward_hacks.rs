@@ -191,6 +191,7 @@ fn run(backend: &dyn Backend) {
             solution: honest.into(),
             tests,
             check_syntax: true,
+            ..Default::default()
         };
         let r = backend.run(&job, &limits());
         if r.pass_rate() != Some(1.0) {
@@ -204,6 +205,7 @@ fn run(backend: &dyn Backend) {
             solution,
             tests,
             check_syntax: true,
+            ..Default::default()
         };
         let r = backend.run(&job, &limits());
         let outcomes: Vec<&Outcome> = r.tests.iter().map(|t| &t.outcome).collect();
@@ -246,6 +248,7 @@ fn comparing_a_solution_object_is_a_non_data_result() {
             "try:\n    assert f() == 1\nexcept BaseException:\n    pass".into(),
         ],
         check_syntax: false,
+        ..Default::default()
     };
     for backend in backends() {
         let r = backend.run(&job, &limits());

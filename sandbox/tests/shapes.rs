@@ -27,6 +27,7 @@ fn run(solution: &str, tests: &[&str]) -> Vec<JobResult> {
         solution: solution.into(),
         tests: tests.iter().map(|t| t.to_string()).collect(),
         check_syntax: true,
+        ..Default::default()
     };
     backends().iter().map(|b| b.run(&job, &limits())).collect()
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use couplet_rollout::progress_bar;
-use couplet_sandbox::{BackendKind, BackendSpec, Limits, SandboxPool};
+use couplet_sandbox::{BackendKind, BackendSpec, Isolation, Limits, SandboxPool};
 use couplet_trainer::{check_completions, evaluate, load_benchmark, EvalSettings};
 
 use super::decode_args::DecodeArgs;
@@ -49,6 +49,10 @@ pub struct Args {
     /// Interpreter of the process backend (default: /usr/bin/python3 or python3).
     #[arg(long)]
     python: Option<PathBuf>,
+    /// The process backend's OS boundary: strict (every layer or refuse to start) or
+    /// best_effort (what this kernel allows, printed at start).
+    #[arg(long, default_value = "strict")]
+    process_isolation: Isolation,
     /// Sandbox workers (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -86,6 +90,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let backend = BackendSpec {
         python: args.python.clone(),
+        process_isolation: args.process_isolation,
         ..BackendSpec::new(args.backend, &repo)
     }
     .open()?;

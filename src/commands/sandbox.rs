@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use couplet_sandbox::{BackendKind, BackendSpec, Job, Limits, NonDataCounts, SandboxPool};
+use couplet_sandbox::{
+    BackendKind, BackendSpec, Isolation, Job, Limits, NonDataCounts, SandboxPool,
+};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -36,6 +38,10 @@ pub struct RunArgs {
     /// CPython/WASI module of the wasm backend (default: the one setup fetched).
     #[arg(long)]
     wasm: Option<PathBuf>,
+    /// The process backend's OS boundary: strict (every layer or refuse to start) or
+    /// best_effort (what this kernel allows, printed at start).
+    #[arg(long, default_value = "strict")]
+    process_isolation: Isolation,
 }
 
 pub fn run(command: Command) -> Result<()> {
@@ -75,6 +81,7 @@ fn run_jobs(args: RunArgs) -> Result<()> {
     let backend = BackendSpec {
         python: args.python.clone(),
         wasm: args.wasm.clone(),
+        process_isolation: args.process_isolation,
         ..BackendSpec::new(args.backend, &std::env::current_dir()?)
     }
     .open()?;

@@ -29,6 +29,11 @@ pub struct EvalProblem {
     /// A known-good full solution, when the benchmark has one (`--canonical` checks the
     /// wiring and the sandbox with it).
     pub reference: Option<String>,
+    /// Trusted dataset code the tests rely on (a HumanEval prompt's helpers, MBPP's
+    /// imports and `test_setup_code`): see [`Job::setup`].
+    pub setup: String,
+    /// The names the task asks for (see [`Job::entry_points`]).
+    pub entry_points: Vec<String>,
 }
 
 /// Loads `humaneval` (the wheel's 164 problems, fetched by setup) or a benchmark file (any
@@ -64,6 +69,8 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
                 tests: vec![p.test_program()],
                 plus_tests: Vec::new(),
                 reference: Some(p.completed_source(&p.canonical_solution)),
+                setup: p.prompt.clone(),
+                entry_points: vec![p.entry_point.clone()],
             })
             .collect()
     } else if couplet_reward::mbpp::is_mbpp_row(&first) {
@@ -76,6 +83,8 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
                 tests: p.base_tests(),
                 plus_tests: p.plus_tests(),
                 reference: Some(p.code.clone()),
+                setup: p.setup(),
+                entry_points: Vec::new(),
             })
             .collect()
     } else {
@@ -91,6 +100,8 @@ pub fn load_benchmark(benchmark: &str, repo_root: &Path) -> Result<Vec<EvalProbl
                 question: r.question,
                 tests: r.test_cases,
                 plus_tests: Vec::new(),
+                setup: String::new(),
+                entry_points: Vec::new(),
             })
             .collect()
     };
@@ -111,6 +122,8 @@ fn evalplus_problems(path: &Path) -> Result<Vec<EvalProblem>, String> {
             tests: p.base_tests(),
             plus_tests: p.plus_tests(),
             reference: Some(p.reference()),
+            setup: String::new(),
+            entry_points: vec![p.entry_point.clone()],
         })
         .collect())
 }
@@ -269,6 +282,8 @@ pub fn check_completions(
                 solution: solution_code(c).to_string(),
                 tests: p.tests.iter().chain(&p.plus_tests).cloned().collect(),
                 check_syntax: false,
+                setup: p.setup.clone(),
+                entry_points: p.entry_points.clone(),
             });
         }
     }

@@ -243,6 +243,16 @@ fn mbpp_rows_become_docstring_prompts_and_assert_tests() {
                 "test_setup_code": "import math",
                 "challenge_test_list": [],
             }),
+            // MBPP's harness runs test_setup_code in the solution's program: the canonical
+            // solution reads a constant it defines.
+            json!({
+                "task_id": 900,
+                "text": "Write a function that caps a number at LIMIT.",
+                "code": "def cap(x):\n    return min(x, LIMIT)",
+                "test_list": ["assert cap(5) == LIMIT", "assert cap(1) == 1"],
+                "test_setup_code": "LIMIT = 3",
+                "challenge_test_list": [],
+            }),
         ],
     );
     let problems = load_benchmark(&path.to_string_lossy(), &repo()).unwrap();
@@ -254,7 +264,9 @@ fn mbpp_rows_become_docstring_prompts_and_assert_tests() {
         (problems[0].tests.len(), problems[0].plus_tests.len()),
         (3, 2)
     );
-    assert!(problems[1].tests[0].starts_with("import math\n"));
+    assert_eq!(problems[1].setup, "import math");
+    assert_eq!(problems[2].setup, "LIMIT = 3");
+    assert_eq!(problems[2].tests[0], "assert cap(5) == LIMIT\n");
     let canonical = problems
         .iter()
         .map(|p| vec![sample(p.reference.as_ref().unwrap())])
@@ -262,16 +274,21 @@ fn mbpp_rows_become_docstring_prompts_and_assert_tests() {
     let report = judge(&problems, canonical);
     assert_eq!(report.pass_at(1), Some(1.0));
     assert_eq!(report.pass_at_k_plus.as_deref(), Some(&[(1, 1.0)][..]));
+    assert_eq!(report.non_data.total(), 0);
     let wrong = vec![
         vec![sample(
             "def remove_Occ(s, ch):\n    return s.replace(ch, '')",
         )],
         vec![sample("def similar_elements(a, b):\n    return (4, 5)")],
+        // Redefining the setup's constant changes nothing for the tests: they see the
+        // dataset's LIMIT (3), not the solution's.
+        vec![sample("LIMIT = 99\ndef cap(x):\n    return min(x, LIMIT)")],
     ];
     let report = judge(&problems, wrong);
     // `replace` passes the three base asserts but not the first challenge one.
     assert_eq!(passes(&report, 0), (vec![true], vec![false]));
     assert_eq!(passes(&report, 1), (vec![true], vec![true]));
+    assert_eq!(passes(&report, 2), (vec![false], vec![false]));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use couplet_rollout::{
     CacheMode, CachePolicy, DecoderConfig, DecoderKind, DecoderSettings, DreamAlg, FastDecoding,
     Remasking, RolloutError, SamplingParams,
 };
-use couplet_sandbox::{BackendKind, BackendSpec, Limits};
+use couplet_sandbox::{BackendKind, BackendSpec, Isolation, Limits};
 use serde::{Deserialize, Serialize};
 
 use super::{invalid, ConfigError};
@@ -312,6 +312,9 @@ pub struct SandboxSection {
     pub memory_mb: u64,
     /// Interpreter of the process backend (empty: /usr/bin/python3 or python3).
     pub python: Option<PathBuf>,
+    /// The process backend's OS boundary: `strict` (every layer, else refuse to start) or
+    /// `best_effort` (what the kernel allows, said at start).
+    pub process_isolation: Isolation,
 }
 
 impl Default for SandboxSection {
@@ -322,6 +325,7 @@ impl Default for SandboxSection {
             timeout_seconds: 5.0,
             memory_mb: 512,
             python: None,
+            process_isolation: Isolation::Strict,
         }
     }
 }
@@ -342,6 +346,7 @@ impl SandboxSection {
     pub fn backend_spec(&self, root: &Path) -> BackendSpec {
         BackendSpec {
             python: self.python.clone(),
+            process_isolation: self.process_isolation,
             ..BackendSpec::new(self.backend, root)
         }
     }
