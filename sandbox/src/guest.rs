@@ -80,6 +80,10 @@ pub struct Guest {
     frames: FrameReader,
     /// Role it plays.
     pub role: Role,
+    /// Memory cap it was started with (a trusted instance is reused only under the same).
+    pub memory_bytes: u64,
+    /// Jobs it has served (trusted instances are retired after [`TRUSTED_JOBS`]).
+    pub jobs: u32,
     ended: Option<InstanceEnd>,
 }
 
@@ -87,7 +91,7 @@ pub struct Guest {
 const START_BUDGET: Duration = Duration::from_secs(30);
 
 impl Guest {
-    /// Starts a fresh instance for one job and waits for its hello. `Err` is a sandbox
+    /// Starts a fresh instance and waits for its hello. `Err` is a sandbox
     /// failure (the interpreter cannot start, or died before running anything of the
     /// job's).
     pub fn start(
@@ -106,6 +110,8 @@ impl Guest {
             pipes,
             frames: FrameReader::new(&token),
             role,
+            memory_bytes: limits.memory_bytes,
+            jobs: 0,
             ended: None,
         };
         match guest.recv(Instant::now() + START_BUDGET) {
@@ -175,18 +181,24 @@ impl Drop for Guest {
     }
 }
 
-/// What a backend keeps between jobs: the harness compiled by its own interpreter, and
-/// instances already booting for the next jobs. Nothing that ran any job's code is kept:
-/// each job gets a fresh trusted and a fresh untrusted instance, so no state (a poisoned
-/// module, a rewritten harness) can outlive the job that made it.
+/// What a backend keeps between jobs: the harness compiled by its own interpreter,
+/// instances already booting for the next jobs, and idle trusted instances. An untrusted
+/// instance never serves a second job. A trusted one may: no solution code runs in it (the
+/// harness's `_install_gate` and `_Names`), and the judge returns it only after a job that
+/// tripped nothing, ended every test normally, and below [`TRUSTED_JOBS`] jobs.
 #[derive(Default)]
 pub struct InstanceCache {
     code: OnceLock<Result<Vec<u8>, String>>,
-    /// Instances already booting (harness loaded, waiting for their job's init), with the
-    /// role and limits they were started under. Each has run nothing of any job. Booting
-    /// the next ones while a job runs fills the cores' idle time between request and answer.
+    /// Instances already booting (harness loaded, waiting for their init), with the role
+    /// and limits they were started under. Each has run nothing of any job. Booting the
+    /// next ones while a job runs fills the cores' idle time between request and answer.
     spare: Mutex<Vec<(Role, Limits, Pipes)>>,
+    idle: Mutex<Vec<Guest>>,
 }
+
+/// Jobs a trusted instance serves before it is replaced (bounds whatever dataset code
+/// leaves in its modules).
+pub const TRUSTED_JOBS: u32 = 64;
 
 /// Booting instances kept at most (jobs with differing limits each leave some).
 const MAX_SPARES: usize = 8;
@@ -213,8 +225,26 @@ impl InstanceCache {
         }
     }
 
+    /// An idle trusted instance started with `limits`' memory cap, if any.
+    pub fn take(&self, limits: &Limits) -> Option<Guest> {
+        let mut idle = self.idle.lock().ok()?;
+        let at = idle
+            .iter()
+            .position(|g| g.memory_bytes == limits.memory_bytes)?;
+        Some(idle.swap_remove(at))
+    }
+
+    /// Keeps a healthy trusted instance for the next job.
+    pub fn put(&self, guest: Guest) {
+        if guest.alive() && guest.role == Role::Trusted && guest.jobs < TRUSTED_JOBS {
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push(guest);
+            }
+        }
+    }
+
     /// A fresh, booting instance of `role` for `limits` (a spare when one is ready), and a
-    /// new spare started behind it.
+    /// new spare started behind it (untrusted instances only: trusted ones are reused).
     fn booted(
         &self,
         launcher: &dyn Launcher,
@@ -231,6 +261,9 @@ impl InstanceCache {
             Some(pipes) => pipes,
             None => boot(launcher, self, role, limits)?,
         };
+        if role == Role::Trusted {
+            return Ok(pipes);
+        }
         if let Ok(next) = boot(launcher, self, role, limits) {
             if let Ok(mut spares) = self.spare.lock() {
                 if spares.len() >= MAX_SPARES {

@@ -69,12 +69,11 @@ def _couplet_main():
         _not_dumpable()
     _install_audit_hook(b"audit" in flags, roots, _BaseException)
     sys.stdin = None
-    setup, entry_points, solution = _decode(fields[4], None)
-    text = lambda b: b.decode("utf-8", "surrogatepass")
     if kind == b"T":
-        _trusted(read_frame, send, text(setup), frozenset(text(e) for e in entry_points))
+        _trusted(read_frame, send)
     else:
-        _untrusted(read_frame, send, int(fields[3]), text(setup), text(solution))
+        setup, solution = (b.decode("utf-8", "surrogatepass") for b in _decode(fields[4], None))
+        _untrusted(read_frame, send, int(fields[3]), setup, solution)
 
 
 def _not_dumpable():
@@ -147,6 +146,14 @@ _SEQUENCE_TAGS = {list: b"l", tuple: b"u", set: b"e", frozenset: b"z"}
 _SEQUENCE_KINDS = {tag: kind for kind, tag in _SEQUENCE_TAGS.items()}
 
 
+def _is_name(raw):
+    """Whether bytes spell a Python identifier (evaluating one is a name lookup only)."""
+    try:
+        return raw.decode("ascii").isidentifier()
+    except UnicodeError:
+        return False
+
+
 def _decode(data, handle, texts=None):
     """The value `_encode` wrote; `handle(i)` resolves handle i; every str and bytes value
     is also added (as bytes) to `texts` when given. Raises _NotData when `data` is not
@@ -187,7 +194,7 @@ def _decode(data, handle, texts=None):
             size = sized()
             raw = data[pos[0] : pos[0] + size]
             pos[0] += size
-            if texts is not None:
+            if texts is not None and not _is_name(raw):
                 texts.add(bytes(raw))
             return raw.decode("utf-8", "surrogatepass") if tag == b"s" else bytes(raw)
         if tag in (b"l", b"u", b"e", b"z"):
@@ -398,32 +405,61 @@ class _NonDataUse(BaseException):
     """A value that is not plain data reached a place that needs data."""
 
 
-def _trusted(read_frame, send, setup, entry_points):
-    """Serve `T` (run one test with the solution's names bound to handles) until the host
-    closes stdin. One instance serves one job: nothing a job does here outlives it."""
+# Standard-library modules the trusted side imports when it starts (never later, never
+# chosen by a solution): a solution's `import math` lets a test use `math` unimported, as
+# the reference's one-program harness does, only for these.
+_PRELOADED = (
+    "math cmath re string collections itertools functools operator heapq bisect typing json "
+    "random statistics fractions decimal datetime time copy array struct textwrap enum "
+    "dataclasses abc numbers unicodedata sys os"
+).split()
+
+
+def _trusted(read_frame, send):
+    """Serve `J` (the next job's setup code and entry points) and `T` (run one test of it
+    with the solution's names bound to handles) until the host closes stdin. Nothing of a
+    solution runs here (see `_install_gate` and `_Names`), which is what lets the host
+    reuse an instance for the next job; it replaces it whenever a job tripped the gate."""
     import sys, builtins
 
+    for module in _PRELOADED:
+        try:
+            __import__(module)
+        except BaseException:
+            pass
+    preloaded = frozenset(m for m in _PRELOADED if m in sys.modules)
     pristine = dict(builtins.__dict__)
-    try:
-        setup_code = compile(setup, "<setup>", "exec", dont_inherit=True)
-    except BaseException as e:
-        setup_code = e
-    names = _Names(frozenset(pristine), frozenset(sys.stdlib_module_names), entry_points)
-    crossed = set()
-    _install_gate(crossed)
+    stdlib = frozenset(sys.stdlib_module_names)
+    crossed, dataset = set(), set()
+    tripped = _install_gate(crossed, dataset)
+    job = None
     send(b"H", 0, b"")
     while True:
         kind, seq, payload = read_frame()
-        if kind == b"T":
+        if kind == b"J":
+            crossed.clear()
+            dataset.clear()
+            setup, entry_points = _decode(payload, None)
+            dataset.add(setup)
+            try:
+                setup_code = compile(setup.decode("utf-8", "surrogatepass"), "<setup>", "exec", dont_inherit=True)
+            except BaseException as e:
+                setup_code = e
+            entry_points = frozenset(e.decode("utf-8", "surrogatepass") for e in entry_points)
+            job = (setup_code, _Names(frozenset(pristine), stdlib, preloaded, entry_points))
+        elif kind == b"T" and job is not None:
             index, cap, source, announced = _decode(payload, None)
+            dataset.add(source)
             test = source.decode("utf-8", "surrogatepass")
             link = _Link(read_frame, send, crossed)
-            verdict = _run_test(cap, setup_code, test, announced, names, pristine, link)
-            send(b"D", seq, verdict)
+            verdict = _run_test(cap, job[0], test, announced, job[1], pristine, link)
+            send(b"D", seq, _encode(verdict + (bool(tripped),), None))
+            tripped.clear()
 
 
 def _run_test(cap, setup_code, source, announced, names, pristine, link):
-    """Run one test program; the verdict (status, error, stdout, stderr, truncated)."""
+    """Run one test program; the verdict (status, error, stdout, stderr, truncated); the
+    host adds whether the gate refused anything."""
     import sys, builtins
 
     builtins.__dict__.clear()
@@ -453,8 +489,7 @@ def _run_test(cap, setup_code, source, announced, names, pristine, link):
     sys.stdout, sys.stderr = real
     if link.sticky:
         status, error = "fail", link.sticky
-    verdict = (status, error, bytes(out.buf), bytes(err.buf), out.truncated or err.truncated)
-    return _encode(verdict, None)
+    return (status, error, bytes(out.buf), bytes(err.buf), out.truncated or err.truncated)
 
 
 class _Names:
@@ -463,12 +498,14 @@ class _Names:
     The rule: a name the job declares as an entry point is the solution's (a handle or
     plain data; never a module). Any other name is the solution's only when it is not a
     builtin, not a standard-library module's name and not defined by the setup code; a
-    module the solution imported is bound as the trusted side's own import of it, and only
-    for standard-library modules under their own name (`import math`, `from os import
-    path`), so a solution chooses no code that runs here."""
+    module the solution imported is bound as the trusted side's own copy of it when that
+    is one of the modules it imported at start (`_PRELOADED`), under its own name or a
+    name that shadows nothing (`import math`, `import numbers as nb`): a solution makes the
+    trusted side import nothing."""
 
-    def __init__(self, builtin_names, stdlib, entry_points):
+    def __init__(self, builtin_names, stdlib, preloaded, entry_points):
         self.builtin_names, self.stdlib, self.entry_points = builtin_names, stdlib, entry_points
+        self.preloaded = preloaded
 
     def bind(self, announced, g, setup_names, link):
         if type(announced) is not list:
@@ -492,17 +529,13 @@ class _Names:
                 g[name] = value
 
     def module(self, name, module_name):
-        if type(module_name) is not str or module_name.partition(".")[0] not in self.stdlib:
+        if type(module_name) is not str or module_name not in self.preloaded:
             return None
         if name in self.stdlib and name != module_name:
             return None
         import sys
 
-        try:
-            __import__(module_name)
-            return sys.modules[module_name]
-        except BaseException:
-            return None
+        return sys.modules.get(module_name)
 
 
 class _SolutionError(Exception):
@@ -696,7 +729,7 @@ _UNPICKLABLE = {
 } | {("collections", n) for n in ("OrderedDict", "deque", "Counter", "defaultdict")} | {("_codecs", "encode")}
 
 
-def _install_gate(crossed):
+def _install_gate(crossed, dataset):
     """The trusted role's gate against running the solution's output as code. A test that
     compiles (eval, exec, compile) or unmarshals text made from a str or bytes value that
     crossed from the solution in this job gets PermissionError before anything of it runs:
@@ -707,13 +740,26 @@ def _install_gate(crossed):
     no solution code has run, so nothing can switch it off first."""
     import sys
 
-    def piece_of_solution(source):
+    def piece_of_solution(source):  # `source` is bytes
         if source in crossed:
             return True
         return len(source) >= 8 and any(source in t for t in crossed if len(t) > len(source))
 
     def built_around_solution(source):
         return any(t in source for t in crossed if len(t) >= 16)
+
+    def literal(source):
+        # Plain data written as Python (what an honest `eval(f(x))` evaluates) runs no
+        # code; `ast.parse` here passes the gate as parsing only.
+        import ast
+
+        try:
+            tree = ast.parse(source, mode="eval")
+        except BaseException:
+            return False
+        allowed = (ast.Expression, ast.Constant, ast.Tuple, ast.List, ast.Set, ast.Dict,
+                   ast.UnaryOp, ast.USub, ast.UAdd, ast.BinOp, ast.Add, ast.Sub, ast.Load)
+        return all(isinstance(node, allowed) for node in ast.walk(tree))
 
     def parsing_only():
         caller = sys._getframe(2)  # parsing_only <- gate <- the caller of compile
@@ -724,18 +770,22 @@ def _install_gate(crossed):
             source = args[0]
             if type(source) is str:
                 source = source.encode("utf-8", "surrogatepass")
-            if type(source) is not bytes:
+            if type(source) is not bytes or source in dataset:
                 return
             # Only code made at run time (`<string>`, `<test>`...) is searched for pieces
             # of the solution's text; a module's own source or bytecode is not.
             generated = event == "compile" and str(args[1] if len(args) > 1 else "").startswith("<")
             suspect = piece_of_solution(source) or (generated and built_around_solution(source))
-            if suspect and not parsing_only():
-                raise PermissionError("sandbox: the solution's output is never run as code")
+            if source and suspect and not parsing_only() and not literal(source):
+                tripped.append(event)
+                raise PermissionError("sandbox: the solution's output is never run as code ")
         elif event == "pickle.find_class" and tuple(args[:2]) not in _UNPICKLABLE:
+            tripped.append(event)
             raise PermissionError("sandbox: unpickling may construct plain data only")
 
+    tripped = []
     sys.addaudithook(gate)
+    return tripped
 
 
 def _install_audit_hook(os_rules, allowed_roots, _BaseException):

@@ -67,20 +67,17 @@ pub struct GuestRules {
     pub audit_roots: Option<Vec<String>>,
 }
 
-/// The job's code an instance is started with.
+/// The job's code an untrusted instance is started with.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JobCode<'a> {
-    /// Trusted dataset code run before the solution (untrusted side) and before each test
-    /// (trusted side).
+    /// Trusted dataset code run before the solution.
     pub setup: &'a str,
-    /// The names the task asks the solution for.
-    pub entry_points: &'a [String],
-    /// The solution (untrusted side only; empty for the trusted one).
+    /// The solution.
     pub solution: &'a str,
 }
 
 /// The first frame an instance reads: its role, the token for its replies, its own
-/// confinement, the output cap and the job's code (tagged encoding).
+/// confinement, the output cap and (untrusted) the job's code (tagged encoding).
 pub fn init_frame(
     role: Role,
     token: &str,
@@ -97,14 +94,8 @@ pub fn init_frame(
     }
     let roots = rules.audit_roots.as_deref().unwrap_or(&[]).join("\0");
     let mut body = format!("{token}\n{}\n{roots}\n{output_cap}\n", flags.join(",")).into_bytes();
-    let entry_points = code.entry_points.iter();
     Value::Seq(vec![
         Value::Bytes(code.setup.as_bytes().to_vec()),
-        Value::Seq(
-            entry_points
-                .map(|e| Value::Bytes(e.as_bytes().to_vec()))
-                .collect(),
-        ),
         Value::Bytes(code.solution.as_bytes().to_vec()),
     ])
     .encode(&mut body);
@@ -113,6 +104,18 @@ pub fn init_frame(
         Role::Untrusted => b'U',
     };
     host_frame(kind, 0, &body)
+}
+
+/// The frame that starts a job on a trusted instance (`J`): its setup code and entry
+/// points.
+pub fn job_frame(setup: &str, entry_points: &[String]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    Value::Seq(vec![
+        Value::Bytes(setup.as_bytes().to_vec()),
+        Value::Seq(entry_points.iter().map(|e| Value::Bytes(e.as_bytes().to_vec())).collect()),
+    ])
+    .encode(&mut payload);
+    host_frame(b'J', 0, &payload)
 }
 
 /// A host → guest frame.

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use crate::guest::{Guest, InstanceCache, InstanceEnd, Launcher, Recv};
-use crate::harness::{host_frame, Frame, JobCode, Role, Value};
+use crate::harness::{host_frame, job_frame, Frame, JobCode, Role, Value};
 use crate::job::{Job, JobResult, Limits, Outcome, TestResult, NON_DATA_RESULT};
 
 /// How long the trusted side may take to wind a test down after an abort.
@@ -20,8 +20,8 @@ const ABORT_GRACE: Duration = Duration::from_secs(1);
 /// Least time the untrusted side gets to end a test (release its objects, hand over output).
 const FINISH_MINIMUM: Duration = Duration::from_millis(200);
 
-/// Runs `job` on fresh instances from `launcher` (booted ahead by `cache`); both are
-/// stopped when the job ends.
+/// Runs `job` on a fresh untrusted instance from `launcher` (booted ahead by `cache`) and a
+/// trusted one from `cache`, returned to it when the job left it clean.
 pub fn run_job(
     job: &Job,
     limits: &Limits,
@@ -36,6 +36,7 @@ pub fn run_job(
         job_deadline: started + limits.per_job,
         cache,
         trusted: None,
+        trusted_clean: true,
         untrusted: None,
         syntax_ok: None,
         seq: 0,
@@ -43,6 +44,12 @@ pub fn run_job(
         instances: 0,
     };
     let outcome = judge.run();
+    if let Some(mut trusted) = judge.trusted.take() {
+        if judge.trusted_clean {
+            trusted.jobs += 1;
+            cache.put(trusted);
+        }
+    }
     let wall_seconds = started.elapsed().as_secs_f64();
     match outcome {
         Ok((tests, syntax_ok)) => JobResult {
@@ -64,6 +71,8 @@ struct Judge<'a> {
     cache: &'a InstanceCache,
     job_deadline: Instant,
     trusted: Option<Guest>,
+    /// No test of this job tripped the trusted side's gate or ended it abnormally.
+    trusted_clean: bool,
     untrusted: Option<Guest>,
     /// Whether the solution parses, as the first untrusted instance said before running it.
     syntax_ok: Option<bool>,
@@ -97,17 +106,6 @@ impl Judge<'_> {
         Ok((tests, self.syntax_ok.filter(|_| self.job.check_syntax)))
     }
 
-    fn code(&self, role: Role) -> JobCode<'_> {
-        JobCode {
-            setup: &self.job.setup,
-            entry_points: &self.job.entry_points,
-            solution: match role {
-                Role::Trusted => "",
-                Role::Untrusted => &self.job.solution,
-            },
-        }
-    }
-
     /// A running untrusted instance, started when there is none. A fresh one first says
     /// whether the solution parses (`S`, sent before it runs any of it: a parser crash
     /// costs that instance, never a verdict).
@@ -115,7 +113,10 @@ impl Judge<'_> {
         if self.untrusted.is_some() {
             return Ok(());
         }
-        let code = self.code(Role::Untrusted);
+        let code = JobCode {
+            setup: &self.job.setup,
+            solution: &self.job.solution,
+        };
         let guest = Guest::start(
             self.launcher,
             self.cache,
@@ -208,7 +209,10 @@ impl Judge<'_> {
                     }
                 }
                 Recv::Frame(f) if f.kind == b'D' && f.seq == seq => {
-                    return verdict(&f.payload, decided);
+                    let normal = decided.is_none();
+                    let (result, tripped) = verdict(&f.payload, decided);
+                    self.trusted_clean &= !tripped && normal;
+                    return result;
                 }
                 Recv::Frame(_) => {
                     self.drop_trusted(InstanceEnd::Released);
@@ -222,6 +226,7 @@ impl Judge<'_> {
                 }
                 Recv::Ended(end) => {
                     self.trusted = None;
+                    self.trusted_clean = false;
                     return TestResult::bare(decided.unwrap_or_else(|| trusted_outcome(&end)));
                 }
             }
@@ -349,8 +354,14 @@ impl Judge<'_> {
 
     fn trusted(&mut self) -> Result<&mut Guest, String> {
         if self.trusted.is_none() {
-            let code = self.code(Role::Trusted);
-            let guest = Guest::start(self.launcher, self.cache, Role::Trusted, self.limits, code)?;
+            let guest = match self.cache.take(self.limits) {
+                Some(guest) => guest,
+                None => {
+                    let code = JobCode::default();
+                    Guest::start(self.launcher, self.cache, Role::Trusted, self.limits, code)?
+                }
+            };
+            guest.send(job_frame(&self.job.setup, &self.job.entry_points));
             self.trusted = Some(guest);
         }
         self.trusted
@@ -359,6 +370,7 @@ impl Judge<'_> {
     }
 
     fn drop_trusted(&mut self, reason: InstanceEnd) {
+        self.trusted_clean = false;
         if let Some(mut trusted) = self.trusted.take() {
             trusted.stop(reason);
         }
@@ -374,12 +386,15 @@ impl Judge<'_> {
     }
 }
 
-/// The trusted side's verdict `(status, error, stdout, stderr, truncated)`, unless the
-/// judge already decided the test.
-fn verdict(payload: &[u8], decided: Option<Outcome>) -> TestResult {
+/// The trusted side's verdict `(status, error, stdout, stderr, truncated, tripped)`,
+/// unless the judge already decided the test, and whether the trusted side's gate refused
+/// anything during it (an unreadable verdict counts as tripped).
+fn verdict(payload: &[u8], decided: Option<Outcome>) -> (TestResult, bool) {
     let value = Value::decode(payload);
-    let Some([status, error, out, err, truncated]) = value.as_ref().and_then(|v| v.items()) else {
-        return TestResult::bare(decided.unwrap_or_else(|| crashed("unreadable verdict")));
+    let Some([status, error, out, err, truncated, tripped]) = value.as_ref().and_then(|v| v.items())
+    else {
+        let result = TestResult::bare(decided.unwrap_or_else(|| crashed("unreadable verdict")));
+        return (result, true);
     };
     let error = sanitize(error.text().unwrap_or(""));
     let outcome = decided.unwrap_or(match status.text() {
@@ -387,12 +402,13 @@ fn verdict(payload: &[u8], decided: Option<Outcome>) -> TestResult {
         Some("memory") => Outcome::Memory,
         _ => Outcome::Failed { error },
     });
-    TestResult {
+    let result = TestResult {
         outcome,
         stdout: String::from_utf8_lossy(out.bytes().unwrap_or(b"")).into_owned(),
         stderr: String::from_utf8_lossy(err.bytes().unwrap_or(b"")).into_owned(),
         truncated: *truncated == Value::Bool(true),
-    }
+    };
+    (result, *tripped != Value::Bool(false))
 }
 
 /// The exception type name in an `X` payload `(name, message)`.
@@ -468,20 +484,20 @@ mod tests {
             Value::Bytes(b"hi".to_vec()),
             Value::Bytes(Vec::new()),
             Value::Bool(false),
+            Value::Bool(false),
         ]);
         let mut payload = Vec::new();
         v.encode(&mut payload);
-        let r = verdict(&payload, None);
+        let (r, tripped) = verdict(&payload, None);
+        assert!(!tripped);
         assert_eq!(
             (r.outcome.clone(), r.stdout.as_str()),
             (Outcome::Passed, "hi")
         );
-        let r = verdict(&payload, Some(Outcome::Timeout));
+        let (r, _) = verdict(&payload, Some(Outcome::Timeout));
         assert_eq!(r.outcome, Outcome::Timeout, "a decided test stays decided");
-        assert!(matches!(
-            verdict(b"garbage", None).outcome,
-            Outcome::Crashed { .. }
-        ));
+        let (r, tripped) = verdict(b"garbage", None);
+        assert!(matches!(r.outcome, Outcome::Crashed { .. }) && tripped);
     }
 
     #[test]

@@ -253,6 +253,7 @@ fn nothing_a_job_leaves_in_the_trusted_interpreter_reaches_the_next() {
         let honest = job("def f(x):\n    return x\n", &[
             "assert eval('1 + 1') == 2 and f(2) == 2",
             "import ast\nassert ast.literal_eval(f('[1, (2, 3)]')) == [1, (2, 3)]",
+            "assert eval(f('[1, -2.5, (3, 4j), {5: None}]')) == [1, -2.5, (3, 4j), {5: None}]",
             "import pickle\nassert pickle.loads(pickle.dumps({'a': [1, 2j]})) == {'a': [1, 2j]}",
             "from dataclasses import dataclass\n@dataclass\nclass P:\n    x: int\nassert P(f(1)).x == 1",
         ]);
