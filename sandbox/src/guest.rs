@@ -189,6 +189,9 @@ impl Drop for Guest {
 #[derive(Default)]
 pub struct InstanceCache {
     code: OnceLock<Result<Vec<u8>, String>>,
+    /// Where the marshalled harness is kept between runs (its name carries the hashes of
+    /// the harness and the interpreter, so a stale one is never read).
+    code_file: Option<std::path::PathBuf>,
     /// Instances already booting (harness loaded, waiting for their init), with the role
     /// and limits they were started under. Each has run nothing of any job. Booting the
     /// next ones while a job runs fills the cores' idle time between request and answer.
@@ -217,9 +220,31 @@ fn boot(
 }
 
 impl InstanceCache {
+    /// A cache that keeps the marshalled harness in `file` between runs (saves starting
+    /// one interpreter at every start of the backend).
+    pub fn with_code_file(file: std::path::PathBuf) -> Self {
+        InstanceCache {
+            code_file: Some(file),
+            ..InstanceCache::default()
+        }
+    }
+
     /// The marshalled harness (compiled on first use by an instance of `launcher`).
     pub fn harness_code(&self, launcher: &dyn Launcher) -> Result<&[u8], String> {
-        match self.code.get_or_init(|| compile_harness(launcher)) {
+        let load = || {
+            let kept = self.code_file.as_ref().and_then(|f| std::fs::read(f).ok());
+            match kept {
+                Some(code) if !code.is_empty() => Ok(code),
+                _ => {
+                    let code = compile_harness(launcher)?;
+                    if let Some(file) = &self.code_file {
+                        keep(file, &code);
+                    }
+                    Ok(code)
+                }
+            }
+        };
+        match self.code.get_or_init(load) {
             Ok(code) => Ok(code),
             Err(e) => Err(e.clone()),
         }
@@ -274,6 +299,28 @@ impl InstanceCache {
         }
         Ok(pipes)
     }
+}
+
+/// Writes `bytes` to `file` atomically (a temp file renamed); a failure only costs the
+/// next start a compilation.
+fn keep(file: &std::path::Path, bytes: &[u8]) {
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+    if std::fs::write(&tmp, bytes).is_ok() {
+        let _ = std::fs::rename(&tmp, file);
+    }
+}
+
+/// A short hex digest of the harness program (part of the kept harness's file name).
+pub fn harness_digest() -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(crate::harness::HARNESS)
+        .chain_update(crate::harness::BOOT)
+        .finalize();
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Has the backend's interpreter compile the harness and hand it back marshalled.

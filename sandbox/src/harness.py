@@ -310,17 +310,21 @@ def _untrusted(read_frame, send, cap, setup, solution):
 
 def _parse(solution):
     """(`ok` or the parser's exception name, the compiled solution or that exception).
-    0x400 = ast.PyCF_ONLY_AST: the syntax verdict is exactly ast.parse's. It runs here, in
-    the instance that is about to run the solution anyway, so a parser crash
-    (RecursionError on a deeply nested expression) costs nothing but a `false`."""
+    The syntax verdict is exactly ast.parse's: code that compiles parses; code that does
+    not is parsed again with 0x400 (ast.PyCF_ONLY_AST), since a few programs parse but do
+    not compile (`return` outside a function). Building the AST costs milliseconds in
+    WebAssembly, so it is only done on that rare path. This runs in the instance that is
+    about to run the solution anyway, so a parser crash (RecursionError on a deeply nested
+    expression) costs nothing but a `false`."""
     try:
-        tree = compile(solution, "<solution>", "exec", 0x400, dont_inherit=True)
+        return b"ok", compile(solution, "<solution>", "exec", dont_inherit=True)
     except BaseException as e:
-        return type(e).__name__.encode() or b"error", e
+        error = e
     try:
-        return b"ok", compile(tree, "<solution>", "exec", dont_inherit=True)
+        compile(solution, "<solution>", "exec", 0x400, dont_inherit=True)
+        return b"ok", error
     except BaseException as e:
-        return b"ok", e
+        return type(e).__name__.encode() or b"error", error
 
 
 def _reset(seq, setup_code, code, pristine, handle_of):
@@ -405,10 +409,12 @@ class _NonDataUse(BaseException):
     """A value that is not plain data reached a place that needs data."""
 
 
-# Standard-library modules the trusted side imports when it starts (never later, never
-# chosen by a solution): a solution's `import math` lets a test use `math` unimported, as
-# the reference's one-program harness does, only for these.
-_PRELOADED = (
+# The standard-library modules a solution's import may bind for a test (pure modules
+# with no import-time effects): a solution's `import math` lets a test use `math`
+# unimported, as the reference's one-program harness does, only for these; the trusted
+# side imports one of them the first time a solution names it. No other module is ever
+# imported on a solution's word.
+_BINDABLE = (
     "math cmath re string collections itertools functools operator heapq bisect typing json "
     "random statistics fractions decimal datetime time copy array struct textwrap enum "
     "dataclasses abc numbers unicodedata sys os"
@@ -422,12 +428,7 @@ def _trusted(read_frame, send):
     reuse an instance for the next job; it replaces it whenever a job tripped the gate."""
     import sys, builtins
 
-    for module in _PRELOADED:
-        try:
-            __import__(module)
-        except BaseException:
-            pass
-    preloaded = frozenset(m for m in _PRELOADED if m in sys.modules)
+    bindable = frozenset(_BINDABLE)
     pristine = dict(builtins.__dict__)
     stdlib = frozenset(sys.stdlib_module_names)
     crossed, dataset = set(), set()
@@ -446,7 +447,7 @@ def _trusted(read_frame, send):
             except BaseException as e:
                 setup_code = e
             entry_points = frozenset(e.decode("utf-8", "surrogatepass") for e in entry_points)
-            job = (setup_code, _Names(frozenset(pristine), stdlib, preloaded, entry_points))
+            job = (setup_code, _Names(frozenset(pristine), stdlib, bindable, entry_points))
         elif kind == b"T" and job is not None:
             index, cap, source, announced = _decode(payload, None)
             dataset.add(source)
@@ -498,14 +499,13 @@ class _Names:
     The rule: a name the job declares as an entry point is the solution's (a handle or
     plain data; never a module). Any other name is the solution's only when it is not a
     builtin, not a standard-library module's name and not defined by the setup code; a
-    module the solution imported is bound as the trusted side's own copy of it when that
-    is one of the modules it imported at start (`_PRELOADED`), under its own name or a
-    name that shadows nothing (`import math`, `import numbers as nb`): a solution makes the
-    trusted side import nothing."""
+    module the solution imported is bound as the trusted side's own copy of it when it is
+    one of `_BINDABLE`, under its own name or a name that shadows nothing (`import math`,
+    `import numbers as nb`): a solution makes the trusted side import nothing else."""
 
-    def __init__(self, builtin_names, stdlib, preloaded, entry_points):
+    def __init__(self, builtin_names, stdlib, bindable, entry_points):
         self.builtin_names, self.stdlib, self.entry_points = builtin_names, stdlib, entry_points
-        self.preloaded = preloaded
+        self.bindable = bindable
 
     def bind(self, announced, g, setup_names, link):
         if type(announced) is not list:
@@ -529,13 +529,17 @@ class _Names:
                 g[name] = value
 
     def module(self, name, module_name):
-        if type(module_name) is not str or module_name not in self.preloaded:
+        if type(module_name) is not str or module_name not in self.bindable:
             return None
         if name in self.stdlib and name != module_name:
             return None
         import sys
 
-        return sys.modules.get(module_name)
+        try:
+            __import__(module_name)
+            return sys.modules[module_name]
+        except BaseException:
+            return None
 
 
 class _SolutionError(Exception):

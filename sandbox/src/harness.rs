@@ -112,7 +112,12 @@ pub fn job_frame(setup: &str, entry_points: &[String]) -> Vec<u8> {
     let mut payload = Vec::new();
     Value::Seq(vec![
         Value::Bytes(setup.as_bytes().to_vec()),
-        Value::Seq(entry_points.iter().map(|e| Value::Bytes(e.as_bytes().to_vec())).collect()),
+        Value::Seq(
+            entry_points
+                .iter()
+                .map(|e| Value::Bytes(e.as_bytes().to_vec()))
+                .collect(),
+        ),
     ])
     .encode(&mut payload);
     host_frame(b'J', 0, &payload)

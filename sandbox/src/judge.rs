@@ -391,7 +391,8 @@ impl Judge<'_> {
 /// anything during it (an unreadable verdict counts as tripped).
 fn verdict(payload: &[u8], decided: Option<Outcome>) -> (TestResult, bool) {
     let value = Value::decode(payload);
-    let Some([status, error, out, err, truncated, tripped]) = value.as_ref().and_then(|v| v.items())
+    let Some([status, error, out, err, truncated, tripped]) =
+        value.as_ref().and_then(|v| v.items())
     else {
         let result = TestResult::bare(decided.unwrap_or_else(|| crashed("unreadable verdict")));
         return (result, true);

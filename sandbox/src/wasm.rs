@@ -362,11 +362,16 @@ impl WasmBackend {
         let instance_pre = link(&engine, &module)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(&engine, &ticker_stop)?;
+        let harness = cache_dir.join(format!(
+            "harness-{}-{}.marshal",
+            &sha[..16],
+            crate::guest::harness_digest()
+        ));
         Ok(WasmBackend {
             engine,
             instance_pre,
             ticker_stop,
-            cache: InstanceCache::default(),
+            cache: InstanceCache::with_code_file(harness),
             from_cache,
         })
     }

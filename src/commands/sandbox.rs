@@ -78,6 +78,7 @@ fn run_jobs(args: RunArgs) -> Result<()> {
         bail!("--timeout must be a positive number of seconds");
     }
     let jobs = read_jobs(&args.jobs)?;
+    let started = std::time::Instant::now();
     let backend = BackendSpec {
         python: args.python.clone(),
         wasm: args.wasm.clone(),
@@ -98,6 +99,7 @@ fn run_jobs(args: RunArgs) -> Result<()> {
         ..Limits::default()
     };
     let results = pool.run_all(jobs, limits);
+    let wall = started.elapsed().as_secs_f64();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (mut all_pass, mut tests, mut passed, mut failures) = (0, 0, 0, 0);
@@ -112,7 +114,8 @@ fn run_jobs(args: RunArgs) -> Result<()> {
     let non_data = NonDataCounts::of(&results);
     eprintln!(
         "{} jobs on {} ({} workers): {all_pass} fully passing, {passed}/{tests} tests passed, {failures} sandbox failures; \
-         failed as non-data: {} results, {} arguments; {:.1} tests/s",
+         failed as non-data: {} results, {} arguments; {:.1} tests/s per worker; \
+         {wall:.2} s from opening the backend to the last verdict",
         results.len(),
         pool.backend_name(),
         pool.workers(),
