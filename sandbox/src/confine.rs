@@ -259,7 +259,7 @@ pub fn seccomp_program() -> Result<BpfProgram, String> {
     let ioctl_rules = ioctls
         .iter()
         .map(|&request| {
-            SeccompRule::new(vec![eq(1, request as u64)?]).map_err(|e| format!("seccomp rule: {e}"))
+            SeccompRule::new(vec![eq(1, request)?]).map_err(|e| format!("seccomp rule: {e}"))
         })
         .collect::<Result<Vec<_>, String>>()?;
     rules.insert(libc::SYS_ioctl, ioctl_rules);
