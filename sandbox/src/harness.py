@@ -442,23 +442,40 @@ def _trusted(read_frame, send):
             dataset.clear()
             setup, entry_points = _decode(payload, None)
             dataset.add(setup)
-            try:
-                setup_code = compile(setup.decode("utf-8", "surrogatepass"), "<setup>", "exec", dont_inherit=True)
-            except BaseException as e:
-                setup_code = e
+            setup_code = _compile_dataset(setup, "<setup>", dataset)
             entry_points = frozenset(e.decode("utf-8", "surrogatepass") for e in entry_points)
             job = (setup_code, _Names(frozenset(pristine), stdlib, bindable, entry_points))
         elif kind == b"T" and job is not None:
             index, cap, source, announced = _decode(payload, None)
-            dataset.add(source)
-            test = source.decode("utf-8", "surrogatepass")
+            test = _compile_dataset(source, "<test>", dataset)
             link = _Link(read_frame, send, crossed)
             verdict = _run_test(cap, job[0], test, announced, job[1], pristine, link)
             send(b"D", seq, _encode(verdict + (bool(tripped),), None))
             tripped.clear()
 
 
-def _run_test(cap, setup_code, source, announced, names, pristine, link):
+def _compile_dataset(source, filename, dataset):
+    """The job's own code (bytes) compiled, or the exception compiling it raised. It and
+    every string and bytes constant in it (the canonical solution an EvalPlus test runs)
+    join `dataset`, which the gate never refuses."""
+    dataset.add(source)
+    try:
+        code = compile(source.decode("utf-8", "surrogatepass"), filename, "exec", dont_inherit=True)
+    except BaseException as e:
+        return e
+    pending = [code]
+    while pending:
+        for const in pending.pop().co_consts:
+            if type(const) is str:
+                dataset.add(const.encode("utf-8", "surrogatepass"))
+            elif type(const) is bytes:
+                dataset.add(const)
+            elif type(const) is type(code):
+                pending.append(const)
+    return code
+
+
+def _run_test(cap, setup_code, test_code, announced, names, pristine, link):
     """Run one test program; the verdict (status, error, stdout, stderr, truncated); the
     host adds whether the gate refused anything."""
     import sys, builtins
@@ -478,7 +495,9 @@ def _run_test(cap, setup_code, source, announced, names, pristine, link):
             names.bind(_decode(announced, link.handle, link.crossed), g, frozenset(g), link)
         except _NotData:
             raise link.fail("non-data result")
-        exec(compile(source, "<test>", "exec", dont_inherit=True), g)
+        if isinstance(test_code, BaseException):
+            raise test_code
+        exec(test_code, g)
     except AssertionError:
         status, error = "fail", "AssertionError"
     except MemoryError:

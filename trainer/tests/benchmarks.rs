@@ -131,6 +131,8 @@ fn outputs_are_judged_like_evalplus() {
         sample("def truncate_number(number):\n    return {3.5: 0.5, 1.33: 0.33000000000000007}[number]"),
         // An object that equals everything is not plain data: never a pass.
         sample("class Yes:\n    def __eq__(self, other):\n        return True\n    def __sub__(self, other):\n        return 0.0\ndef truncate_number(number):\n    return Yes()"),
+        // The judge's tolerance check calls `abs`: a solution's `abs` is not the judge's.
+        sample("def abs(x):\n    return 0.0\ndef truncate_number(number):\n    return 0.25"),
     ];
     let int_task = vec![
         sample("def add(x, y):\n    return x + y"),
@@ -145,14 +147,16 @@ fn outputs_are_judged_like_evalplus() {
     let root_task = vec![
         // Any root passes the oracle, not only the canonical one.
         sample("def find_zero(xs):\n    return 0.0"),
+        // A solution's `abs` or `poly` does not change the oracle.
+        sample("def abs(x):\n    return 0.0\ndef poly(xs, x):\n    return 0.0\ndef find_zero(xs):\n    return 12345.0"),
         sample("def find_zero(xs):\n    lo, hi = -100.0, 100.0\n    f = lambda x: sum(c * x ** i for i, c in enumerate(xs))\n    for _ in range(300):\n        mid = (lo + hi) / 2\n        if f(lo) * f(mid) > 0:\n            lo = mid\n        else:\n            hi = mid\n    return hi"),
     ];
     let report = judge(&problems, vec![float_task, int_task, root_task]);
     assert_eq!(
         passes(&report, 0),
         (
-            vec![true, false, true, false],
-            vec![true, false, false, false]
+            vec![true, false, true, false, false],
+            vec![true, false, false, false, false]
         )
     );
     assert_eq!(
@@ -162,7 +166,10 @@ fn outputs_are_judged_like_evalplus() {
             vec![true, false, true, false]
         )
     );
-    assert_eq!(passes(&report, 2), (vec![false, true], vec![false, true]));
+    assert_eq!(
+        passes(&report, 2),
+        (vec![false, false, true], vec![false, false, true])
+    );
     assert!(report.non_data.results >= 1, "the forged object is counted");
 }
 
