@@ -25,7 +25,13 @@ pub const BOOT: &str = include_str!("boot.py");
 
 /// The bootstrap frame asking the interpreter to compile the harness and return it marshalled.
 pub fn source_frame() -> Vec<u8> {
-    boot_frame(b'P', HARNESS.as_bytes())
+    source_frame_of(HARNESS)
+}
+
+/// The bootstrap frame asking the interpreter to compile `program` and return it
+/// marshalled.
+pub fn source_frame_of(program: &str) -> Vec<u8> {
+    boot_frame(b'P', program.as_bytes())
 }
 
 /// The bootstrap frame carrying the marshalled harness.

@@ -21,6 +21,7 @@ pub mod job;
 pub mod judge;
 pub mod pool;
 pub mod process;
+pub mod stdlib;
 pub mod wasm;
 
 pub use confine::{Isolation, Layers};

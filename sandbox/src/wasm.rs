@@ -27,6 +27,7 @@ use wasmtime::{
     StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p2::{InputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::guest::{Control, InstanceCache, InstanceEnd, Launcher, Pipes};
@@ -56,11 +57,8 @@ const ERRNO_INVAL: i32 = 28;
 
 type StopFlag = Arc<Mutex<Option<InstanceEnd>>>;
 
-/// fd 0 / fd 1 / fd 2 of one guest, wired to the judge.
+/// fd 1 / fd 2 of one guest, wired to the judge (fd 0 is a [`FrameStdin`]).
 struct GuestIo {
-    inbox: Receiver<Vec<u8>>,
-    pending: Vec<u8>,
-    read_pos: usize,
     outbox: Sender<Vec<u8>>,
     written: usize,
     flooded: bool,
@@ -126,65 +124,82 @@ fn put_u32(mem: &mut [u8], at: i32, value: usize) -> bool {
     }
 }
 
-/// Our `fd_read`: fd 0 is the judge's channel (blocking, but stoppable); there are no
-/// other readable host descriptors.
-fn fd_read(
-    mut caller: Caller<'_, State>,
-    fd: i32,
-    iovs: i32,
-    iovs_len: i32,
-    nread: i32,
-) -> wasmtime::Result<i32> {
-    if fd != 0 {
-        return Ok(ERRNO_BADF);
+/// The guest's stdin: the judge's frames, through WASI's own `fd_read` (so file reads
+/// from the read-only standard library still work). A blocking read waits in short slices
+/// and gives up when the instance is stopped, so a guest blocked on stdin never pins its
+/// thread.
+#[derive(Clone)]
+struct FrameStdin {
+    inbox: Receiver<Vec<u8>>,
+    pending: Arc<Mutex<Vec<u8>>>,
+    stop: StopFlag,
+}
+
+impl FrameStdin {
+    fn stopped(&self) -> bool {
+        self.stop.lock().map(|s| s.is_some()).unwrap_or(true)
     }
-    let Some(memory) = memory_of(&mut caller) else {
-        return Ok(ERRNO_INVAL);
-    };
-    let mut eof = false;
-    loop {
-        let io = &mut caller.data_mut().io;
-        if io.read_pos < io.pending.len() {
-            break;
-        }
-        if io.stopped() {
-            return Err(wasmtime::Error::msg("couplet: stopped while reading"));
-        }
-        match io.inbox.recv_timeout(TICK) {
-            Ok(bytes) => {
-                io.pending = bytes;
-                io.read_pos = 0;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                eof = true;
-                break;
+
+    /// Up to `size` bytes already received, or the next chunk within `wait`.
+    fn take(&self, size: usize, wait: Option<Duration>) -> StreamResult<bytes::Bytes> {
+        let mut pending = self.pending.lock().map_err(|_| StreamError::Closed)?;
+        if pending.is_empty() {
+            let next = match wait {
+                Some(wait) => self.inbox.recv_timeout(wait),
+                None => self.inbox.try_recv().map_err(|e| match e {
+                    crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                }),
+            };
+            match next {
+                Ok(bytes) => *pending = bytes,
+                Err(RecvTimeoutError::Timeout) => return Ok(bytes::Bytes::new()),
+                Err(RecvTimeoutError::Disconnected) => return Err(StreamError::Closed),
             }
         }
+        let n = size.min(pending.len());
+        Ok(bytes::Bytes::from(pending.drain(..n).collect::<Vec<u8>>()))
     }
-    let (mem, state) = memory.data_and_store_mut(&mut caller);
-    let Some(vecs) = iovecs(mem, iovs, iovs_len) else {
-        return Ok(ERRNO_FAULT);
-    };
-    let io = &mut state.io;
-    let mut total = 0;
-    for (ptr, len) in vecs {
-        if eof {
-            break;
-        }
-        let n = len.min(io.pending.len() - io.read_pos);
-        mem[ptr..ptr + n].copy_from_slice(&io.pending[io.read_pos..io.read_pos + n]);
-        io.read_pos += n;
-        total += n;
-        if io.read_pos == io.pending.len() {
-            break;
+}
+
+impl wasmtime_wasi::cli::IsTerminal for FrameStdin {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdinStream for FrameStdin {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncRead + Send + Sync> {
+        Box::new(tokio::io::empty())
+    }
+
+    fn p2_stream(&self) -> Box<dyn InputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl InputStream for FrameStdin {
+    fn read(&mut self, size: usize) -> StreamResult<bytes::Bytes> {
+        self.take(size, None)
+    }
+
+    async fn blocking_read(&mut self, size: usize) -> StreamResult<bytes::Bytes> {
+        loop {
+            if self.stopped() {
+                return Err(StreamError::trap("couplet: stopped while reading"));
+            }
+            let bytes = self.take(size.max(1), Some(TICK))?;
+            if !bytes.is_empty() {
+                return Ok(bytes);
+            }
         }
     }
-    Ok(if put_u32(mem, nread, total) {
-        0
-    } else {
-        ERRNO_FAULT
-    })
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for FrameStdin {
+    async fn ready(&mut self) {}
 }
 
 /// Our `fd_write`: fd 1 goes to the judge (capped over the instance's life), fd 2 to a
@@ -322,6 +337,9 @@ pub struct WasmBackend {
     instance_pre: InstancePre<State>,
     ticker_stop: Arc<AtomicBool>,
     cache: InstanceCache,
+    /// The interpreter's standard library as files, mounted read-only at `/stdlib` and
+    /// first on `PYTHONPATH` (see [`crate::stdlib`]); `None`: the zip alone.
+    stdlib: Option<PathBuf>,
     /// Whether the module came from the on-disk cache (false = compiled now).
     pub from_cache: bool,
 }
@@ -367,13 +385,17 @@ impl WasmBackend {
             &sha[..16],
             crate::guest::harness_digest()
         ));
-        Ok(WasmBackend {
+        let mut backend = WasmBackend {
             engine,
             instance_pre,
             ticker_stop,
             cache: InstanceCache::with_code_file(harness),
+            stdlib: None,
             from_cache,
-        })
+        };
+        let dir = cache_dir.join(format!("stdlib-{}", &sha[..16]));
+        backend.stdlib = crate::stdlib::extracted(&backend, &dir);
+        Ok(backend)
     }
 
     /// Loads from the default paths under the project folder `root`.
@@ -381,10 +403,22 @@ impl WasmBackend {
         WasmBackend::new(&root.join(DEFAULT_WASM_PATH), &cache_dir(root))
     }
 
-    fn store(&self, limits: &Limits, io: GuestIo) -> Store<State> {
+    fn store(&self, limits: &Limits, io: GuestIo, stdin: FrameStdin) -> Store<State> {
         let clock_base = Instant::now();
-        let wasi = WasiCtxBuilder::new()
-            .args(&["python", "-I", "-S", "-B", "-c", BOOT])
+        let mut wasi = WasiCtxBuilder::new();
+        let mounted = self.stdlib.as_ref().is_some_and(|dir| {
+            wasi.preopened_dir(dir, "/stdlib", wasmtime_wasi::FsPerms::ReadOnly)
+                .is_ok()
+        });
+        if mounted {
+            // -I minus -E: the environment is ours (PYTHONPATH only), so it may be read.
+            wasi.env("PYTHONPATH", "/stdlib")
+                .args(&["python", "-s", "-P", "-S", "-B", "-c", BOOT]);
+        } else {
+            wasi.args(&["python", "-I", "-S", "-B", "-c", BOOT]);
+        }
+        let wasi = wasi
+            .stdin(stdin)
             .monotonic_clock(GuestClock(clock_base))
             .allow_tcp(false)
             .allow_udp(false)
@@ -414,7 +448,7 @@ impl WasmBackend {
     }
 }
 
-/// Links WASI with our `fd_read`, `fd_write` and `poll_oneoff` in place of the stock ones.
+/// Links WASI with our `fd_write` and `poll_oneoff` in place of the stock ones.
 fn link(engine: &Engine, module: &Module) -> Result<InstancePre<State>, SandboxError> {
     let setup =
         |what: &str, e: wasmtime::Error| SandboxError::Setup(format!("WASI linker ({what}): {e}"));
@@ -425,9 +459,6 @@ fn link(engine: &Engine, module: &Module) -> Result<InstancePre<State>, SandboxE
     linker
         .func_wrap(module_name, "poll_oneoff", poll_oneoff)
         .map_err(|e| setup("poll_oneoff", e))?;
-    linker
-        .func_wrap(module_name, "fd_read", fd_read)
-        .map_err(|e| setup("fd_read", e))?;
     linker
         .func_wrap(module_name, "fd_write", fd_write)
         .map_err(|e| setup("fd_write", e))?;
@@ -512,17 +543,19 @@ impl Launcher for WasmBackend {
         let (end_tx, end) = unbounded();
         let stop: StopFlag = Arc::new(Mutex::new(None));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let io = GuestIo {
+        let stdin = FrameStdin {
             inbox,
-            pending: Vec::new(),
-            read_pos: 0,
+            pending: Arc::default(),
+            stop: stop.clone(),
+        };
+        let io = GuestIo {
             outbox,
             written: 0,
             flooded: false,
             stderr: stderr.clone(),
             stop: stop.clone(),
         };
-        let mut store = self.store(limits, io);
+        let mut store = self.store(limits, io, stdin);
         let instance_pre = self.instance_pre.clone();
         std::thread::Builder::new()
             .name("sandbox-guest".into())

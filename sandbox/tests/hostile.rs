@@ -95,6 +95,9 @@ fn battery() -> Vec<(&'static str, Place, String, Expect)> {
         ("read /etc/passwd", InCall, t("assert 'root' in open('/etc/passwd').read()"), Expect::Failed),
         ("read ~/.ssh", InCall, t("import os\nos.listdir(os.path.expanduser('~/.ssh'))"), Expect::Failed),
         ("write outside", InCall, t(&format!("open('{MARKER_FILE}', 'w').write('x')")), Expect::Failed),
+        // The WebAssembly guest's standard library is a read-only mount.
+        ("write the stdlib", InCall, t("open('/stdlib/json/__init__.pyc', 'wb').write(b'x')"), Expect::Failed),
+        ("plant in the stdlib", InCall, t("open('/stdlib/evil.pyc', 'wb').write(b'x')"), Expect::Failed),
         ("socket", InCall, t("import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)"), Expect::Failed),
         ("dns", InCall, t("import socket\nsocket.gethostbyname('example.com')"), Expect::Failed),
         ("http", InCall, t("import urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/', timeout=1)"), Expect::Failed),
