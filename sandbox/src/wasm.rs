@@ -1,14 +1,15 @@
 //! WebAssembly backend (the default): wasmtime running CPython 3.12 built for WASI.
 //!
 //! What a guest can reach: its stdin and stdout (the host's frames, see `harness.rs`), a
-//! capped stderr, the clocks and a random source. No preopened directory (no file system
-//! at all), no environment, no sockets (WASI preview 1 cannot create them; TCP/UDP are
-//! also disabled), no threads or processes (WASI has none). Memory is capped by a store
-//! limiter (Python sees `MemoryError`). Each instance runs on its own thread, so the judge
-//! can hold two at once (the trusted one reused across jobs, a fresh untrusted one per
-//! job); our own `fd_read`/`fd_write` connect fd 0/1 to the judge's channels, and the
-//! judge stops an instance by a flag that the epoch callback (ticks every 10 ms), our
-//! `fd_read` wait and our interruptible `poll_oneoff` all check.
+//! capped stderr, the clocks, a random source, and a read-only copy of its own standard
+//! library at `/stdlib` ([`crate::stdlib`]). No other file system, no environment besides
+//! that `PYTHONPATH`, no sockets (WASI preview 1 cannot create them; TCP/UDP are also
+//! disabled), no threads or processes (WASI has none). Memory is capped by a store limiter
+//! (Python sees `MemoryError`). Each instance runs on its own thread, so the judge can hold
+//! two at once (the trusted one reused across jobs while clean, a fresh untrusted one per
+//! job); a [`FrameStdin`] stream and our own `fd_write` connect fd 0/1 to the judge's
+//! channels, and the judge stops an instance by a flag that the epoch callback (ticks
+//! every 10 ms), the stream's blocking read and our interruptible `poll_oneoff` all check.
 //!
 //! The module is compiled once and cached on disk, keyed by the interpreter's sha256 and
 //! the engine's compatibility hash (wasmtime version + configuration); the cache lives in
