@@ -763,6 +763,8 @@ def _install_gate(crossed, dataset):
     no solution code has run, so nothing can switch it off first."""
     import sys
 
+    import ast  # now: an import from inside the hook would re-enter it
+
     def piece_of_solution(source):  # `source` is bytes
         if source in crossed:
             return True
@@ -774,8 +776,6 @@ def _install_gate(crossed, dataset):
     def literal(source):
         # Plain data written as Python (what an honest `eval(f(x))` evaluates) runs no
         # code; `ast.parse` here passes the gate as parsing only.
-        import ast
-
         try:
             tree = ast.parse(source, mode="eval")
         except BaseException:
@@ -789,22 +789,27 @@ def _install_gate(crossed, dataset):
         return caller.f_code.co_name == "parse" and caller.f_code.co_filename.endswith("ast.py")
 
     def gate(event, args):
-        if event in ("compile", "marshal.loads") and args and crossed:
+        if event in ("compile", "marshal.loads") and args:
             source = args[0]
             if type(source) is str:
                 source = source.encode("utf-8", "surrogatepass")
-            if type(source) is not bytes or source in dataset:
+            if type(source) is not bytes or not source or source in dataset:
                 return
             # Only code made at run time (`<string>`, `<test>`...) is searched for pieces
             # of the solution's text; a module's own source or bytecode is not.
             generated = event == "compile" and str(args[1] if len(args) > 1 else "").startswith("<")
             suspect = piece_of_solution(source) or (generated and built_around_solution(source))
-            if source and suspect and not parsing_only() and not literal(source):
+            if crossed and suspect and not parsing_only() and not literal(source):
                 tripped.append(event)
-                raise PermissionError("sandbox: the solution's output is never run as code ")
-        elif event == "pickle.find_class" and tuple(args[:2]) not in _UNPICKLABLE:
+                raise PermissionError("sandbox: the solution's output is never run as code")
+            if generated and not parsing_only() and not literal(source):
+                # Code made at run time that is not the job's own: allowed (a dataclass, a
+                # namedtuple), but this instance serves no further job.
+                tripped.append("dynamic code")
+        elif event == "pickle.find_class":
             tripped.append(event)
-            raise PermissionError("sandbox: unpickling may construct plain data only")
+            if tuple(args[:2]) not in _UNPICKLABLE:
+                raise PermissionError("sandbox: unpickling may construct plain data only")
 
     tripped = []
     sys.addaudithook(gate)

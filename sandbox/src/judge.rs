@@ -71,7 +71,8 @@ struct Judge<'a> {
     cache: &'a InstanceCache,
     job_deadline: Instant,
     trusted: Option<Guest>,
-    /// No test of this job tripped the trusted side's gate or ended it abnormally.
+    /// No test of this job tripped the trusted side's gate, made code at run time, or
+    /// ended abnormally: the trusted instance may serve the next job.
     trusted_clean: bool,
     untrusted: Option<Guest>,
     /// Whether the solution parses, as the first untrusted instance said before running it.
@@ -388,7 +389,8 @@ impl Judge<'_> {
 
 /// The trusted side's verdict `(status, error, stdout, stderr, truncated, tripped)`,
 /// unless the judge already decided the test, and whether the trusted side's gate refused
-/// anything during it (an unreadable verdict counts as tripped).
+/// anything or saw code made at run time during it (an unreadable verdict counts as
+/// tripped).
 fn verdict(payload: &[u8], decided: Option<Outcome>) -> (TestResult, bool) {
     let value = Value::decode(payload);
     let Some([status, error, out, err, truncated, tripped]) =

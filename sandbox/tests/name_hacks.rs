@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::backends;
 
-use couplet_sandbox::{Job, JobResult, Limits, Outcome};
+use couplet_sandbox::{Backend, Job, JobResult, Limits, Outcome, ProcessBackend, WasmBackend};
 
 fn limits() -> Limits {
     Limits {
@@ -264,6 +264,64 @@ fn nothing_a_job_leaves_in_the_trusted_interpreter_reaches_the_next() {
             "[{}] honest: {r:?}",
             backend.name()
         );
+    }
+}
+
+/// Code the gate cannot trace to the solution (the test decodes base64 the solution
+/// returned, then runs it) does run in the trusted instance — the documented residual, shown
+/// here by its effect on the same job — but that instance serves no further job.
+#[test]
+fn code_made_at_run_time_never_outlives_its_job() {
+    let patch = "import math; math.isclose = lambda *a, **k: True";
+    let encoded: String = {
+        // base64 of `patch`, computed here so the test has no extra dependency.
+        const TABLE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let bytes = patch.as_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    };
+    let poisoner = job(
+        &format!("def f(x):\n    return {encoded:?}\n"),
+        &["import base64, math\nexec(base64.b64decode(f(1)))\nassert math.isclose(1.0, 2.0)"],
+    );
+    let later = job(
+        "def g(x):\n    return -1.0\n",
+        &["import math\nassert math.isclose(g(1), 2.0)"],
+    );
+    // Backends of this test's own, so the only idle trusted instance is the poisoner's.
+    let wasm = WasmBackend::from_repo(&common::root()).unwrap();
+    let process = ProcessBackend::new(&ProcessBackend::default_python()).unwrap();
+    for backend in [&wasm as &dyn Backend, &process] {
+        for _ in 0..3 {
+            let r = backend.run(&poisoner, &limits());
+            // The patch ran on the trusted side: the job's own test passes.
+            assert!(
+                r.tests[0].outcome.passed(),
+                "[{}] the attack did not run: {r:?}",
+                backend.name()
+            );
+            let r = backend.run(&later, &limits());
+            assert!(
+                failed_with(&r, 0, "AssertionError"),
+                "[{}] the patch outlived its job: {r:?}",
+                backend.name()
+            );
+        }
     }
 }
 
