@@ -307,7 +307,7 @@ fn keep(file: &std::path::Path, bytes: &[u8]) {
     if let Some(dir) = file.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = file.with_extension(format!("tmp-{}", crate::harness::new_token()));
     if std::fs::write(&tmp, bytes).is_ok() {
         let _ = std::fs::rename(&tmp, file);
     }

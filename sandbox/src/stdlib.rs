@@ -27,7 +27,7 @@ pub fn extracted(launcher: &dyn Launcher, dir: &Path) -> Option<PathBuf> {
         return Some(dir.to_path_buf());
     }
     let members = dump(launcher).ok()?;
-    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = dir.with_extension(format!("tmp-{}", crate::harness::new_token()));
     let _ = std::fs::remove_dir_all(&tmp);
     for (name, data) in &members {
         let relative = Path::new(name);

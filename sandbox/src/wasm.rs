@@ -620,7 +620,11 @@ fn load_or_compile(
         let _ = std::fs::create_dir_all(dir);
     }
     if let Ok(serialized) = module.serialize() {
-        let tmp = PathBuf::from(format!("{}.tmp-{}", cached.display(), std::process::id()));
+        let tmp = PathBuf::from(format!(
+            "{}.tmp-{}",
+            cached.display(),
+            crate::harness::new_token()
+        ));
         if std::fs::write(&tmp, serialized).is_ok() {
             let _ = std::fs::rename(&tmp, cached);
         }
