@@ -101,7 +101,10 @@ impl Guest {
         limits: &Limits,
         code: JobCode<'_>,
     ) -> Result<Guest, String> {
-        let pipes = cache.booted(launcher, role, limits)?;
+        let pipes = match role {
+            Role::Untrusted => cache.booted_untrusted(launcher, limits)?,
+            Role::Trusted => boot(launcher, cache, role, limits)?,
+        };
         let token = new_token();
         let rules = launcher.guest_rules();
         let init = init_frame(role, &token, &rules, limits.output_bytes, code);
@@ -192,10 +195,10 @@ pub struct InstanceCache {
     /// Where the marshalled harness is kept between runs (its name carries the hashes of
     /// the harness and the interpreter, so a stale one is never read).
     code_file: Option<std::path::PathBuf>,
-    /// Instances already booting (harness loaded, waiting for their init), with the role
-    /// and limits they were started under. Each has run nothing of any job. Booting the
-    /// next ones while a job runs fills the cores' idle time between request and answer.
-    spare: Mutex<Vec<(Role, Limits, Pipes)>>,
+    /// Untrusted instances already booting (harness loaded, waiting for their init), with
+    /// the limits they were started under. Each has run nothing of any job. Booting the
+    /// next one while a job runs fills the cores' idle time between request and answer.
+    spare: Mutex<Vec<(Limits, Pipes)>>,
     idle: Mutex<Vec<Guest>>,
 }
 
@@ -268,33 +271,23 @@ impl InstanceCache {
         }
     }
 
-    /// A fresh, booting instance of `role` for `limits` (a spare when one is ready), and a
-    /// new spare started behind it (untrusted instances only: trusted ones are reused).
-    fn booted(
-        &self,
-        launcher: &dyn Launcher,
-        role: Role,
-        limits: &Limits,
-    ) -> Result<Pipes, String> {
+    /// A fresh, booting untrusted instance for `limits` (a spare when one is ready), and a
+    /// new spare started behind it.
+    fn booted_untrusted(&self, launcher: &dyn Launcher, limits: &Limits) -> Result<Pipes, String> {
         let spare = self.spare.lock().ok().and_then(|mut spares| {
-            let at = spares
-                .iter()
-                .position(|(r, l, _)| *r == role && l == limits)?;
-            Some(spares.swap_remove(at).2)
+            let at = spares.iter().position(|(l, _)| l == limits)?;
+            Some(spares.swap_remove(at).1)
         });
         let pipes = match spare {
             Some(pipes) => pipes,
-            None => boot(launcher, self, role, limits)?,
+            None => boot(launcher, self, Role::Untrusted, limits)?,
         };
-        if role == Role::Trusted {
-            return Ok(pipes);
-        }
-        if let Ok(next) = boot(launcher, self, role, limits) {
+        if let Ok(next) = boot(launcher, self, Role::Untrusted, limits) {
             if let Ok(mut spares) = self.spare.lock() {
                 if spares.len() >= MAX_SPARES {
                     spares.remove(0);
                 }
-                spares.push((role, *limits, next));
+                spares.push((*limits, next));
             }
         }
         Ok(pipes)
@@ -325,24 +318,31 @@ pub fn harness_digest() -> String {
 
 /// Has the backend's interpreter compile the harness and hand it back marshalled.
 fn compile_harness(launcher: &dyn Launcher) -> Result<Vec<u8>, String> {
+    run_to_end(launcher, source_frame()).map_err(|e| format!("compiling the harness: {e}"))
+}
+
+/// Starts an instance with one bootstrap frame and returns everything it wrote to stdout,
+/// when it exits with 0 having written something (one-off programs: compiling the
+/// harness, unpacking the standard library).
+pub fn run_to_end(launcher: &dyn Launcher, frame: Vec<u8>) -> Result<Vec<u8>, String> {
     let mut pipes = launcher.launch(Role::Trusted, &Limits::default())?;
-    let _ = pipes.to_guest.send(source_frame());
+    let _ = pipes.to_guest.send(frame);
     let deadline = Instant::now() + START_BUDGET;
-    let mut code = Vec::new();
+    let mut out = Vec::new();
     loop {
         match pipes.from_guest.recv_deadline(deadline) {
-            Ok(bytes) => code.extend_from_slice(&bytes),
+            Ok(bytes) => out.extend_from_slice(&bytes),
             Err(RecvTimeoutError::Timeout) => {
                 pipes.control.stop(InstanceEnd::Released);
-                return Err("compiling the harness: the interpreter did not answer".into());
+                return Err("the interpreter did not answer".into());
             }
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
     match pipes.control.ended() {
-        InstanceEnd::Exited(0) if !code.is_empty() => Ok(code),
+        InstanceEnd::Exited(0) if !out.is_empty() => Ok(out),
         end => Err(format!(
-            "compiling the harness: the interpreter ended with {end:?}: {}",
+            "the interpreter ended with {end:?}: {}",
             String::from_utf8_lossy(&pipes.control.stderr()).trim()
         )),
     }

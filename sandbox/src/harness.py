@@ -430,6 +430,7 @@ def _trusted(read_frame, send):
 
     bindable = frozenset(_BINDABLE)
     pristine = dict(builtins.__dict__)
+    builtin_names = frozenset(pristine)
     stdlib = frozenset(sys.stdlib_module_names)
     crossed, dataset = set(), set()
     tripped = _install_gate(crossed, dataset)
@@ -441,10 +442,9 @@ def _trusted(read_frame, send):
             crossed.clear()
             dataset.clear()
             setup, entry_points = _decode(payload, None)
-            dataset.add(setup)
             setup_code = _compile_dataset(setup, "<setup>", dataset)
             entry_points = frozenset(e.decode("utf-8", "surrogatepass") for e in entry_points)
-            job = (setup_code, _Names(frozenset(pristine), stdlib, bindable, entry_points))
+            job = (setup_code, _Names(builtin_names, stdlib, bindable, entry_points))
         elif kind == b"T" and job is not None:
             index, cap, source, announced = _decode(payload, None)
             test = _compile_dataset(source, "<test>", dataset)
@@ -798,14 +798,16 @@ def _install_gate(crossed, dataset):
             # Only code made at run time (`<string>`, `<test>`...) is searched for pieces
             # of the solution's text; a module's own source or bytecode is not.
             generated = event == "compile" and str(args[1] if len(args) > 1 else "").startswith("<")
-            suspect = piece_of_solution(source) or (generated and built_around_solution(source))
-            if crossed and suspect and not parsing_only() and not literal(source):
-                tripped.append(event)
+            suspect = bool(crossed) and (
+                piece_of_solution(source) or (generated and built_around_solution(source))
+            )
+            if not (suspect or generated) or parsing_only() or literal(source):
+                return
+            # Code made at run time that is not the job's own: a dataclass may run, but this
+            # instance serves no further job; the solution's own text never runs.
+            tripped.append(event if suspect else "dynamic code")
+            if suspect:
                 raise PermissionError("sandbox: the solution's output is never run as code")
-            if generated and not parsing_only() and not literal(source):
-                # Code made at run time that is not the job's own: allowed (a dataclass, a
-                # namedtuple), but this instance serves no further job.
-                tripped.append("dynamic code")
         elif event == "pickle.find_class":
             tripped.append(event)
             if tuple(args[:2]) not in _UNPICKLABLE:

@@ -8,11 +8,9 @@
 //! mounted read-only: it adds nothing a guest could not already read.
 
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::guest::Launcher;
-use crate::harness::{code_frame, source_frame_of, Role};
-use crate::job::Limits;
+use crate::guest::{run_to_end, Launcher};
+use crate::harness::{code_frame, source_frame_of};
 
 /// The program an instance runs to hand its library zip over: `<name length> <data
 /// length>\n<name><data>` per member, on stdout.
@@ -50,8 +48,8 @@ pub fn extracted(launcher: &dyn Launcher, dir: &Path) -> Option<PathBuf> {
 
 /// Runs [`DUMP`] in an instance and parses its output.
 fn dump(launcher: &dyn Launcher) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let code = run(launcher, source_frame_of(DUMP))?;
-    let out = run(launcher, code_frame(&code))?;
+    let code = run_to_end(launcher, source_frame_of(DUMP))?;
+    let out = run_to_end(launcher, code_frame(&code))?;
     let mut members = Vec::new();
     let mut rest = &out[..];
     while !rest.is_empty() {
@@ -76,20 +74,4 @@ fn dump(launcher: &dyn Launcher) -> Result<Vec<(String, Vec<u8>)>, String> {
         return Err("no members".into());
     }
     Ok(members)
-}
-
-/// Starts an instance with one bootstrap frame and returns all it wrote to stdout.
-fn run(launcher: &dyn Launcher, frame: Vec<u8>) -> Result<Vec<u8>, String> {
-    let pipes = launcher.launch(Role::Trusted, &Limits::default())?;
-    let _ = pipes.to_guest.send(frame);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out = Vec::new();
-    while let Ok(bytes) = pipes.from_guest.recv_deadline(deadline) {
-        out.extend_from_slice(&bytes);
-    }
-    let mut control = pipes.control;
-    match control.ended() {
-        crate::guest::InstanceEnd::Exited(0) => Ok(out),
-        end => Err(format!("{end:?}")),
-    }
 }

@@ -9,19 +9,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::backends;
 
 use couplet_sandbox::{Backend, Job, JobResult, Limits, Outcome, ProcessBackend, WasmBackend};
 
 fn limits() -> Limits {
-    Limits {
-        per_test: Duration::from_secs(3),
-        per_job: Duration::from_secs(30),
-        memory_bytes: 256 << 20,
-        output_bytes: 4096,
-    }
+    common::hack_limits()
 }
 
 fn job(solution: &str, tests: &[&str]) -> Job {
@@ -272,31 +265,9 @@ fn nothing_a_job_leaves_in_the_trusted_interpreter_reaches_the_next() {
 /// here by its effect on the same job — but that instance serves no further job.
 #[test]
 fn code_made_at_run_time_never_outlives_its_job() {
-    let patch = "import math; math.isclose = lambda *a, **k: True";
-    let encoded: String = {
-        // base64 of `patch`, computed here so the test has no extra dependency.
-        const TABLE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let bytes = patch.as_bytes();
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    };
+    // The solution hands over the patch base64-encoded; the test decodes and runs it.
     let poisoner = job(
-        &format!("def f(x):\n    return {encoded:?}\n"),
+        "import base64\ndef f(x):\n    return base64.b64encode(b'import math; math.isclose = lambda *a, **k: True').decode()\n",
         &["import base64, math\nexec(base64.b64decode(f(1)))\nassert math.isclose(1.0, 2.0)"],
     );
     let later = job(

@@ -3,7 +3,21 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use couplet_sandbox::{Backend, ProcessBackend, WasmBackend};
+use std::time::Duration;
+
+use couplet_sandbox::{Backend, Limits, ProcessBackend, WasmBackend};
+
+/// The limits of the reward-hack batteries: short enough that a hang shows, roomy enough
+/// for an honest solution on a busy machine.
+#[allow(dead_code)] // not every test binary needs it
+pub fn hack_limits() -> Limits {
+    Limits {
+        per_test: Duration::from_secs(3),
+        per_job: Duration::from_secs(30),
+        memory_bytes: 256 << 20,
+        output_bytes: 4096,
+    }
+}
 
 /// The repository root (where `scripts/setup.sh` put the interpreter).
 #[allow(dead_code)] // not every test binary needs it
