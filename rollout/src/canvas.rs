@@ -18,6 +18,8 @@ pub struct Decoded {
     pub prompt_width: i64,
     /// `[B][K]`: the step at which each completion position was revealed.
     pub reveal_step: Vec<Vec<i64>>,
+    /// `[B][K]`: entropy (nats) of the distribution each completion token was drawn from.
+    pub entropy: Vec<Vec<f64>>,
     /// Forwards run (steps that reveal nothing are skipped), refreshes, audit.
     pub stats: DecodeStats,
 }
@@ -27,6 +29,7 @@ pub(crate) struct Canvas {
     pub attention: Option<Tensor>, // [B, L], None when nothing is padded
     prompt_mask: Tensor,           // [B, P]
     reveal: Tensor,                // [B, K]
+    entropy: Tensor,               // [B, K] f64
     pub mask_id: i64,
     pub b: i64,
     pub p: i64,
@@ -88,6 +91,7 @@ impl Canvas {
             attention,
             prompt_mask,
             reveal: Tensor::full([b, k], -1i64, (Kind::Int64, device)),
+            entropy: Tensor::zeros([b, k], (Kind::Double, device)),
             mask_id,
             b,
             p,
@@ -116,12 +120,27 @@ impl Canvas {
         .map_err(RolloutError::torch("mask counts"))
     }
 
-    /// Writes `tokens [N]` (proposals for `positions [N, 2]`) where `chosen [B, L]` is set.
-    pub fn reveal(&mut self, positions: &Tensor, tokens: &Tensor, chosen: &Tensor, step: i64) {
+    /// Writes `tokens [N]` (proposals for `positions [N, 2]`, drawn from distributions of
+    /// entropy `entropy [N]`) where `chosen [B, L]` is set.
+    pub fn reveal(
+        &mut self,
+        positions: &Tensor,
+        proposal: (&Tensor, &Tensor),
+        chosen: &Tensor,
+        step: i64,
+    ) {
+        let (tokens, entropy) = proposal;
         let index = [Some(positions.select(1, 0)), Some(positions.select(1, 1))];
-        let proposal = self.x.index_put(&index, tokens, false);
-        self.x = proposal.where_self(chosen, &self.x);
+        self.x = self
+            .x
+            .index_put(&index, tokens, false)
+            .where_self(chosen, &self.x);
         let newly = chosen.narrow(1, self.p, self.k);
+        let drawn = Tensor::zeros([self.b, self.p + self.k], (Kind::Double, self.device))
+            .index_put(&index, &entropy.to_kind(Kind::Double), false);
+        self.entropy = drawn
+            .narrow(1, self.p, self.k)
+            .where_self(&newly, &self.entropy);
         self.reveal = self.reveal.masked_fill(&newly, step);
         self.last_revealed = chosen.shallow_clone();
     }
@@ -137,11 +156,14 @@ impl Canvas {
     pub fn finish(self, stats: DecodeStats) -> Result<Decoded, RolloutError> {
         let reveal_step = Vec::<Vec<i64>>::try_from(&self.reveal.to_device(Device::Cpu))
             .map_err(RolloutError::torch("reveal steps"))?;
+        let entropy = Vec::<Vec<f64>>::try_from(&self.entropy.to_device(Device::Cpu))
+            .map_err(RolloutError::torch("token entropies"))?;
         Ok(Decoded {
             sequences: self.x,
             prompt_mask: self.prompt_mask,
             prompt_width: self.p,
             reveal_step,
+            entropy,
             stats,
         })
     }

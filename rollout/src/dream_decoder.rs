@@ -243,7 +243,12 @@ pub fn dream_generate(
             }
         };
         scorer.audit(&scored, &proposal.tokens, &chosen.index(&index));
-        canvas.reveal(&positions, &proposal.tokens, &chosen, step);
+        canvas.reveal(
+            &positions,
+            (&proposal.tokens, &proposal.entropy),
+            &chosen,
+            step,
+        );
     }
     canvas.finish(scorer.stats)
 }

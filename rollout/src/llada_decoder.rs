@@ -175,15 +175,19 @@ pub fn block_generate(
             });
             first_forward = false;
             let logits = scored.logits.to_kind(Kind::Double); // [N, V]
+                                                              // The distribution a token is drawn from (the model's own when greedy).
+            let drawn = if cfg.temperature > 0.0 {
+                (logits.shallow_clone() / cfg.temperature).softmax(-1, Kind::Double)
+            } else {
+                logits.softmax(-1, Kind::Double)
+            };
             let x0 = if cfg.temperature > 0.0 {
                 let u = uniform_tensor(seed, STREAM_TOKEN, &draw_index, device);
-                categorical(
-                    &(logits.shallow_clone() / cfg.temperature).softmax(-1, Kind::Double),
-                    &u,
-                )
+                categorical(&drawn, &u)
             } else {
                 logits.argmax(-1, false)
             };
+            let entropy = -(&drawn * (&drawn + 1e-300).log()).sum_dim_intlist(-1, false, None);
             // The proposal's probability: the low-confidence ranking and the threshold's
             // measure (computed once when either needs it).
             let probability = (cfg.remasking == Remasking::LowConfidence
@@ -212,7 +216,7 @@ pub fn block_generate(
                 None => top_n_per_row(&full, &n, &masked),
             };
             scorer.audit(&scored, &x0, &chosen.index(&index));
-            canvas.reveal(&positions, &x0, &chosen, step);
+            canvas.reveal(&positions, (&x0, &entropy), &chosen, step);
         }
     }
     canvas.finish(scorer.stats)

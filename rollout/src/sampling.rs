@@ -82,6 +82,9 @@ pub struct Proposal {
     /// Their probability `[N]` (f32) under the filtered distribution: what a confidence
     /// threshold compares against, whatever the rule.
     pub probability: Tensor,
+    /// Entropy `[N]` (nats, f32) of the filtered distribution each token is drawn from:
+    /// the sampling telemetry (a policy sharpening or collapsing shows here first).
+    pub entropy: Tensor,
 }
 
 /// Proposed tokens for `logits [N, V]` (f32), with confidence and probability.
@@ -104,6 +107,7 @@ pub fn sample_tokens(
             (conf, x0)
         }
     };
+    let entropy = -(&probs * (&probs + 1e-10).log()).sum_dim_intlist(-1, false, Kind::Float);
     let conf = match confidence {
         Confidence::Probability => probability.shallow_clone(),
         Confidence::Margin => {
@@ -114,14 +118,13 @@ pub fn sample_tokens(
                 top2.select(1, 0)
             }
         }
-        Confidence::NegEntropy => {
-            (&probs * (&probs + 1e-10).log()).sum_dim_intlist(-1, false, Kind::Float)
-        }
+        Confidence::NegEntropy => -&entropy,
     };
     Proposal {
         tokens: x0,
         confidence: conf,
         probability,
+        entropy,
     }
 }
 
@@ -251,6 +254,21 @@ mod tests {
         let c = sample_tokens(&logits, &GREEDY, Confidence::NegEntropy, None).confidence;
         let want = 0.6 * 0.6f64.ln() + 0.4 * 0.4f64.ln();
         assert!((c.double_value(&[0]) - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn entropy_is_that_of_the_filtered_distribution() {
+        // probs 0.5, 0.3, 0.2; top-p 0.6 keeps 0.5 and 0.3 → renormalised 0.625, 0.375.
+        let logits = Tensor::from_slice(&[0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()]).unsqueeze(0);
+        let h = |p: &[f64]| -p.iter().map(|p| p * p.ln()).sum::<f64>();
+        let all = sample_tokens(&logits, &GREEDY, Confidence::Probability, None).entropy;
+        assert!((all.double_value(&[0]) - h(&[0.5, 0.3, 0.2])).abs() < 1e-5);
+        let nucleus = SamplingParams {
+            top_p: Some(0.6),
+            ..GREEDY
+        };
+        let kept = sample_tokens(&logits, &nucleus, Confidence::Probability, None).entropy;
+        assert!((kept.double_value(&[0]) - h(&[0.625, 0.375])).abs() < 1e-5);
     }
 
     #[test]

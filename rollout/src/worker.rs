@@ -148,6 +148,9 @@ pub struct Rollout {
     pub decode_orders: Vec<Vec<usize>>,
     /// AR-ness of each row's decode order.
     pub arness: Vec<ArNess>,
+    /// Per row: the entropies (nats) of the distributions its completion tokens were drawn
+    /// from, summed over the completion (up to and including the end token).
+    pub entropy_sums: Vec<f64>,
     /// Prompts that lost tokens to `max_prompt_length`.
     pub truncated_prompts: usize,
     /// Forward passes spent, refreshes, audit (summed over the decoding chunks).
@@ -191,6 +194,12 @@ impl Rollout {
     /// `[N, P + K]` full sequences.
     pub fn sequences(&self) -> Tensor {
         Tensor::cat(&[&self.prompt_ids, &self.completion_ids], 1)
+    }
+
+    /// Token-weighted mean entropy (nats) of the completion tokens' draws.
+    pub fn mean_entropy(&self) -> f64 {
+        let tokens = self.completion_lengths.iter().sum::<usize>().max(1);
+        self.entropy_sums.iter().sum::<f64>() / tokens as f64
     }
 
     /// AR-ness averaged over the completions.
@@ -252,6 +261,7 @@ impl Rollout {
             prompt_index: Vec::new(),
             decode_orders: Vec::new(),
             arness: Vec::new(),
+            entropy_sums: Vec::new(),
             truncated_prompts: 0,
             stats: DecodeStats::default(),
             chunks: 0,
@@ -268,6 +278,7 @@ impl Rollout {
             out.terminated.extend(part.terminated);
             out.decode_orders.extend(part.decode_orders);
             out.arness.extend(part.arness);
+            out.entropy_sums.extend(part.entropy_sums);
             out.truncated_prompts += part.truncated_prompts;
             out.stats.add(&part.stats);
             out.chunks += part.chunks;
@@ -330,6 +341,12 @@ pub fn generate_rollout(
         .map(|r| reveal_order(r))
         .collect();
     let arness = decode_orders.iter().map(|o| ArNess::of_order(o)).collect();
+    let entropy_sums = decoded
+        .entropies
+        .iter()
+        .zip(&ends.lengths)
+        .map(|(e, &n)| e.iter().take(n).sum())
+        .collect();
     Ok(Rollout {
         prompt_ids: prompt_batch.ids,
         prompt_mask: prompt_batch.attention_mask,
@@ -344,6 +361,7 @@ pub fn generate_rollout(
         prompt_index: prompt_rows.prompt_index,
         decode_orders,
         arness,
+        entropy_sums,
         truncated_prompts: prompt_rows.truncated,
         stats: decoded.stats,
         chunks: decoded.chunks,
@@ -394,6 +412,8 @@ struct DecodedRows {
     completions: Vec<Tensor>,
     /// Per row, the step that revealed each completion position.
     reveal_steps: Vec<Vec<i64>>,
+    /// Per row, the entropy of each completion position's draw.
+    entropies: Vec<Vec<f64>>,
     stats: DecodeStats,
     chunks: usize,
 }
@@ -420,6 +440,7 @@ fn decode_rows(
     );
     let mut completions: Vec<Option<Tensor>> = (0..rows.len()).map(|_| None).collect();
     let mut reveal_steps: Vec<Vec<i64>> = vec![Vec::new(); rows.len()];
+    let mut entropies: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let (mut stats, mut done) = (DecodeStats::default(), 0);
     for chunk in &chunks {
         let chunk_rows: Vec<Vec<i64>> = chunk.iter().map(|&r| rows[r].clone()).collect();
@@ -432,6 +453,7 @@ fn decode_rows(
         for (i, &r) in chunk.iter().enumerate() {
             completions[r] = Some(generated.get(i as i64));
             reveal_steps[r] = decoded.reveal_step[i].clone();
+            entropies[r] = decoded.entropy[i].clone();
         }
         stats.add(&decoded.stats);
         done += chunk.len();
@@ -441,6 +463,7 @@ fn decode_rows(
     Ok(DecodedRows {
         completions: completions.into_iter().flatten().collect(),
         reveal_steps,
+        entropies,
         stats,
         chunks: chunks.len(),
     })

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use couplet_rollout::progress_bar;
+use couplet_trainer::train::stability::DROP_STANDARD_ERRORS;
 use couplet_trainer::{
     latest_checkpoint, RunCheckpoint, RunLog, StepMetrics, TrainConfig, Trainer,
 };
@@ -224,9 +225,12 @@ impl Job {
             .set_message(format!("reward {:.3} kl {:.4}", m.reward, m.kl));
         if m.step % logging.log_every == 0 {
             self.say(format!(
-                "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5}  clip {:.3}  |g| {:.4}  lr {:.2e}  len {:.1}  rollout {:.1}s ({:.0} tok/s, {:.1} fwd/run, {:.2} tok/fwd) reward {:.1}s update {:.1}s",
-                m.step, m.reward, m.reward_std, m.loss, m.kl, m.clip_ratio, m.grad_norm, m.lr, m.completion_length, m.cost.rollout_seconds, m.cost.rollout_tokens_per_second, m.cost.rollout_forwards_per_chunk, m.cost.rollout_tokens_per_forward, m.cost.reward_seconds, m.update_seconds
+                "step {:>5}  reward {:>7.3} ± {:.3}  loss {:>9.5}  kl {:.5} (k2 {:.4})  ent {:.3}  clip {:.3}  |g| {:.4} (clipped {:.0}%)  lr {:.2e}  len {:.1}  rollout {:.1}s ({:.0} tok/s, {:.1} fwd/run, {:.2} tok/fwd) reward {:.1}s update {:.1}s",
+                m.step, m.reward, m.reward_std, m.loss, m.kl, m.kl_k2, m.entropy, m.clip_ratio, m.grad_norm, 100.0 * m.grad_clipped_share, m.lr, m.completion_length, m.cost.rollout_seconds, m.cost.rollout_tokens_per_second, m.cost.rollout_forwards_per_chunk, m.cost.rollout_tokens_per_forward, m.cost.reward_seconds, m.update_seconds
             ));
+        }
+        for (_, warning) in &m.warnings {
+            self.say(format!("warning: {warning}"));
         }
         Ok(())
     }
@@ -237,15 +241,26 @@ impl Job {
             return Ok(());
         };
         if let Some(report) = self.trainer.evaluate_validation()? {
-            log.eval(self.trainer.state.step, &report)?;
+            let change = self.trainer.validation_change(&report);
+            log.eval(self.trainer.state.step, &report, change.as_ref())?;
             let pass = report.pass_at(1).unwrap_or(f64::NAN);
+            let versus = change.as_ref().map_or_else(String::new, |(c, _)| {
+                format!(
+                    ", {:+.1} points vs the start ± {:.1} noise",
+                    100.0 * c.change,
+                    100.0 * DROP_STANDARD_ERRORS * c.standard_error
+                )
+            });
             self.say(format!(
-                "eval  step {:>5}  validation pass@1 {:.1}% ({} problems, {:.1}s)",
+                "eval  step {:>5}  validation pass@1 {:.1}% ({} problems, {:.1}s{versus})",
                 self.trainer.state.step,
                 100.0 * pass,
                 report.problems.len(),
                 report.seconds
             ));
+            if let Some((_, Some(warning))) = &change {
+                self.say(format!("warning: {warning}"));
+            }
         }
         Ok(())
     }

@@ -39,7 +39,7 @@ pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
 pub use optim::{
     assign_owners, lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, ScheduleKind, StepReport,
 };
-pub use reference::{needs_reference, Reference, ReferenceModel};
+pub use reference::{Reference, ReferenceModel};
 pub use sft::{
     build_example, examples_from_rows, run_sft, sft_loss, sft_step, ExampleShape, SftError,
     SftEvent, SftExample, SftPlan, SftSettings,

@@ -8,6 +8,7 @@ use std::path::Path;
 use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::eval::EvalReport;
+use crate::train::stability::{ValidationChange, Warning, DROP_STANDARD_ERRORS};
 use crate::train::{metrics::StepMetrics, CompletionSample};
 
 /// A run's logs: `metrics.jsonl`, `eval.jsonl`, `completions.jsonl` and TensorBoard events.
@@ -62,10 +63,19 @@ impl RunLog {
         for (name, v) in &m.reward_per_function {
             put(&format!("reward/{name}"), *v);
         }
+        for (label, v) in &m.reward_per_stratum {
+            put(&format!("reward_by_stratum/{label}"), *v);
+        }
         put("train/loss", m.loss);
         put("train/kl", m.kl);
+        put("train/kl_k2", m.kl_k2);
+        put("train/entropy", m.entropy);
         put("train/clip_ratio", m.clip_ratio);
         put("train/grad_norm", m.grad_norm);
+        put("train/grad_clipped_share", m.grad_clipped_share);
+        for (kind, _) in &m.warnings {
+            put(kind.tag(), 1.0);
+        }
         put("train/lr", m.lr);
         put("train/advantage_mean_abs", m.advantage_mean_abs);
         put("train/zero_std_ratio", m.zero_std_ratio);
@@ -104,10 +114,16 @@ impl RunLog {
     }
 
     /// One validation evaluation at optimizer step `step` (0 = the starting model):
-    /// `eval.jsonl` gets the summary and per-problem counts, TensorBoard `eval/pass@k` and
-    /// the samples' AR-ness.
-    pub fn eval(&mut self, step: u64, report: &EvalReport) -> std::io::Result<()> {
-        let line = serde_json::json!({
+    /// `eval.jsonl` gets the summary, per-problem counts and (after the first) the paired
+    /// change since the first with its noise and any warning; TensorBoard `eval/pass@k`,
+    /// the change and the samples' AR-ness.
+    pub fn eval(
+        &mut self,
+        step: u64,
+        report: &EvalReport,
+        change: Option<&(ValidationChange, Option<String>)>,
+    ) -> std::io::Result<()> {
+        let mut line = serde_json::json!({
             "step": step,
             "pass_at_k": report.pass_at_k,
             "arness": report.arness,
@@ -115,6 +131,13 @@ impl RunLog {
             "seconds": report.seconds,
             "correct": report.problems.iter().map(|p| (p.id.clone(), p.correct)).collect::<Vec<_>>(),
         });
+        if let Some((c, warning)) = change {
+            line["change_vs_start"] = c.change.into();
+            line["noise"] = (DROP_STANDARD_ERRORS * c.standard_error).into();
+            if let Some(w) = warning {
+                line["warnings"] = serde_json::json!([w]);
+            }
+        }
         writeln!(self.eval, "{line}")?;
         if let Some(tb) = self.tensorboard.as_mut() {
             for (k, v) in &report.pass_at_k {
@@ -127,6 +150,14 @@ impl RunLog {
                 }
             }
             tb.add_scalar("eval/seconds", report.seconds as f32, step as usize);
+            if let Some((c, warning)) = change {
+                tb.add_scalar("eval/change_vs_start", c.change as f32, step as usize);
+                let noise = DROP_STANDARD_ERRORS * c.standard_error;
+                tb.add_scalar("eval/noise", noise as f32, step as usize);
+                if warning.is_some() {
+                    tb.add_scalar(Warning::ValidationDrop.tag(), 1.0, step as usize);
+                }
+            }
             tb.flush();
         }
         Ok(())

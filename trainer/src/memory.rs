@@ -65,7 +65,7 @@ impl PlanInput {
     pub fn from_config(config: &TrainConfig, model: DreamConfig, world: usize) -> Self {
         let versions = config.estimator.estimator().versions();
         let lora = config.lora.enabled().then(|| config.lora.clone());
-        let held = config.objective.beta > 0.0
+        let held = config.holds_reference()
             && lora.is_none()
             && config
                 .objective

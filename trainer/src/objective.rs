@@ -44,8 +44,13 @@ impl Default for ObjectiveConfig {
 pub struct ObjectiveMetrics {
     /// The loss (token-normalised).
     pub loss: f64,
-    /// Masked mean of the k3 KL (0 when β = 0).
+    /// Masked mean of the k3 KL to the reference (0 without one; reported, not in the
+    /// loss, when β = 0).
     pub kl: f64,
+    /// Masked mean of ½ (log π_ref − log π)², the k2 estimate of the same KL: always
+    /// finite and low-variance, where one token driven towards zero probability can
+    /// dominate the k3 mean (0 without a reference).
+    pub kl_k2: f64,
     /// Share of completion tokens with ρ < 1 − ε_low and A < 0.
     pub clip_low: f64,
     /// Share with ρ > 1 + ε_high and A > 0.
@@ -93,13 +98,22 @@ pub fn grpo_loss(
         Some(n) => Tensor::from(n.max(1.0) as f32).to_device(lp.device()),
         None => denom.shallow_clone(),
     };
-    let (per_token, kl_value) = match (config.beta > 0.0, lp_ref) {
-        (true, Some(reference)) => {
-            let kl = k3(&(reference.to_kind(Kind::Float) - &lp));
+    // With β = 0 a reference may still be held for telemetry (`logging.kl_to_start`): its
+    // KL is reported and never enters the loss.
+    let (per_token, kl_value, kl_k2) = match lp_ref {
+        Some(reference) => {
+            let log_ratio = reference.to_kind(Kind::Float) - &lp;
+            let kl = k3(&log_ratio);
             let kl_mean = mean(&kl.detach()).double_value(&[]);
-            (per_token + config.beta * kl, kl_mean)
+            let k2 = mean(&(log_ratio.detach().square() * 0.5)).double_value(&[]);
+            let per_token = if config.beta > 0.0 {
+                per_token + config.beta * kl
+            } else {
+                per_token
+            };
+            (per_token, kl_mean, k2)
         }
-        _ => (per_token, 0.0),
+        None => (per_token, 0.0, 0.0),
     };
     let loss = (&per_token * &mask).sum(Kind::Float) / &loss_denom;
     let (low, high) = tch::no_grad(|| {
@@ -117,6 +131,7 @@ pub fn grpo_loss(
     let metrics = ObjectiveMetrics {
         loss: loss.double_value(&[]),
         kl: kl_value,
+        kl_k2,
         clip_low: low,
         clip_high: high,
         clip_region: low + high,
@@ -177,6 +192,33 @@ mod tests {
         assert!((m.loss - (-1.5 + 0.1 * kl)).abs() < 1e-6, "{m:?}");
         assert!((m.kl - kl).abs() < 1e-6);
         assert_eq!((m.clip_high, m.clip_low, m.clip_region), (1.0, 0.0, 1.0));
+    }
+
+    #[test]
+    fn a_reference_at_beta_zero_is_reported_and_leaves_the_loss_alone() {
+        // Telemetry (`logging.kl_to_start`): the KL to the start is measured; loss and
+        // gradient are those of the same batch without a reference, bit for bit.
+        let run = |reference: Option<&Tensor>| {
+            let lp = Tensor::from_slice2(&[[-1.0f32, -2.0], [-0.5, -3.0]]).set_requires_grad(true);
+            let cfg = ObjectiveConfig {
+                beta: 0.0,
+                ..Default::default()
+            };
+            let adv = Tensor::from_slice(&[1.0f32, -0.5]);
+            let mask = Tensor::from_slice2(&[[1i64, 1], [1, 0]]);
+            let (loss, m) = grpo_loss(&lp, None, reference, &adv, &mask, &cfg, None);
+            loss.backward();
+            (m, Vec::<Vec<f32>>::try_from(&lp.grad()).unwrap())
+        };
+        let reference = Tensor::from_slice2(&[[-1.5f32, -2.0], [-0.5, -1.0]]);
+        let (with, g_with) = run(Some(&reference));
+        let (without, g_without) = run(None);
+        assert_eq!((with.loss, &g_with), (without.loss, &g_without));
+        // Tokens (0,0), (0,1), (1,0): k3 of −0.5, 0, 0 over three tokens.
+        let want = ((-0.5f64).exp() + 0.5 - 1.0) / 3.0;
+        assert!((with.kl - want).abs() < 1e-6, "{} vs {want}", with.kl);
+        assert!((with.kl_k2 - 0.125 / 3.0).abs() < 1e-6, "{}", with.kl_k2);
+        assert_eq!((without.kl, without.kl_k2), (0.0, 0.0));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The reference model of the KL term: a frozen copy of the initial policy, optionally
 //! pulled towards the policy every N optimizer steps (`ref ← α·policy + (1 − α)·ref`),
 //! kept on its own device and dtype — or, under LoRA, the policy's own frozen base with
-//! the adapters switched off (no second copy). With β = 0 none is held at all.
+//! the adapters switched off (no second copy). With β = 0 one is held only for the
+//! KL-to-start telemetry (`logging.kl_to_start`); it then never enters the loss.
 
 use couplet_model::{DreamModel, Init};
 use tch::{Device, Kind};
@@ -92,11 +93,6 @@ impl ReferenceModel {
         self.syncs += 1;
         true
     }
-}
-
-/// Whether the objective needs a reference model (β > 0).
-pub fn needs_reference(beta: f64) -> bool {
-    beta > 0.0
 }
 
 #[cfg(test)]

@@ -117,6 +117,12 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Whether a reference policy is scored every round: for the KL term (β > 0), or for
+    /// the KL-to-start telemetry (`logging.kl_to_start`).
+    pub fn holds_reference(&self) -> bool {
+        self.objective.beta > 0.0 || self.logging.kl_to_start
+    }
+
     /// Reads a TOML file, applies `--set key=value` overrides, validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {

@@ -679,6 +679,10 @@ pub struct LoggingSection {
     pub log_every: u64,
     /// Sample completions to completions.jsonl every N steps (0: never).
     pub completions_every: u64,
+    /// Report the KL to the starting policy every step, also at β = 0 (then a frozen copy
+    /// of the starting weights is held — none under LoRA — and scored once per round; it
+    /// never enters the loss). With β > 0 the KL is the reference's anyway.
+    pub kl_to_start: bool,
 }
 
 impl Default for LoggingSection {
@@ -687,6 +691,7 @@ impl Default for LoggingSection {
             tensorboard: true,
             log_every: 1,
             completions_every: 10,
+            kl_to_start: true,
         }
     }
 }

@@ -17,14 +17,32 @@ pub struct StepMetrics {
     pub reward_std: f64,
     /// Mean of each reward function over its non-NaN values, by name.
     pub reward_per_function: Vec<(String, f64)>,
+    /// Mean total reward of each `data.stratify_by` group present in the round, by label
+    /// (empty without stratification): a group being unlearned shows here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reward_per_stratum: Vec<(String, f64)>,
     /// The clipped-GRPO loss of this step.
     pub loss: f64,
-    /// Token-weighted mean KL to the reference (0 without one).
+    /// Token-weighted mean k3 KL of the policy to the reference — the starting policy
+    /// unless the reference is synced — measured on this step's batch before the update
+    /// (0 without one: β = 0 and `logging.kl_to_start = false`).
     pub kl: f64,
+    /// The same KL as the k2 estimate, token-mean ½ (log π_ref − log π)²: finite and
+    /// readable where a single token driven towards zero probability dominates k3.
+    #[serde(default)]
+    pub kl_k2: f64,
+    /// Token-weighted mean entropy (nats) of the distributions the round's completion
+    /// tokens were drawn from.
+    #[serde(default)]
+    pub entropy: f64,
     /// Token-weighted share of ratios in the clipped region.
     pub clip_ratio: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Share of the run's steps so far whose gradient was clipped (norm above
+    /// `optimizer.max_grad_norm`).
+    #[serde(default)]
+    pub grad_clipped_share: f64,
     /// Learning rate of this step.
     pub lr: f64,
     /// Mean completion length in tokens.
@@ -51,6 +69,9 @@ pub struct StepMetrics {
     /// Steps skipped so far because the loss or gradient norm was NaN/inf.
     #[serde(default)]
     pub skipped_nonfinite: u64,
+    /// Stability warnings raised at this step (each kind once per run), with their text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<(super::stability::Warning, String)>,
 }
 
 /// What a round cost: one rank's, or the whole round's (rates add over ranks, times take
@@ -118,16 +139,21 @@ pub struct RoundRecord {
     pub group_zero_std: Vec<bool>,
     /// Decode-order AR-ness per completion.
     pub arness: Vec<ArNess>,
+    /// Entropy summed over each completion's tokens.
+    pub entropy_sums: Vec<f64>,
+    /// Each completion's `data.stratify_by` label (empty without stratification).
+    pub strata: Vec<String>,
     /// Per rank.
     pub costs: Vec<RoundCost>,
 }
 
 impl RoundRecord {
-    /// This rank's record of a round.
+    /// This rank's record of a round; `strata` labels each completion (or is empty).
     pub fn new(
         rollout: &Rollout,
         rewards: &RewardBatch,
         advantages: &crate::Advantages,
+        strata: Vec<String>,
         cost: RoundCost,
     ) -> Self {
         let mut per_function: Vec<(String, Vec<f64>)> = rewards
@@ -144,6 +170,8 @@ impl RoundRecord {
             advantages: advantages.values.clone(),
             group_zero_std: advantages.group_std.iter().map(|&s| s < 1e-6).collect(),
             arness: rollout.arness.clone(),
+            entropy_sums: rollout.entropy_sums.clone(),
+            strata,
             costs: vec![cost],
         }
     }
@@ -162,6 +190,8 @@ impl RoundRecord {
             out.advantages.extend(p.advantages);
             out.group_zero_std.extend(p.group_zero_std);
             out.arness.extend(p.arness);
+            out.entropy_sums.extend(p.entropy_sums);
+            out.strata.extend(p.strata);
             out.costs.extend(p.costs);
         }
         out
@@ -180,6 +210,7 @@ impl RoundRecord {
         let lengths = self.lengths.iter().map(|&l| l as f64);
         let arness = ArNess::mean(&self.arness);
         let groups = self.group_zero_std.len().max(1) as f64;
+        let tokens = self.lengths.iter().sum::<usize>().max(1) as f64;
         StepMetrics {
             reward,
             reward_std: var.sqrt(),
@@ -188,6 +219,8 @@ impl RoundRecord {
                 .iter()
                 .map(|(name, values)| (name.clone(), nan_mean(values)))
                 .collect(),
+            reward_per_stratum: self.reward_per_stratum(),
+            entropy: self.entropy_sums.iter().sum::<f64>() / tokens,
             completion_length: self.lengths.iter().sum::<usize>() as f64 / n,
             completion_min: lengths.clone().fold(f64::INFINITY, f64::min),
             completion_max: lengths.fold(0.0, f64::max),
@@ -199,6 +232,21 @@ impl RoundRecord {
             cost: RoundCost::merge(&self.costs),
             ..StepMetrics::default()
         }
+    }
+}
+
+impl RoundRecord {
+    /// Mean total reward per stratum label, labels sorted.
+    fn reward_per_stratum(&self) -> Vec<(String, f64)> {
+        let mut sums: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+        for (label, reward) in self.strata.iter().zip(&self.rewards) {
+            let entry = sums.entry(label).or_default();
+            entry.0 += reward;
+            entry.1 += 1;
+        }
+        sums.into_iter()
+            .map(|(label, (sum, n))| (label.to_string(), sum / n as f64))
+            .collect()
     }
 }
 
@@ -225,6 +273,11 @@ mod tests {
             advantages: rewards.to_vec(),
             group_zero_std: vec![rewards[0] == rewards[1]],
             arness: Vec::new(),
+            entropy_sums: rewards.iter().map(|r| 0.5 * r).collect(),
+            strata: rewards
+                .iter()
+                .map(|r| format!("t{}", *r as i64 % 2))
+                .collect(),
             costs: vec![RoundCost {
                 rollout_seconds: cost,
                 sandbox_timeouts: 1,
@@ -248,10 +301,18 @@ mod tests {
             (one.completion_length, two.completion_length),
             (one.completion_max, two.completion_max),
             (one.clipped_ratio, two.clipped_ratio),
+            (one.entropy, two.entropy),
         ] {
             assert_eq!(a, b);
         }
         assert_eq!(two.reward_per_function[0].1, 2.0 / 3.0);
+        assert_eq!(one.reward_per_stratum, two.reward_per_stratum);
+        // Rewards 1, 3 (odd: t1) and 2, 2 (even: t0); entropy sums r/2 over lengths r.
+        assert_eq!(
+            two.reward_per_stratum,
+            vec![("t0".to_string(), 2.0), ("t1".to_string(), 2.0)]
+        );
+        assert_eq!(two.entropy, 0.5);
         assert_eq!((one.zero_std_ratio, two.zero_std_ratio), (0.0, 0.5));
         assert_eq!(
             (two.cost.sandbox_timeouts, two.cost.rollout_seconds),

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod order;
 pub mod parallel;
 pub mod round;
+pub mod stability;
 pub mod update;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use metrics::StepMetrics;
 use order::TrainingData;
 use parallel::DataParallel;
 use round::RoundBuffer;
+use stability::{PassFractions, ValidationChange, Warning};
 use update::UpdateReport;
 
 /// Mask seed of every iteration when `estimator.random_masking` is off (the reference's
@@ -165,6 +167,13 @@ pub struct TrainerState {
     pub skipped_nonfinite: u64,
     /// Every step's metrics.
     pub history: Vec<StepMetrics>,
+    /// Per-problem pass fractions of the first validation evaluation (the baseline of the
+    /// validation-drop warning).
+    #[serde(default)]
+    pub start_eval: Option<PassFractions>,
+    /// Stability warnings already raised (each once per run).
+    #[serde(default)]
+    pub warned: Vec<Warning>,
 }
 
 /// A training run in progress: policy, reference, optimizer, data, sandbox, ranks.
@@ -337,6 +346,7 @@ impl Trainer {
             step: self.state.step,
             loss: update.loss,
             kl: update.kl,
+            kl_k2: update.kl_k2,
             clip_ratio: update.clip,
             grad_norm: update.grad_norm,
             lr: update.lr,
@@ -344,8 +354,44 @@ impl Trainer {
             update_seconds: started.elapsed().as_secs_f64(),
             ..round
         };
-        self.state.history.push(metrics.clone());
-        metrics
+        self.state.history.push(metrics);
+        let max_norm = self.config.optimizer.max_grad_norm;
+        let share = stability::clipped_share(&self.state.history, max_norm);
+        let growth = stability::grad_norm_growth(&self.state.history);
+        let warning = growth.and_then(|w| self.warn_once(Warning::GradNormGrowth, w));
+        let last = self.state.history.last_mut().expect("just pushed");
+        last.grad_clipped_share = share;
+        last.warnings
+            .extend(warning.map(|w| (Warning::GradNormGrowth, w)));
+        last.clone()
+    }
+
+    /// `message` the first time `kind` is raised in this run, else `None`.
+    fn warn_once(&mut self, kind: Warning, message: String) -> Option<String> {
+        if self.state.warned.contains(&kind) {
+            return None;
+        }
+        self.state.warned.push(kind);
+        Some(message)
+    }
+
+    /// Compares a validation evaluation with the run's first one (which it records when it
+    /// is the first): the paired change, and the drop warning the first time a drop
+    /// exceeds its noise.
+    pub fn validation_change(
+        &mut self,
+        report: &EvalReport,
+    ) -> Option<(ValidationChange, Option<String>)> {
+        let now = PassFractions::of(report);
+        let Some(start) = &self.state.start_eval else {
+            self.state.start_eval = Some(now);
+            return None;
+        };
+        let change = ValidationChange::between(start, &now)?;
+        let warning = change
+            .warning(self.state.step)
+            .and_then(|w| self.warn_once(Warning::ValidationDrop, w));
+        Some((change, warning))
     }
 
     /// Global index of this rank's first sample in round `round`: samples are numbered
@@ -488,7 +534,7 @@ fn load_validation(config: &TrainConfig, repo_root: &Path) -> Result<Vec<EvalPro
     Ok(validation)
 }
 
-/// The reference model when β > 0: a frozen copy of the *base* model, also when resuming
+/// The reference model when β > 0 or `logging.kl_to_start`: a frozen copy of the *base* model, also when resuming
 /// (a synced one is then restored from the checkpoint), in `objective.reference_dtype` on
 /// `objective.reference_device` (default: the policy's dtype and device).
 fn build_reference(
@@ -497,7 +543,7 @@ fn build_reference(
     device: Device,
     resuming: bool,
 ) -> Result<Option<Reference>, TrainError> {
-    if config.objective.beta <= 0.0 {
+    if !config.holds_reference() {
         return Ok(None);
     }
     if config.lora.enabled() {

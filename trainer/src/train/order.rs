@@ -25,6 +25,9 @@ use couplet_model::random::stream::ORDER_CYCLE as STREAM_CYCLE;
 pub struct TrainingData {
     /// The rows of `data.train`.
     pub rows: Vec<Row>,
+    /// Each row's `data.stratify_by` label (`None` without stratification): the groups a
+    /// step's reward is also reported by.
+    pub labels: Option<Vec<String>>,
     order: PromptOrder,
 }
 
@@ -43,8 +46,16 @@ impl TrainingData {
                 path.display()
             )));
         }
-        let order = prompt_order(config, &rows)?;
-        Ok(TrainingData { rows, order })
+        let labels = stratum_labels(config, &rows)?;
+        let order = match &labels {
+            Some(labels) => PromptOrder::stratified(labels, config.seed),
+            None => PromptOrder::shuffled(rows.len(), config.seed),
+        };
+        Ok(TrainingData {
+            rows,
+            labels,
+            order,
+        })
     }
 
     /// Row indices of round `round` over all ranks (global prompt counter → epoch
@@ -63,11 +74,11 @@ pub fn rank_share(rows: &[usize], rank: usize, world: usize) -> &[usize] {
     &rows[rank * per_rank..(rank + 1) * per_rank]
 }
 
-/// The epoch order of the training rows; a `data.stratify_by` column must hold a string
-/// (or number) in every row, else the error names the file, the row and the column.
-fn prompt_order(config: &TrainConfig, rows: &[Row]) -> Result<PromptOrder, TrainError> {
+/// Each row's `data.stratify_by` label; the column must hold a string (or number) in every
+/// row, else the error names the file, the row and the column.
+fn stratum_labels(config: &TrainConfig, rows: &[Row]) -> Result<Option<Vec<String>>, TrainError> {
     let Some(column) = &config.data.stratify_by else {
-        return Ok(PromptOrder::shuffled(rows.len(), config.seed));
+        return Ok(None);
     };
     let labels = rows
         .iter()
@@ -89,7 +100,7 @@ fn prompt_order(config: &TrainConfig, rows: &[Row]) -> Result<PromptOrder, Train
             }
         })
         .collect::<Result<Vec<String>, TrainError>>()?;
-    Ok(PromptOrder::stratified(&labels, config.seed))
+    Ok(Some(labels))
 }
 
 /// Per-epoch prompt permutations.

@@ -126,7 +126,9 @@ impl Trainer {
         .map_err(TrainError::Advantages)?;
         self.last_samples = self.completion_samples(&rows, &rollout, &rewards);
         let cost = rank_cost(&rollout, &rewards, elapsed);
-        let metrics = self.round_statistics(RoundRecord::new(&rollout, &rewards, &adv, cost))?;
+        let strata = self.strata(&rows, &rollout);
+        let record = RoundRecord::new(&rollout, &rewards, &adv, strata, cost);
+        let metrics = self.round_statistics(record)?;
         let mut buffer = RoundBuffer {
             sequences: rollout.sequences(),
             prompt_mask: rollout.prompt_mask.shallow_clone(),
@@ -249,6 +251,15 @@ impl Trainer {
                 total: rewards.total[i],
             })
             .collect()
+    }
+
+    /// Each completion's `data.stratify_by` label (empty without stratification).
+    fn strata(&self, rows: &[usize], rollout: &Rollout) -> Vec<String> {
+        let Some(labels) = &self.data.labels else {
+            return Vec::new();
+        };
+        let label = |&p: &usize| labels[rows[p]].clone();
+        rollout.prompt_index.iter().map(label).collect()
     }
 
     /// Statistics of the whole round, from every rank's record.

@@ -17,8 +17,10 @@ use crate::optim::{lr_factor, warmup_steps};
 pub struct UpdateReport {
     /// The loss (summed over micro-batches and ranks).
     pub loss: f64,
-    /// Token-weighted KL to the reference.
+    /// Token-weighted k3 KL to the reference.
     pub kl: f64,
+    /// Token-weighted k2 KL to the reference.
+    pub kl_k2: f64,
     /// Token-weighted share of clipped ratios.
     pub clip: f64,
     /// Pre-clip gradient norm (NaN/inf when the step was skipped).
@@ -40,34 +42,35 @@ impl Trainer {
             .ok_or_else(|| TrainError::Setup("no round is buffered (sample_round first)".into()))?;
         let local_tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
         let tokens = self.parallel.sum(&[local_tokens])?[0];
-        let (loss, kl, clip) = self.accumulate_gradients(buffer, round, iteration, tokens);
+        let [loss, kl, kl_k2, clip] = self.accumulate_gradients(buffer, round, iteration, tokens);
         let dist = &self.config.distributed;
         self.parallel.reduce_grads(
             &mut self.optimizer,
             dist.bucket_mb,
             dist.reduce_dtype.kind(),
         )?;
-        let sums = self.parallel.sum(&[loss, kl, clip])?;
+        let sums = self.parallel.sum(&[loss, kl, kl_k2, clip])?;
         let lr = self.learning_rate();
         let grad_norm = self.apply_gradients(lr, sums[0])?;
         Ok(UpdateReport {
             loss: sums[0],
             kl: sums[1],
-            clip: sums[2],
+            kl_k2: sums[2],
+            clip: sums[3],
             grad_norm,
             lr,
         })
     }
 
-    /// Backward over every micro-batch; returns this rank's (loss, KL, clip) sums, each
-    /// term weighted by its share of the `tokens` completion tokens of the step.
+    /// Backward over every micro-batch; returns this rank's (loss, k3 KL, k2 KL, clip)
+    /// sums, each term weighted by its share of the `tokens` completion tokens of the step.
     fn accumulate_gradients(
         &self,
         buffer: &RoundBuffer,
         round: u64,
         iteration: usize,
         tokens: f64,
-    ) -> (f64, f64, f64) {
+    ) -> [f64; 4] {
         let seed = self.mask_seed(round, iteration);
         let objective = self.config.objective.objective();
         let lean = LeanConfig {
@@ -76,7 +79,7 @@ impl Trainer {
         };
         let mask_id = self.policy.tokenizer.special().mask;
         let mb = self.config.schedule.micro_batch_size as i64;
-        let (mut loss_sum, mut kl_sum, mut clip_sum) = (0.0, 0.0, 0.0);
+        let [mut loss_sum, mut kl_sum, mut k2_sum, mut clip_sum] = [0.0; 4];
         for micro in buffer.micro_batches(mb, self.first_local_sample(round)) {
             let (start, len) = (micro.start, micro.len);
             let slice = |t: &Option<tch::Tensor>| t.as_ref().map(|t| t.narrow(0, start, len));
@@ -107,9 +110,10 @@ impl Trainer {
             let weight = metrics.tokens / tokens.max(1.0);
             loss_sum += loss;
             kl_sum += metrics.kl * weight;
+            k2_sum += metrics.kl_k2 * weight;
             clip_sum += metrics.clip_region * weight;
         }
-        (loss_sum, kl_sum, clip_sum)
+        [loss_sum, kl_sum, k2_sum, clip_sum]
     }
 
     /// The scheduled learning rate of the next step.
