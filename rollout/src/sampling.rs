@@ -107,7 +107,7 @@ pub fn sample_tokens(
             (conf, x0)
         }
     };
-    let entropy = -(&probs * (&probs + 1e-10).log()).sum_dim_intlist(-1, false, Kind::Float);
+    let neg_entropy = (&probs * (&probs + 1e-10).log()).sum_dim_intlist(-1, false, Kind::Float);
     let conf = match confidence {
         Confidence::Probability => probability.shallow_clone(),
         Confidence::Margin => {
@@ -118,8 +118,10 @@ pub fn sample_tokens(
                 top2.select(1, 0)
             }
         }
-        Confidence::NegEntropy => -&entropy,
+        Confidence::NegEntropy => neg_entropy.shallow_clone(),
     };
+    // The 1e-10 guard makes a certain token's entropy −1e-10; the telemetry floors it at 0.
+    let entropy = (-neg_entropy).clamp_min(0.0);
     Proposal {
         tokens: x0,
         confidence: conf,

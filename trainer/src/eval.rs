@@ -11,7 +11,7 @@ use std::path::Path;
 use couplet_model::LoadedModel;
 use couplet_reward::{evalplus, humaneval, load_rows, mbpp, pass_at_k, LoadOptions};
 use couplet_rollout::{generate_rollout, ArNess, DecodeStats, RolloutConfig};
-use couplet_sandbox::{Job, Limits, NonDataCounts, SandboxPool};
+use couplet_sandbox::{Job, JobResult, Limits, NonDataCounts, SandboxPool};
 use serde::{Deserialize, Serialize};
 
 /// One problem: the question the model sees and the tests its code must pass.
@@ -274,6 +274,14 @@ pub fn check_completions(
     limits: Limits,
 ) -> EvalReport {
     let started = std::time::Instant::now();
+    let results = pool.run_all(sandbox_jobs(problems, completions), limits);
+    let mut report = judge(problems, completions, results, ks);
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// One sandbox job per sample, in problem-then-sample order.
+fn sandbox_jobs(problems: &[EvalProblem], completions: &[Vec<String>]) -> Vec<Job> {
     let mut jobs = Vec::new();
     for (p, samples) in problems.iter().zip(completions) {
         for (j, c) in samples.iter().enumerate() {
@@ -287,8 +295,17 @@ pub fn check_completions(
             });
         }
     }
+    jobs
+}
+
+/// The report of `results` (in [`sandbox_jobs`] order) on the completions.
+fn judge(
+    problems: &[EvalProblem],
+    completions: &[Vec<String>],
+    results: Vec<JobResult>,
+    ks: &[usize],
+) -> EvalReport {
     let with_plus = problems.iter().any(|p| !p.plus_tests.is_empty());
-    let results = pool.run_all(jobs, limits);
     let non_data = NonDataCounts::of(&results);
     let mut results = results.into_iter();
     let mut out = Vec::with_capacity(problems.len());
@@ -333,7 +350,7 @@ pub fn check_completions(
         tokens_per_second: 0.0,
         tokens_per_forward: 0.0,
         cache_audit: None,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
     }
 }
 
@@ -399,8 +416,9 @@ pub fn solution_code(completion: &str) -> &str {
     }
 }
 
-/// Samples `settings.samples` completions per problem from `model` and judges them.
-/// `progress(done, total)` is called after each batch of prompts.
+/// Samples `settings.samples` completions per problem from `model` and judges them; each
+/// batch's tests run in the sandbox pool on a helper thread while the next batch decodes
+/// (verdicts do not depend on timing). `progress(done, total)` is called after each batch.
 pub fn evaluate(
     model: &LoadedModel,
     problems: &[EvalProblem],
@@ -430,45 +448,59 @@ pub fn evaluate(
     let mut arness = Vec::new();
     let (mut generation_seconds, mut tokens) = (0.0, 0.0);
     let (mut stats, mut chunks) = (DecodeStats::default(), 0);
-    for (b, chunk) in problems.chunks(per_batch).enumerate() {
-        let prompts: Vec<String> = chunk
-            .iter()
-            .map(|p| {
-                model
-                    .tokenizer
-                    .chat_prompt(&settings.system_prompt, &p.question)
-            })
-            .collect::<Result<_, _>>()
+    let results = std::thread::scope(|scope| -> Result<Vec<JobResult>, String> {
+        let mut scoring = Vec::new();
+        for (b, chunk) in problems.chunks(per_batch).enumerate() {
+            let prompts: Vec<String> = chunk
+                .iter()
+                .map(|p| {
+                    model
+                        .tokenizer
+                        .chat_prompt(&settings.system_prompt, &p.question)
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let first = (b * per_batch * settings.samples) as u64;
+            let rollout = generate_rollout(
+                &model.model,
+                &model.tokenizer,
+                &prompts,
+                &cfg,
+                settings.seed,
+                first,
+            )
             .map_err(|e| e.to_string())?;
-        let first = (b * per_batch * settings.samples) as u64;
-        let rollout = generate_rollout(
-            &model.model,
-            &model.tokenizer,
-            &prompts,
-            &cfg,
-            settings.seed,
-            first,
-        )
-        .map_err(|e| e.to_string())?;
-        generation_seconds += rollout.seconds;
-        tokens += rollout.tokens_per_second() * rollout.seconds;
-        stats.add(&rollout.stats);
-        chunks += rollout.chunks;
-        for (i, _) in chunk.iter().enumerate() {
-            completions.push(
-                (0..rollout.len())
-                    .filter(|&r| rollout.prompt_index[r] == i)
-                    .map(|r| rollout.texts[r].clone())
-                    .collect(),
+            generation_seconds += rollout.seconds;
+            tokens += rollout.tokens_per_second() * rollout.seconds;
+            stats.add(&rollout.stats);
+            chunks += rollout.chunks;
+            let batch: Vec<Vec<String>> = (0..chunk.len())
+                .map(|i| {
+                    (0..rollout.len())
+                        .filter(|&r| rollout.prompt_index[r] == i)
+                        .map(|r| rollout.texts[r].clone())
+                        .collect()
+                })
+                .collect();
+            let jobs = sandbox_jobs(chunk, &batch);
+            scoring.push(scope.spawn(move || pool.run_all(jobs, settings.limits)));
+            completions.extend(batch);
+            arness.extend(rollout.arness);
+            progress(
+                (b * per_batch + chunk.len()).min(problems.len()),
+                problems.len(),
             );
         }
-        arness.extend(rollout.arness);
-        progress(
-            (b * per_batch + chunk.len()).min(problems.len()),
-            problems.len(),
-        );
-    }
-    let mut report = check_completions(problems, &completions, &settings.ks, pool, settings.limits);
+        let mut results = Vec::new();
+        for handle in scoring {
+            let part = handle
+                .join()
+                .map_err(|_| "a sandbox scoring thread panicked".to_string())?;
+            results.extend(part);
+        }
+        Ok(results)
+    })?;
+    let mut report = judge(problems, &completions, results, &settings.ks);
     report.arness = Some(ArNess::mean(&arness));
     report.generation_seconds = generation_seconds;
     report.tokens_per_second = tokens / generation_seconds.max(1e-9);

@@ -1,6 +1,7 @@
 //! Stability telemetry a user can act on: the share of clipped gradient steps, and two
-//! warnings raised once per run — the gradient norm grown ×5 over its first steps' median
-//! (a policy sharpening under a step size it can no longer take), and validation pass@1
+//! warnings raised once per run — the gradient norm grown ×5 over its first steps (the
+//! median of the last 5 steps against that of the first 5, so one spike does not warn: a
+//! policy sharpening under a step size it can no longer take), and validation pass@1
 //! fallen below the starting evaluation by more than its noise.
 //!
 //! The noise of a validation change is the standard error of the mean of the per-problem
@@ -13,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::metrics::StepMetrics;
 use crate::eval::EvalReport;
 
-/// Steps whose gradient norms set the baseline of the growth warning.
+/// Steps whose gradient norms set the baseline of the growth warning, and the recent
+/// window compared with it.
 pub const BASELINE_STEPS: usize = 5;
 /// Growth over the baseline median that warns.
 pub const GROWTH_FACTOR: f64 = 5.0;
@@ -53,30 +55,35 @@ pub fn clipped_share(history: &[StepMetrics], max_grad_norm: f64) -> f64 {
     clipped as f64 / history.len() as f64
 }
 
-/// The growth warning for the newest step of `history`, when its gradient norm is
-/// ×[`GROWTH_FACTOR`] the median of the first [`BASELINE_STEPS`] finite ones.
+/// The growth warning at the newest step of `history`, when the median gradient norm of
+/// the last [`BASELINE_STEPS`] steps is ×[`GROWTH_FACTOR`] that of the first ones (finite
+/// norms only; the windows do not overlap).
 pub fn grad_norm_growth(history: &[StepMetrics]) -> Option<String> {
-    let now = history.last()?.grad_norm;
-    let mut first: Vec<f64> = history
+    let norms: Vec<f64> = history
         .iter()
         .map(|m| m.grad_norm)
         .filter(|g| g.is_finite())
-        .take(BASELINE_STEPS)
         .collect();
-    if first.len() < BASELINE_STEPS || history.len() <= BASELINE_STEPS {
+    if norms.len() < 2 * BASELINE_STEPS {
         return None;
     }
-    first.sort_by(f64::total_cmp);
-    let median = first[BASELINE_STEPS / 2];
-    (now.is_finite() && median > 0.0 && now > GROWTH_FACTOR * median).then(|| {
+    let first = median(&norms[..BASELINE_STEPS]);
+    let recent = median(&norms[norms.len() - BASELINE_STEPS..]);
+    (first > 0.0 && recent > GROWTH_FACTOR * first).then(|| {
         format!(
-            "gradient norm {now:.3} at step {} is {:.1}× the median {median:.3} of the first {BASELINE_STEPS} steps: \
+            "gradient norm: median {recent:.3} over the last {BASELINE_STEPS} steps (to step {}) is {:.1}× the median {first:.3} of the first {BASELINE_STEPS}: \
              the policy is sharpening faster than the step size allows; consider a lower \
              optimizer.lr, a decaying schedule.kind, or a trust region (objective.num_iterations > 1, objective.beta > 0)",
             history.len(),
-            now / median
+            recent / first
         )
     })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// Per problem: the pass fraction of an evaluation, by problem id.
@@ -171,15 +178,22 @@ mod tests {
     }
 
     #[test]
-    fn growth_warns_past_five_times_the_first_median() {
-        // Baseline median of 0.4, 0.5, 0.3, 0.6, 0.5 is 0.5: 2.4 is under 2.5, 2.6 over.
-        let mut h = steps(&[0.4, 0.5, 0.3, 0.6, 0.5, 2.4]);
+    fn growth_warns_when_the_recent_median_passes_five_times_the_first() {
+        // First median (0.4, 0.5, 0.3, 0.6, 0.5) is 0.5; one spike of 9 does not warn.
+        let first = [0.4, 0.5, 0.3, 0.6, 0.5];
+        let mut h = steps(&[&first[..], &[0.5, 9.0, 0.6, 0.5, 0.4]].concat());
         assert!(grad_norm_growth(&h).is_none());
-        h.push(steps(&[2.6])[0].clone());
+        // Last five 2.4, 2.6, 2.5, 3.0, 2.7: median 2.6 > 2.5 = 5 × 0.5.
+        h = steps(&[&first[..], &[2.4, 2.6, 2.5, 3.0, 2.7]].concat());
         let w = grad_norm_growth(&h).expect("2.6 > 5 × 0.5");
-        assert!(w.contains("step 7") && w.contains("5.2×"), "{w}");
-        // Too few steps for a baseline: no verdict.
-        assert!(grad_norm_growth(&steps(&[0.1, 9.0])).is_none());
+        assert!(w.contains("to step 10") && w.contains("5.2×"), "{w}");
+        // A median of 2.4 stays under.
+        h = steps(&[&first[..], &[2.4, 2.4, 2.4, 3.0, 2.7]].concat());
+        assert!(grad_norm_growth(&h).is_none());
+        // Too few steps for two windows: no verdict; NaN steps do not count.
+        assert!(grad_norm_growth(&steps(&[0.1, 9.0, 9.0])).is_none());
+        let nan = steps(&[&first[..], &[f64::NAN, 2.6, 2.6, 2.6, 2.6]].concat());
+        assert!(grad_norm_growth(&nan).is_none());
     }
 
     #[test]
