@@ -175,11 +175,12 @@ pub fn block_generate(
             });
             first_forward = false;
             let logits = scored.logits.to_kind(Kind::Double); // [N, V]
-                                                              // The distribution a token is drawn from (the model's own when greedy).
+            let probs = logits.softmax(-1, Kind::Double);
+            // The distribution a token is drawn from (the model's own when greedy).
             let drawn = if cfg.temperature > 0.0 {
                 (logits.shallow_clone() / cfg.temperature).softmax(-1, Kind::Double)
             } else {
-                logits.softmax(-1, Kind::Double)
+                probs.shallow_clone()
             };
             let x0 = if cfg.temperature > 0.0 {
                 let u = uniform_tensor(seed, STREAM_TOKEN, &draw_index, device);
@@ -189,15 +190,10 @@ pub fn block_generate(
             };
             let entropy = -(&drawn * (&drawn + 1e-300).log()).sum_dim_intlist(-1, false, None);
             // The proposal's probability: the low-confidence ranking and the threshold's
-            // measure (computed once when either needs it).
+            // measure (when either needs it).
             let probability = (cfg.remasking == Remasking::LowConfidence
                 || cfg.fast.threshold.is_some())
-            .then(|| {
-                logits
-                    .softmax(-1, Kind::Double)
-                    .gather(-1, &x0.unsqueeze(-1), false)
-                    .squeeze_dim(-1)
-            });
+            .then(|| probs.gather(-1, &x0.unsqueeze(-1), false).squeeze_dim(-1));
             let conf = match (cfg.remasking, &probability) {
                 (Remasking::LowConfidence, Some(p)) => p.shallow_clone(),
                 _ => uniform_tensor(seed, STREAM_REMASK, &draw_index, device),

@@ -196,12 +196,6 @@ impl Rollout {
         Tensor::cat(&[&self.prompt_ids, &self.completion_ids], 1)
     }
 
-    /// Token-weighted mean entropy (nats) of the completion tokens' draws.
-    pub fn mean_entropy(&self) -> f64 {
-        let tokens = self.completion_lengths.iter().sum::<usize>().max(1);
-        self.entropy_sums.iter().sum::<f64>() / tokens as f64
-    }
-
     /// AR-ness averaged over the completions.
     pub fn mean_arness(&self) -> ArNess {
         ArNess::mean(&self.arness)

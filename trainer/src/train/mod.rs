@@ -534,9 +534,10 @@ fn load_validation(config: &TrainConfig, repo_root: &Path) -> Result<Vec<EvalPro
     Ok(validation)
 }
 
-/// The reference model when β > 0 or `logging.kl_to_start`: a frozen copy of the *base* model, also when resuming
-/// (a synced one is then restored from the checkpoint), in `objective.reference_dtype` on
-/// `objective.reference_device` (default: the policy's dtype and device).
+/// The reference model when β > 0 or `logging.kl_to_start`: a frozen copy of the *base*
+/// model, also when resuming (a synced one is then restored from the checkpoint), in
+/// `objective.reference_dtype` on `objective.reference_device` (default: the policy's
+/// dtype and device).
 fn build_reference(
     config: &TrainConfig,
     policy: &LoadedModel,
