@@ -338,7 +338,7 @@ fn a_llada_model_generates_trains_and_checkpoints_in_its_layout() {
             "--set",
             "rollout.block_length=8",
             "--set",
-            "estimator.kind=\"d1\"",
+            "algorithm.name=\"d1\"",
         ])
         .output()
         .unwrap();

@@ -4,7 +4,7 @@
 use couplet_testkit as common;
 
 use couplet_model::{load_model, LoadOptions};
-use couplet_trainer::{estimate, grpo_loss, Estimator, EstimatorBatch, ObjectiveConfig};
+use couplet_trainer::{grpo_loss, score, Algorithm, Coupled, EstimatorBatch, ObjectiveConfig, D1};
 use serde_json::json;
 use tch::Tensor;
 
@@ -29,30 +29,43 @@ fn estimates_match_reference() {
         prompt_mask: &m,
         prompt_width: 5,
         samples: &samples,
+        completion_mask: None,
+        reveal_steps: None,
     };
     for (est, spec) in [
         (
-            Estimator::Coupled {
+            Algorithm::Coupled(Coupled {
                 pairs: 1,
                 include_full_mask: true,
-            },
+                ..Default::default()
+            }),
             json!({"kind": "coupled", "pairs": 1, "include_full_mask": true}),
         ),
         (
-            Estimator::Coupled {
+            Algorithm::Coupled(Coupled {
                 pairs: 2,
                 include_full_mask: false,
-            },
+                ..Default::default()
+            }),
             json!({"kind": "coupled", "pairs": 2, "include_full_mask": false}),
         ),
         (
-            Estimator::D1 { p_mask_prompt: 0.3 },
+            Algorithm::D1(D1 {
+                p_mask_prompt: 0.3,
+                ..Default::default()
+            }),
             json!({"kind": "d1", "p_mask_prompt": 0.3}),
         ),
-        (Estimator::FullMask, json!({"kind": "full_mask"})),
-        (Estimator::Decoupled, json!({"kind": "decoupled"})),
+        (
+            Algorithm::FullMask(Default::default()),
+            json!({"kind": "full_mask"}),
+        ),
+        (
+            Algorithm::Decoupled(Default::default()),
+            json!({"kind": "decoupled"}),
+        ),
     ] {
-        let (got, _) = estimate(&model, mask, &est, &batch, 77);
+        let (got, _) = score(&model, mask, &est, &batch, 77);
         // Pinned old / reference estimates and advantages for the objective.
         let old = (&got.detach() + Tensor::from_slice2(&[[0.3f32, -0.8, 0.0, 1.2, -0.1, 0.5]; 3]))
             .to_kind(tch::Kind::Float);
@@ -76,7 +89,8 @@ fn estimates_match_reference() {
             &Tensor::from_slice2(&cmask),
             &cfg,
             None,
-        );
+        )
+        .unwrap();
         let req = tmp.path().join("est.json");
         let out = tmp.path().join("est-out.json");
         std::fs::write(

@@ -68,7 +68,7 @@ fn lora_resumes_exactly_and_its_adapter_folder_serves_generate_and_merge() {
         "lora.rank=4",
         "lora.alpha=8.0",
         "lora.dropout=0.1",
-        "objective.sync_ref_model=false",
+        "reference.sync=false",
     ];
     let (run, straight) = resume_and_straight(tmp.path(), &lora);
     let ckpt = run.join("checkpoint-2");
@@ -147,7 +147,7 @@ fn lora_on_a_bf16_base_trains() {
         "model.dtype=\"bf16\"",
         "lora.rank=2",
         "lora.target_modules=[\"q_proj\", \"v_proj\"]",
-        "objective.sync_ref_model=false",
+        "reference.sync=false",
         "schedule.max_steps=1",
     ];
     assert_ok(&train(&model, &run, "coupled", 1, &extra));
@@ -168,9 +168,9 @@ fn lora_refuses_a_synced_reference() {
         &tmp.path().join("run"),
         "coupled",
         1,
-        &["lora.rank=2", "objective.sync_ref_model=true"],
+        &["lora.rank=2", "reference.sync=true"],
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("objective.sync_ref_model"), "{err}");
+    assert!(err.contains("reference.sync"), "{err}");
 }

@@ -49,6 +49,22 @@ pub mod stream {
     pub const LORA_INIT: u64 = 0x900;
     /// LoRA dropout masks of a policy-update micro-batch.
     pub const LORA_DROPOUT: u64 = 0x901;
+    /// ESPO: the stratum offset k of draw m is stream `ESPO_OFFSET + m`.
+    pub const ESPO_OFFSET: u64 = 0xA00;
+    /// ESPO: the position order of draw m is stream `ESPO_ORDER + m`.
+    pub const ESPO_ORDER: u64 = 0xA80;
+    /// BGPO: the timestep offset k of a sample.
+    pub const BGPO_OFFSET: u64 = 0xB00;
+    /// BGPO: the position order of Monte-Carlo sample r is stream `BGPO_ORDER + r`.
+    pub const BGPO_ORDER: u64 = 0xB01;
+    /// SPG: the block order of a sample.
+    pub const SPG_BLOCK: u64 = 0xC00;
+    /// SPG: the masked count of draw k is stream `SPG_COUNT + k`.
+    pub const SPG_COUNT: u64 = 0xC40;
+    /// SPG: the position order of draw k is stream `SPG_ORDER + k`.
+    pub const SPG_ORDER: u64 = 0xC80;
+    /// SPG: the 15 % context masking of draw k is stream `SPG_CONTEXT + k`.
+    pub const SPG_CONTEXT: u64 = 0xCC0;
 }
 
 /// SplitMix64 finaliser: a bijective 64-bit mix.

@@ -1,5 +1,5 @@
 //! Ablation reports: reads Couplet run directories (`config.toml`, `metrics.jsonl`,
-//! `eval.jsonl`), groups the runs by variant (the estimator, plus the decoder when it is
+//! `eval.jsonl`), groups the runs by variant (the algorithm, plus the decoder when it is
 //! not Dream's), and writes `report.md` with a table (mean ± spread over seeds) and PNG
 //! plots: reward vs step, validation pass@1 vs step, AR-ness@k before/after.
 //!

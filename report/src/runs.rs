@@ -23,7 +23,7 @@ pub struct EvalPoint {
 pub struct RunData {
     /// The run directory.
     pub dir: PathBuf,
-    /// The variant: `estimator.kind`, plus `/block` for the LLaDA block decoder.
+    /// The variant: `algorithm.name`, plus `/block` for the LLaDA block decoder.
     pub label: String,
     /// `seed` of its config.
     pub seed: u64,
@@ -58,7 +58,10 @@ pub fn load_run(dir: &Path) -> Result<RunData, ReportError> {
         .parse()
         .map_err(|e: toml::de::Error| err(&config_path, e.to_string()))?;
     let get = |section: &str, key: &str| config.get(section).and_then(|s| s.get(key));
-    let mut label = get("estimator", "kind")
+    // `algorithm.name`; runs written before the algorithm became a value kept it in
+    // `estimator.kind`.
+    let mut label = get("algorithm", "name")
+        .or_else(|| get("estimator", "kind"))
         .and_then(|v| v.as_str())
         .unwrap_or("coupled")
         .to_string();

@@ -4,30 +4,33 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_trainer::{EstimatorKind, RunCheckpoint, TrainConfig};
+use couplet_trainer::{Algorithm, RunCheckpoint, TrainConfig};
 
 use super::train::{install_stop_handler, run_job, JobEnd};
 
 #[derive(clap::Args)]
 pub struct AblateArgs {
-    /// The base config; every variant runs it with only the estimator (and seed) changed.
+    /// The base config; every variant runs it with only the algorithm (and seed) changed:
+    /// each method keeps the base's knobs it shares (ε, β, …) and its own defaults for the
+    /// rest.
     #[arg(long, default_value = "configs/tiny_cpu.toml")]
     config: PathBuf,
-    /// Estimators to compare: coupled, d1, full_mask, decoupled (comma-separated).
+    /// Algorithms to compare (comma-separated `algorithm.name`s).
     #[arg(
         long,
+        alias = "estimators",
         value_delimiter = ',',
         default_value = "coupled,d1,full_mask,decoupled"
     )]
-    estimators: Vec<EstimatorKind>,
-    /// Seeds per estimator: the config's seed, +1, +2, …
+    algorithms: Vec<String>,
+    /// Seeds per algorithm: the config's seed, +1, +2, …
     #[arg(long, default_value_t = 3)]
     seeds: u64,
     /// Override a key of the base config for every run (repeatable), e.g.
     /// --set schedule.max_steps=20.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Where the runs (OUT/<estimator>-seed<N>/) and the report go.
+    /// Where the runs (OUT/<algorithm>-seed<N>/) and the report go.
     #[arg(long, default_value = "runs/ablate")]
     out: PathBuf,
 }
@@ -43,19 +46,27 @@ pub struct ReportArgs {
 }
 
 pub fn ablate(args: AblateArgs) -> Result<()> {
-    if args.seeds == 0 || args.estimators.is_empty() {
-        bail!("--seeds and --estimators must not be empty");
+    if args.seeds == 0 || args.algorithms.is_empty() {
+        bail!("--seeds and --algorithms must not be empty");
     }
-    // Validate the base config (and every override) before any run starts.
+    // Validate the base config, every override and every algorithm before any run starts.
     let base = TrainConfig::load(&args.config, &args.overrides)?;
+    let variants = args
+        .algorithms
+        .iter()
+        .map(|name| base.algorithm.switched_to(name))
+        .collect::<Result<Vec<Algorithm>, String>>()
+        .map_err(|e| anyhow::anyhow!("--algorithms: {e}"))?;
     install_stop_handler();
     let mut dirs = Vec::new();
-    for e in args.estimators.iter().map(|e| e.name()) {
+    for variant in &variants {
+        let e = variant.name();
+        let inline = variant.inline_toml();
         for s in 0..args.seeds {
             let dir = args.out.join(format!("{e}-seed{s}"));
             let mut overrides = args.overrides.clone();
             overrides.extend([
-                format!("estimator.kind=\"{e}\""),
+                format!("algorithm={inline}"),
                 format!("seed={}", base.seed + s),
                 format!("checkpointing.run_dir=\"{}\"", dir.display()),
             ]);

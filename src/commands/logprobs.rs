@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use couplet_model::LoadedModel;
-use couplet_trainer::{
-    estimate, estimate_versions, Estimator, EstimatorBatch, EstimatorKind, Versions,
-};
+use couplet_trainer::{score, score_versions, Algorithm, EstimatorBatch, Versions};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -20,21 +18,24 @@ pub struct Args {
     /// "completion_ids"}; optional "sample" (global sample index, default: line number − 1).
     #[arg(long)]
     input: PathBuf,
-    /// coupled, d1, full_mask or decoupled.
-    #[arg(long, default_value = "coupled")]
-    estimator: EstimatorKind,
+    /// The algorithm whose likelihood estimate is computed (`algorithm.name`).
+    #[arg(long, alias = "estimator", default_value = "coupled")]
+    algorithm: String,
+    /// One of the algorithm's knobs, as in `[algorithm]` (repeatable): --set pairs=2.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    knobs: Vec<String>,
     /// Mask seed of the iteration.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// coupled: λ, the number of complementary pairs.
-    #[arg(long, default_value_t = 1)]
-    pairs: usize,
-    /// coupled: leave out the fully masked version.
+    /// coupled: λ, the number of complementary pairs (same as --set pairs=N).
+    #[arg(long)]
+    pairs: Option<usize>,
+    /// coupled: leave out the fully masked version (same as --set include_full_mask=false).
     #[arg(long)]
     no_full_mask: bool,
-    /// d1: probability of masking each prompt token.
-    #[arg(long, default_value_t = 0.15)]
-    p_mask_prompt: f64,
+    /// d1: probability of masking each prompt token (same as --set p_mask_prompt=P).
+    #[arg(long)]
+    p_mask_prompt: Option<f64>,
     /// JSON lines, one per input row, pinning the versions exactly:
     /// {"masked": [[0|1 per prompt+completion token] per version], "weights": [[coefficient per completion token] per version]}.
     #[arg(long)]
@@ -47,16 +48,20 @@ pub struct Args {
     dtype: couplet_model::Precision,
 }
 
-fn estimator(args: &Args) -> Result<Estimator> {
-    if args.estimator == EstimatorKind::Coupled && args.pairs == 0 {
-        bail!("--pairs must be at least 1");
-    }
-    if args.estimator == EstimatorKind::D1 && !(0.0..=1.0).contains(&args.p_mask_prompt) {
-        bail!("--p-mask-prompt must be in [0, 1]");
-    }
-    Ok(args
-        .estimator
-        .with_knobs(args.pairs, !args.no_full_mask, args.p_mask_prompt))
+/// The algorithm of `--algorithm` with the knobs of `--set` and the shorthand flags, read
+/// and checked exactly as an `[algorithm]` section.
+fn algorithm(args: &Args) -> Result<Algorithm> {
+    let mut lines = vec![format!("name = {:?}", args.algorithm)];
+    lines.extend(args.knobs.iter().cloned());
+    lines.extend(args.pairs.map(|p| format!("pairs = {p}")));
+    lines.extend(
+        args.no_full_mask
+            .then(|| "include_full_mask = false".to_string()),
+    );
+    lines.extend(args.p_mask_prompt.map(|p| format!("p_mask_prompt = {p}")));
+    let text = format!("[algorithm]\n{}\n", lines.join("\n"));
+    let config = couplet_trainer::TrainConfig::from_toml(&text, "--algorithm/--set", &[])?;
+    Ok(config.algorithm)
 }
 
 fn ids(
@@ -90,15 +95,28 @@ fn pinned(value: &Value, l: usize, k: usize, at: &str) -> Result<Versions> {
     let v = masked.len() as i64;
     let flat_m: Vec<bool> = masked.iter().flatten().map(|&x| x != 0).collect();
     let flat_w: Vec<f64> = weights.into_iter().flatten().collect();
+    let weights = Tensor::from_slice(&flat_w).view([v, 1, k as i64]);
     Ok(Versions {
         masked: Tensor::from_slice(&flat_m).view([v, 1, l as i64]),
-        weights: Tensor::from_slice(&flat_w).view([v, 1, k as i64]),
+        read: weights.ne(0.0),
+        weights,
         ratios: vec![Vec::new()],
     })
 }
 
+/// The methods whose estimate is `Σ_v weight · lp(v)` per token (what `--masks` pins).
+const LINEAR: [&str; 4] = ["coupled", "d1", "full_mask", "decoupled"];
+
 pub fn run(args: Args) -> Result<()> {
-    let est = estimator(&args)?;
+    let algorithm = algorithm(&args)?;
+    let method = algorithm.method();
+    if args.masks.is_some() && !LINEAR.contains(&method.name()) {
+        bail!(
+            "--masks pins the weights of a per-token linear estimate ({}), not {}'s",
+            LINEAR.join(", "),
+            method.name()
+        );
+    }
     let ckpt = super::load_model(&args.model, args.device, args.dtype)?;
     let mask_id = ckpt.tokenizer.special().mask;
     let read = |path: &PathBuf| -> Result<Vec<Value>> {
@@ -151,12 +169,7 @@ pub fn run(args: Args) -> Result<()> {
             .to_device(ckpt.model.device());
         let prompt_mask = Tensor::ones([1, prompt.len() as i64], (Kind::Int64, Device::Cpu));
         let samples = [sample];
-        let batch = EstimatorBatch {
-            sequences: &sequences,
-            prompt_mask: &prompt_mask,
-            prompt_width: prompt.len() as i64,
-            samples: &samples,
-        };
+        let batch = EstimatorBatch::new(&sequences, &prompt_mask, &samples);
         let (estimates, ratios) = match &masks {
             Some(m) => {
                 let versions = pinned(
@@ -173,16 +186,18 @@ pub fn run(args: Args) -> Result<()> {
                     ),
                 )?;
                 (
-                    estimate_versions(&ckpt.model, mask_id, &versions, &batch),
+                    score_versions(&ckpt.model, mask_id, method, &versions, &batch),
                     Vec::new(),
                 )
             }
             None => {
-                let (e, v) = estimate(&ckpt.model, mask_id, &est, &batch, args.seed);
+                let (e, v) = score(&ckpt.model, mask_id, method, &batch, args.seed);
                 (e, v.ratios[0].clone())
             }
         };
-        let estimates = Vec::<f32>::try_from(&estimates.get(0).to_device(Device::Cpu))?;
+        // Per-token methods give K estimates, per-sequence ones one (or one per draw).
+        let estimates =
+            Vec::<f32>::try_from(&estimates.get(0).to_device(Device::Cpu).flatten(0, -1))?;
         writeln!(
             out,
             "{}",

@@ -8,7 +8,7 @@
 
 use couplet_model::{DreamModel, Init, Preset};
 use couplet_trainer::{
-    build_versions, grpo_loss, Estimator, EstimatorBatch, LeanConfig, LeanEstimate, ObjectiveConfig,
+    grpo_loss, Algorithm, Coupled, EstimatorBatch, LeanConfig, LeanScore, Method, ObjectiveConfig,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -44,11 +44,14 @@ fn main() {
         prompt_mask: &pmask,
         prompt_width: p,
         samples: &samples,
+        completion_mask: None,
+        reveal_steps: None,
     };
-    let est = Estimator::Coupled {
+    let est = Algorithm::Coupled(Coupled {
         pairs: 1,
         include_full_mask: true,
-    };
+        ..Default::default()
+    });
     let adv = Tensor::randn([b], (Kind::Float, Device::Cpu));
     let cmask = Tensor::ones([b, k], (Kind::Int64, Device::Cpu));
     let objective = ObjectiveConfig {
@@ -59,7 +62,7 @@ fn main() {
     let start = std::time::Instant::now();
     match mode.as_str() {
         "naive" => {
-            let versions = build_versions(&est, &batch, 1);
+            let versions = Method::versions(&est, &batch, 1);
             let nv = versions.masked.size()[0];
             let inputs = seqs
                 .unsqueeze(0)
@@ -82,11 +85,12 @@ fn main() {
             let lp = Tensor::stack(&per_row, 0).view([nv, b, k]);
             let estimate =
                 (lp * versions.weights.to_kind(Kind::Float)).sum_dim_intlist(0, false, Kind::Float);
-            let (loss, _) = grpo_loss(&estimate, None, None, &adv, &cmask, &objective, None);
+            let (loss, _) =
+                grpo_loss(&estimate, None, None, &adv, &cmask, &objective, None).unwrap();
             loss.backward();
         }
         "lean" => {
-            let lean = LeanEstimate::new(
+            let lean = LeanScore::new(
                 &model,
                 mask,
                 &est,
@@ -97,7 +101,8 @@ fn main() {
                     recompute_layers: false,
                 },
             );
-            let (loss, _) = grpo_loss(&lean.estimate, None, None, &adv, &cmask, &objective, None);
+            let (loss, _) =
+                grpo_loss(&lean.scores, None, None, &adv, &cmask, &objective, None).unwrap();
             loss.backward();
             lean.backward();
         }

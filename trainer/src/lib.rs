@@ -1,9 +1,10 @@
 //! The trainer stage: one GRPO round after another.
 //!
 //! It orchestrates a round — sample prompts, roll out G completions each (`rollout`), score
-//! them (`reward`), compute group-relative advantages, estimate token likelihoods with the
-//! coupled (or a baseline: d1, full-mask, decoupled) estimator, and take μ clipped-GRPO
-//! optimizer steps — then logs and checkpoints (SPEC sections 4–7, 9). Multi-GPU data
+//! them (`reward`), then hand the rest to the configured RL method ([`algorithm`]: its
+//! advantages, its likelihood estimate — coupled-GRPO's complementary masks or another
+//! method's — and its loss) for μ optimizer steps — then logs and checkpoints (SPEC
+//! sections 4–7, 9). Multi-GPU data
 //! parallelism on PyTorch's c10d engine hangs off it too.
 //!
 //! Not for: the transformer itself (`model`), decoding (`rollout`) or test execution
@@ -11,8 +12,8 @@
 #![deny(missing_docs)]
 
 pub mod advantages;
+pub mod algorithm;
 pub mod config;
-pub mod estimator;
 pub mod eval;
 pub mod lean;
 pub mod logging;
@@ -24,18 +25,18 @@ pub mod sft;
 pub mod train;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
-pub use config::{ConfigError, TrainConfig};
-pub use estimator::{
-    build_versions, estimate, estimate_versions, BatchRows, Estimator, EstimatorBatch,
-    EstimatorKind, LeanEstimate, Versions,
+pub use algorithm::{
+    score, score_versions, Algorithm, BatchRows, Coupled, Decoupled, EstimatorBatch, FullMask,
+    LeanScore, LossInput, Method, Versions, D1,
 };
+pub use config::{ConfigError, TrainConfig};
 pub use eval::{
     check_completions, evaluate, load_benchmark, EvalProblem, EvalReport, EvalSettings,
     ProblemResult,
 };
 pub use lean::{LeanConfig, LeanPass};
 pub use logging::RunLog;
-pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveMetrics};
+pub use objective::{grpo_loss, ObjectiveConfig, ObjectiveError, ObjectiveMetrics};
 pub use optim::{
     assign_owners, lr_factor, warmup_steps, AdamW, AdamWConfig, Schedule, ScheduleKind, StepReport,
 };

@@ -32,7 +32,7 @@ pub struct PlanInput {
     pub reference_bytes: Option<f64>,
     /// Rows of one training micro-batch.
     pub micro_batch: usize,
-    /// Versions scored per sample (the estimator's masks, stacked into one forward).
+    /// Versions scored per sample (the method's masks, stacked into one forward).
     pub versions: usize,
     /// Prompt + completion tokens of a training row.
     pub sequence: usize,
@@ -63,18 +63,15 @@ pub struct PlanInput {
 impl PlanInput {
     /// The input for a training config, its model's architecture and `world` ranks.
     pub fn from_config(config: &TrainConfig, model: DreamConfig, world: usize) -> Self {
-        let versions = config.estimator.estimator().versions();
+        let versions = config.algorithm.method().versions_per_sample();
         let lora = config.lora.enabled().then(|| config.lora.clone());
         let held = config.holds_reference()
             && lora.is_none()
             && config
-                .objective
-                .reference_device
+                .reference
+                .device
                 .is_none_or(|d| d == config.model.device);
-        let reference = config
-            .objective
-            .reference_dtype
-            .unwrap_or(config.model.dtype);
+        let reference = config.reference.dtype.unwrap_or(config.model.dtype);
         let bytes = |p: couplet_model::Precision| if p.is_bf16() { 2.0 } else { 4.0 };
         PlanInput {
             model,
@@ -86,7 +83,7 @@ impl PlanInput {
             versions,
             sequence: config.data.max_prompt_length + config.rollout.max_new_tokens as usize,
             completion: config.rollout.max_new_tokens as usize,
-            logits_chunk_rows: config.estimator.logits_chunk_rows as usize,
+            logits_chunk_rows: config.model.logits_chunk_rows as usize,
             checkpointing: config.model.gradient_checkpointing,
             generation_batch: config.rollout.generation_batch_size,
             decode_cache: config.rollout.cache != couplet_rollout::CacheMode::None,
@@ -649,7 +646,7 @@ mod tests {
         let one_f32 = {
             let mut c = recipe.clone();
             c.model.dtype = couplet_model::Precision::F32;
-            c.objective.reference_dtype = Some(couplet_model::Precision::F32);
+            c.reference.dtype = Some(couplet_model::Precision::F32);
             plan(&PlanInput::from_config(&c, model.clone(), 8)).peak_bytes()
         };
         assert!(
@@ -665,7 +662,7 @@ mod tests {
                 "distributed.zero=0".into(),
                 "lora.rank=128".into(),
                 "lora.alpha=256.0".into(),
-                "objective.sync_ref_model=false".into(),
+                "reference.sync=false".into(),
             ],
         )
         .unwrap();

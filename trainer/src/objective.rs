@@ -39,6 +39,21 @@ impl Default for ObjectiveConfig {
     }
 }
 
+/// A loss that lacks a score it needs: a bug in the caller, reported rather than
+/// silently dropping a term.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ObjectiveError {
+    /// β > 0 but no reference scores were given.
+    #[error("the KL term (β = {beta}) needs the reference model's scores, and none were given")]
+    MissingReference {
+        /// The KL weight.
+        beta: f64,
+    },
+    /// The method needs the old policy's scores (μ > 1), and none were given.
+    #[error("{0} needs the old policy's scores, and none were given")]
+    MissingOld(&'static str),
+}
+
 /// Scalars of one micro-batch, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct ObjectiveMetrics {
@@ -81,7 +96,10 @@ pub fn grpo_loss(
     completion_mask: &Tensor,
     config: &ObjectiveConfig,
     global_tokens: Option<f64>,
-) -> (Tensor, ObjectiveMetrics) {
+) -> Result<(Tensor, ObjectiveMetrics), ObjectiveError> {
+    if config.beta > 0.0 && lp_ref.is_none() {
+        return Err(ObjectiveError::MissingReference { beta: config.beta });
+    }
     let lp = lp.to_kind(Kind::Float);
     let mask = completion_mask.to_kind(Kind::Float);
     let old = lp_old
@@ -138,7 +156,7 @@ pub fn grpo_loss(
         mean_estimate: tch::no_grad(|| mean(&lp)).double_value(&[]),
         tokens: tokens.double_value(&[]),
     };
-    (loss, metrics)
+    Ok((loss, metrics))
 }
 
 #[cfg(test)]
@@ -156,7 +174,7 @@ mod tests {
             beta: 0.0,
             ..Default::default()
         };
-        let (loss, m) = grpo_loss(&lp, None, None, &adv, &mask, &cfg, None);
+        let (loss, m) = grpo_loss(&lp, None, None, &adv, &mask, &cfg, None).unwrap();
         assert!((m.loss + 1.0).abs() < 1e-6, "{m:?}");
         loss.backward();
         // d/dlp of −ρA with ρ = exp(lp − detach(lp)) is −A per token / 3.
@@ -187,7 +205,8 @@ mod tests {
             &Tensor::from_slice2(&[[1i64]]),
             &cfg,
             None,
-        );
+        )
+        .unwrap();
         let kl = (-0.5f64).exp() + 0.5 - 1.0;
         assert!((m.loss - (-1.5 + 0.1 * kl)).abs() < 1e-6, "{m:?}");
         assert!((m.kl - kl).abs() < 1e-6);
@@ -206,7 +225,7 @@ mod tests {
             };
             let adv = Tensor::from_slice(&[1.0f32, -0.5]);
             let mask = Tensor::from_slice2(&[[1i64, 1], [1, 0]]);
-            let (loss, m) = grpo_loss(&lp, None, reference, &adv, &mask, &cfg, None);
+            let (loss, m) = grpo_loss(&lp, None, reference, &adv, &mask, &cfg, None).unwrap();
             loss.backward();
             (m, Vec::<Vec<f32>>::try_from(&lp.grad()).unwrap())
         };
@@ -239,7 +258,8 @@ mod tests {
             &Tensor::from_slice2(&[[1i64]]),
             &cfg,
             None,
-        );
+        )
+        .unwrap();
         let limit = KL_LOG_RATIO_LIMIT;
         let want = (200.0 - limit) * (limit.exp() - 1.0) + limit.exp() - limit - 1.0;
         assert!((m.kl - want).abs() <= 1e-6 * want, "{} vs {want}", m.kl);
@@ -261,9 +281,31 @@ mod tests {
             None,
             &Tensor::from_slice(&[0.0f32]),
             &Tensor::from_slice2(&[[0i64, 0]]),
+            &ObjectiveConfig {
+                beta: 0.0,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert!(loss.double_value(&[]).is_finite() && m.loss == 0.0);
+    }
+
+    #[test]
+    fn a_kl_term_without_reference_scores_is_an_error_not_a_dropped_term() {
+        let lp = Tensor::from_slice2(&[[-1.0f32, -2.0]]);
+        let got = grpo_loss(
+            &lp,
+            None,
+            None,
+            &Tensor::from_slice(&[1.0f32]),
+            &Tensor::from_slice2(&[[1i64, 1]]),
             &ObjectiveConfig::default(),
             None,
         );
-        assert!(loss.double_value(&[]).is_finite() && m.loss == 0.0);
+        assert_eq!(
+            got.err(),
+            Some(ObjectiveError::MissingReference { beta: 0.01 })
+        );
     }
 }

@@ -6,8 +6,8 @@ mod common;
 use common::{grads, zero};
 use couplet_model::DreamModel;
 use couplet_trainer::{
-    compute_advantages, estimate, grpo_loss, Baseline, BatchRows, Estimator, EstimatorBatch,
-    LeanConfig, LeanEstimate, ObjectiveConfig, ReferenceModel,
+    compute_advantages, grpo_loss, score, Algorithm, Baseline, BatchRows, Coupled, EstimatorBatch,
+    LeanConfig, LeanScore, ObjectiveConfig, ReferenceModel, D1,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -47,25 +47,27 @@ fn accumulated_gradients_do_not_depend_on_the_split() {
         beta: 0.0,
         ..Default::default()
     };
-    let est = Estimator::Coupled {
+    let est = Algorithm::Coupled(Coupled {
         pairs: 1,
         include_full_mask: true,
-    };
+        ..Default::default()
+    });
     let mut results = Vec::new();
     for micro in [8i64, 4, 1] {
         zero(&m);
         for rows in BatchRows::split(&seqs, &pmask, 0, micro) {
             let (c, b) = (rows.start / micro, rows.batch());
-            let lean = LeanEstimate::new(&m, MASK, &est, &b, 3, LeanConfig::default());
+            let lean = LeanScore::new(&m, MASK, &est, &b, 3, LeanConfig::default());
             let (loss, _) = grpo_loss(
-                &lean.estimate,
+                &lean.scores,
                 None,
                 None,
                 &adv.narrow(0, c * micro, micro),
                 &cmask.narrow(0, c * micro, micro),
                 &cfg,
                 Some(total_tokens),
-            );
+            )
+            .unwrap();
             loss.backward();
             lean.backward();
         }
@@ -99,24 +101,28 @@ fn objective_edge_cases() {
         prompt_mask: &pmask,
         prompt_width: 4,
         samples: &samples,
+        completion_mask: None,
+        reveal_steps: None,
     };
-    let est = Estimator::D1 {
+    let est = Algorithm::D1(D1 {
         p_mask_prompt: 0.15,
-    };
+        ..Default::default()
+    });
     // μ = 1 with β > 0: old = detached current, KL against a reference model.
     let reference = ReferenceModel::from_policy(&m, Device::Cpu, Kind::Float, None, 0.6);
-    let lp_ref = tch::no_grad(|| estimate(&reference.model, MASK, &est, &b, 1).0);
+    let lp_ref = tch::no_grad(|| score(&reference.model, MASK, &est, &b, 1).0);
     let adv = Tensor::from_slice(&[1.0f32, -1.0, 0.5, 0.0, 1.0, -1.0, 0.5, 0.0]);
-    let lean = LeanEstimate::new(&m, MASK, &est, &b, 1, LeanConfig::default());
+    let lean = LeanScore::new(&m, MASK, &est, &b, 1, LeanConfig::default());
     let (loss, metrics) = grpo_loss(
-        &lean.estimate,
+        &lean.scores,
         None,
         Some(&lp_ref),
         &adv,
         &cmask,
         &ObjectiveConfig::default(),
         None,
-    );
+    )
+    .unwrap();
     assert!(loss.double_value(&[]).is_finite());
     assert!(
         metrics.kl.abs() < 1e-6,
@@ -130,9 +136,9 @@ fn objective_edge_cases() {
     let equal = compute_advantages(&[0.5; 8], 4, Baseline::LeaveOneOut, true).unwrap();
     assert_eq!(equal.zero_std_ratio, 1.0);
     let adv = Tensor::from_slice(&equal.values).to_kind(Kind::Float);
-    let lean = LeanEstimate::new(&m, MASK, &est, &b, 1, LeanConfig::default());
+    let lean = LeanScore::new(&m, MASK, &est, &b, 1, LeanConfig::default());
     let (loss, _) = grpo_loss(
-        &lean.estimate,
+        &lean.scores,
         None,
         None,
         &adv,
@@ -142,7 +148,8 @@ fn objective_edge_cases() {
             ..Default::default()
         },
         None,
-    );
+    )
+    .unwrap();
     assert_eq!(loss.double_value(&[]), 0.0);
     loss.backward();
     lean.backward();

@@ -1,7 +1,7 @@
 //! Estimators on a stub model with known logits: hand-computed values, complementarity,
 //! mask statistics, and independence from the batch split.
 
-use couplet_trainer::{build_versions, estimate, BatchRows, Estimator, EstimatorBatch};
+use couplet_trainer::{score, Algorithm, BatchRows, Coupled, EstimatorBatch, Method, D1};
 use tch::{Device, Kind, Tensor};
 
 const V: i64 = 8;
@@ -32,12 +32,15 @@ fn coupled_estimate_by_hand() {
         prompt_mask: &prompt_mask,
         prompt_width: p,
         samples: &[5],
+        completion_mask: None,
+        reveal_steps: None,
     };
-    let est = Estimator::Coupled {
+    let est = Algorithm::Coupled(Coupled {
         pairs: 1,
         include_full_mask: true,
-    };
-    let (got, versions) = estimate(&model, MASK, &est, &batch, 42);
+        ..Default::default()
+    });
+    let (got, versions) = score(&model, MASK, &est, &batch, 42);
     let t = versions.ratios[0][0];
     assert!((0.2..0.8).contains(&t));
     let lp_all = table.log_softmax(-1, Kind::Float);
@@ -65,12 +68,15 @@ fn coupled_masks_are_complementary_and_track_t() {
         prompt_mask: &prompt_mask,
         prompt_width: p,
         samples: &samples,
+        completion_mask: None,
+        reveal_steps: None,
     };
-    let v = build_versions(
-        &Estimator::Coupled {
+    let v = Method::versions(
+        &Algorithm::Coupled(Coupled {
             pairs: 1,
             include_full_mask: true,
-        },
+            ..Default::default()
+        }),
         &batch,
         7,
     );
@@ -113,8 +119,17 @@ fn d1_masks_only_real_prompt_tokens_and_ignores_padding() {
         prompt_mask: &prompt_mask,
         prompt_width: p,
         samples: &[3, 3],
+        completion_mask: None,
+        reveal_steps: None,
     };
-    let v = build_versions(&Estimator::D1 { p_mask_prompt: 0.5 }, &batch, 1);
+    let v = Method::versions(
+        &Algorithm::D1(D1 {
+            p_mask_prompt: 0.5,
+            ..Default::default()
+        }),
+        &batch,
+        1,
+    );
     let m = Vec::<Vec<bool>>::try_from(&v.masked.get(0)).unwrap();
     assert!(!m[0][0] && !m[0][1], "pads are never masked");
     // Same sample index → the same draws for its real prompt tokens, whatever the padding.
@@ -133,29 +148,36 @@ fn estimates_do_not_depend_on_the_split() {
     let (seqs, prompt_mask) = batch_tensors(rows, p, k);
     let samples: Vec<u64> = (100..100 + rows as u64).collect();
     for est in [
-        Estimator::Coupled {
+        Algorithm::Coupled(Coupled {
             pairs: 2,
             include_full_mask: true,
-        },
-        Estimator::Coupled {
+            ..Default::default()
+        }),
+        Algorithm::Coupled(Coupled {
             pairs: 1,
             include_full_mask: false,
-        },
-        Estimator::D1 { p_mask_prompt: 0.3 },
-        Estimator::FullMask,
-        Estimator::Decoupled,
+            ..Default::default()
+        }),
+        Algorithm::D1(D1 {
+            p_mask_prompt: 0.3,
+            ..Default::default()
+        }),
+        Algorithm::FullMask(Default::default()),
+        Algorithm::Decoupled(Default::default()),
     ] {
         let whole = EstimatorBatch {
             sequences: &seqs,
             prompt_mask: &prompt_mask,
             prompt_width: p,
             samples: &samples,
+            completion_mask: None,
+            reveal_steps: None,
         };
-        let (all, _) = estimate(&model, MASK, &est, &whole, 9);
+        let (all, _) = score(&model, MASK, &est, &whole, 9);
         for chunk in [1i64, 2, 4] {
             let parts: Vec<Tensor> = BatchRows::split(&seqs, &prompt_mask, 100, chunk)
                 .iter()
-                .map(|r| estimate(&model, MASK, &est, &r.batch(), 9).0)
+                .map(|r| score(&model, MASK, &est, &r.batch(), 9).0)
                 .collect();
             let joined = Tensor::cat(&parts, 0);
             let diff = (&all - joined).abs().max().double_value(&[]);

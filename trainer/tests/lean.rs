@@ -5,7 +5,7 @@ mod common;
 use common::{grads, zero};
 use couplet_model::{random, DreamModel, Init, Preset};
 use couplet_trainer::{
-    estimate, grpo_loss, Estimator, EstimatorBatch, LeanConfig, LeanEstimate, ObjectiveConfig,
+    grpo_loss, score, Algorithm, Coupled, EstimatorBatch, LeanConfig, LeanScore, ObjectiveConfig,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -46,15 +46,18 @@ fn lean_and_checkpointed_gradients_equal_naive() {
             prompt_mask: &pmask,
             prompt_width: 4,
             samples: &[0, 1],
+            completion_mask: None,
+            reveal_steps: None,
         };
-        let est = Estimator::Coupled {
+        let est = Algorithm::Coupled(Coupled {
             pairs: 1,
             include_full_mask: true,
-        };
+            ..Default::default()
+        });
         // Old estimates differ from current ones so ratios and clipping are exercised.
-        let old = tch::no_grad(|| estimate(&m, 299, &est, &batch, 5).0) - 0.3;
+        let old = tch::no_grad(|| score(&m, 299, &est, &batch, 5).0) - 0.3;
 
-        let (naive, _) = estimate(&m, 299, &est, &batch, 5);
+        let (naive, _) = score(&m, 299, &est, &batch, 5);
         let loss_of = |estimate: &Tensor| {
             let (loss, _) = grpo_loss(
                 estimate,
@@ -64,14 +67,15 @@ fn lean_and_checkpointed_gradients_equal_naive() {
                 &cmask,
                 &cfg,
                 None,
-            );
+            )
+            .unwrap();
             loss
         };
         loss_of(&naive).backward();
         let want = grads(&m);
         for checkpoint in [false, true] {
             zero(&m);
-            let lean = LeanEstimate::new(
+            let lean = LeanScore::new(
                 &m,
                 299,
                 &est,
@@ -86,9 +90,9 @@ fn lean_and_checkpointed_gradients_equal_naive() {
             // log-softmax over the vocabulary, once per layer plus the head.
             let tol =
                 common::f32_order_tolerance(naive.abs().max().double_value(&[]), VOCAB, DEPTH);
-            let diff_est = (&lean.estimate - &naive).abs().max().double_value(&[]);
+            let diff_est = (&lean.scores - &naive).abs().max().double_value(&[]);
             assert!(diff_est <= tol, "estimates differ by {diff_est} > {tol}");
-            loss_of(&lean.estimate).backward();
+            loss_of(&lean.scores).backward();
             lean.backward();
             for ((name, a), (_, b)) in want.iter().zip(grads(&m)) {
                 let scale = a.abs().max().double_value(&[]).max(1e-8);

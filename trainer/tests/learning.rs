@@ -7,8 +7,8 @@ mod common;
 
 use couplet_model::DreamModel;
 use couplet_trainer::{
-    compute_advantages, estimate, grpo_loss, Baseline, Estimator, EstimatorBatch, LeanConfig,
-    LeanEstimate, ObjectiveConfig,
+    compute_advantages, grpo_loss, score, Algorithm, Baseline, Coupled, EstimatorBatch, LeanConfig,
+    LeanScore, ObjectiveConfig, D1,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -39,7 +39,7 @@ fn batch() -> (Tensor, Tensor, Vec<f64>) {
 /// Mean per-token log-likelihood (all completion tokens masked: deterministic) of the
 /// rewarded rows minus that of the others.
 fn margin(m: &DreamModel, b: &EstimatorBatch, rewards: &[f64]) -> f64 {
-    let lp = tch::no_grad(|| estimate(m, MASK, &Estimator::FullMask, b, 0).0);
+    let lp = tch::no_grad(|| score(m, MASK, &Algorithm::FullMask(Default::default()), b, 0).0);
     let per_row = Vec::<f64>::try_from(lp.mean_dim(1, false, Kind::Double)).unwrap();
     let mean = |good: bool| {
         let picked: Vec<f64> = per_row
@@ -54,7 +54,7 @@ fn margin(m: &DreamModel, b: &EstimatorBatch, rewards: &[f64]) -> f64 {
 }
 
 /// Runs STEPS clipped-GRPO updates with advantages times `sign`; returns the margin gain.
-fn train(est: &Estimator, sign: f64) -> f64 {
+fn train(est: &Algorithm, sign: f64) -> f64 {
     let m = model();
     let (seqs, pmask, rewards) = batch();
     let samples: Vec<u64> = (0..8).collect();
@@ -63,6 +63,8 @@ fn train(est: &Estimator, sign: f64) -> f64 {
         prompt_mask: &pmask,
         prompt_width: PROMPT,
         samples: &samples,
+        completion_mask: None,
+        reveal_steps: None,
     };
     let cmask = Tensor::ones([8, COMPLETION], (Kind::Int64, Device::Cpu));
     let adv = compute_advantages(&rewards, 4, Baseline::LeaveOneOut, false).unwrap();
@@ -74,8 +76,8 @@ fn train(est: &Estimator, sign: f64) -> f64 {
         ..Default::default()
     };
     for step in 0..STEPS {
-        let lean = LeanEstimate::new(&m, MASK, est, &b, 100 + step, LeanConfig::default());
-        let (loss, _) = grpo_loss(&lean.estimate, None, None, &adv, &cmask, &config, None);
+        let lean = LeanScore::new(&m, MASK, est, &b, 100 + step, LeanConfig::default());
+        let (loss, _) = grpo_loss(&lean.scores, None, None, &adv, &cmask, &config, None).unwrap();
         loss.backward();
         lean.backward();
         opt.step(3e-3);
@@ -83,17 +85,19 @@ fn train(est: &Estimator, sign: f64) -> f64 {
     margin(&m, &b, &rewards) - before
 }
 
-fn estimators() -> [Estimator; 4] {
+fn estimators() -> [Algorithm; 4] {
     [
-        Estimator::Coupled {
+        Algorithm::Coupled(Coupled {
             pairs: 1,
             include_full_mask: true,
-        },
-        Estimator::D1 {
+            ..Default::default()
+        }),
+        Algorithm::D1(D1 {
             p_mask_prompt: 0.15,
-        },
-        Estimator::FullMask,
-        Estimator::Decoupled,
+            ..Default::default()
+        }),
+        Algorithm::FullMask(Default::default()),
+        Algorithm::Decoupled(Default::default()),
     ]
 }
 

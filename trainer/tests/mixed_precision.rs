@@ -6,7 +6,8 @@ mod common;
 
 use couplet_model::{DreamModel, Init};
 use couplet_trainer::{
-    grpo_loss, AdamW, AdamWConfig, BatchRows, Estimator, LeanConfig, LeanEstimate, ObjectiveConfig,
+    grpo_loss, AdamW, AdamWConfig, Algorithm, BatchRows, Coupled, LeanConfig, LeanScore,
+    ObjectiveConfig,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -31,17 +32,18 @@ fn step(m: &DreamModel, lr: f64) -> AdamW {
     let pmask = Tensor::ones([4, 4], (Kind::Int64, Device::Cpu));
     let cmask = Tensor::ones([4, 6], (Kind::Float, Device::Cpu));
     let adv = Tensor::from_slice(&[1.0f32, -1.0, 0.5, -0.5]);
-    let est = Estimator::Coupled {
+    let est = Algorithm::Coupled(Coupled {
         pairs: 1,
         include_full_mask: true,
-    };
+        ..Default::default()
+    });
     let rows = BatchRows::new(&seqs, &pmask, 0, 0, 4);
-    let lean = LeanEstimate::new(m, MASK, &est, &rows.batch(), 5, LeanConfig::default());
+    let lean = LeanScore::new(m, MASK, &est, &rows.batch(), 5, LeanConfig::default());
     let cfg = ObjectiveConfig {
         beta: 0.0,
         ..Default::default()
     };
-    let (loss, _) = grpo_loss(&lean.estimate, None, None, &adv, &cmask, &cfg, None);
+    let (loss, _) = grpo_loss(&lean.scores, None, None, &adv, &cmask, &cfg, None).unwrap();
     loss.backward();
     lean.backward();
     let params = m.trainable_parameters();

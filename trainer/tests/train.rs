@@ -47,15 +47,15 @@ functions = [{{ name = "code", weight = 2.0 }}, {{ name = "code_format", weight 
 overlong_buffer = 6
 [sandbox]
 timeout_seconds = 2.0
-[estimator]
-kind = "{estimator}"
-[objective]
+[algorithm]
+name = "{estimator}"
 beta = 0.05
-num_iterations = 2
-ref_model_sync_steps = 2
+[reference]
+sync_steps = 2
 [optimizer]
 lr = 1e-3
 [schedule]
+num_iterations = 2
 kind = "constant"
 warmup_steps = 0
 max_steps = 4
@@ -215,8 +215,11 @@ fn kl_to_start_telemetry_reports_without_changing_training() {
             &tmp.path().join(format!("run-{kl_to_start}")),
             "coupled",
         );
-        cfg.objective.beta = 0.0;
-        cfg.objective.num_iterations = 1;
+        let overrides = [
+            "algorithm.beta=0.0".into(),
+            "schedule.num_iterations=1".into(),
+        ];
+        cfg = TrainConfig::from_toml(&cfg.to_toml(), "test", &overrides).unwrap();
         cfg.optimizer.max_grad_norm = 0.05;
         cfg.logging.kl_to_start = kl_to_start;
         let mut trainer = Trainer::new(cfg, &repo(), None).unwrap();

@@ -5,13 +5,14 @@
 //! overrides apply before validation; each section checks its own rules and
 //! [`TrainConfig::validate`] adds the few that span sections.
 
+mod legacy;
 mod sections;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::advantages::Baseline;
+use crate::algorithm::Algorithm;
 pub use sections::*;
 
 /// A config that cannot be used, with the file, key or override at fault.
@@ -74,10 +75,10 @@ pub struct TrainConfig {
     pub reward: RewardSection,
     /// `[sandbox]`: where tests run.
     pub sandbox: SandboxSection,
-    /// `[estimator]`: how token likelihoods are estimated.
-    pub estimator: EstimatorSection,
-    /// `[objective]`: the clipped GRPO objective and its reference.
-    pub objective: ObjectiveSection,
+    /// `[algorithm]`: the RL method (`name`) and its own knobs.
+    pub algorithm: Algorithm,
+    /// `[reference]`: the reference policy of the KL term.
+    pub reference: ReferenceSection,
     /// `[optimizer]`: AdamW.
     pub optimizer: OptimizerSection,
     /// `[schedule]`: learning-rate schedule, run length, batch geometry.
@@ -103,8 +104,8 @@ impl Default for TrainConfig {
             rollout: RolloutSection::default(),
             reward: RewardSection::default(),
             sandbox: SandboxSection::default(),
-            estimator: EstimatorSection::default(),
-            objective: ObjectiveSection::default(),
+            algorithm: Algorithm::default(),
+            reference: ReferenceSection::default(),
             optimizer: OptimizerSection::default(),
             schedule: ScheduleSection::default(),
             checkpointing: CheckpointSection::default(),
@@ -120,7 +121,7 @@ impl TrainConfig {
     /// Whether a reference policy is scored every round: for the KL term (β > 0), or for
     /// the KL-to-start telemetry (`logging.kl_to_start`).
     pub fn holds_reference(&self) -> bool {
-        self.objective.beta > 0.0 || self.logging.kl_to_start
+        self.algorithm.method().beta() > 0.0 || self.logging.kl_to_start
     }
 
     /// Reads a TOML file, applies `--set key=value` overrides, validates.
@@ -142,6 +143,20 @@ impl TrainConfig {
                 })?;
         for spec in overrides {
             apply_override(&mut value, spec)?;
+        }
+        legacy::reject_old_sections(&value, origin)?;
+        // An [algorithm] section without `name` is the default method's.
+        if let Some(toml::Value::Table(section)) = value.get_mut("algorithm") {
+            let default = Algorithm::default();
+            section
+                .entry("name")
+                .or_insert_with(|| toml::Value::from(default.name()));
+        }
+        if overrides
+            .iter()
+            .any(|o| o.trim_start().starts_with("algorithm.name"))
+        {
+            keep_shared_knobs(&mut value)?;
         }
         let config: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(value))
             .map_err(|e| {
@@ -172,16 +187,23 @@ impl TrainConfig {
         self.data.validate()?;
         self.distributed.validate()?;
         self.rollout.validate(per_step)?;
-        if self.rollout.num_generations < 2 && self.objective.baseline == Baseline::LeaveOneOut {
+        let single = self.algorithm.method().advantages(&[0.0], 1);
+        if self.rollout.num_generations < 2 && single.is_err() {
             return Err(invalid(
                 "rollout.num_generations",
-                "leave-one-out advantages need at least 2 completions per prompt",
+                format!(
+                    "{} advantages need at least 2 completions per prompt",
+                    self.algorithm.name()
+                ),
             ));
         }
         self.reward.validate(self.rollout.max_new_tokens)?;
         self.sandbox.validate()?;
-        self.estimator.validate()?;
-        self.objective.validate()?;
+        self.algorithm.method().validate()?;
+        self.reference.validate()?;
+        if self.model.logits_chunk_rows < 1 {
+            return Err(invalid("model.logits_chunk_rows", "must be at least 1"));
+        }
         validate_optimizer(&self.optimizer)?;
         self.eval.validate(self.data.validation.as_deref())?;
         self.schedule.validate(per_step)?;
@@ -199,10 +221,10 @@ impl TrainConfig {
             let key = format!("lora.{field}");
             return Err(ConfigError::Invalid { key, message });
         }
-        if self.lora.enabled() && self.objective.beta > 0.0 && self.objective.sync_ref_model {
+        if self.lora.enabled() && self.algorithm.method().beta() > 0.0 && self.reference.sync {
             return Err(invalid(
-                "objective.sync_ref_model",
-                "with [lora] the reference is the frozen base (adapters switched off) and cannot be synced towards the policy: set objective.sync_ref_model = false",
+                "reference.sync",
+                "with [lora] the reference is the frozen base (adapters switched off) and cannot be synced towards the policy: set reference.sync = false",
             ));
         }
         Ok(())
@@ -217,6 +239,25 @@ fn without_location(error: &toml::de::Error) -> String {
         Some((message, _)) => message.trim_end().to_string(),
         None => text.trim_end().to_string(),
     }
+}
+
+/// After `--set algorithm.name=…`: the section keeps only the knobs the new method has
+/// (its ε, β, … carry over; another method's knobs such as `pairs` are dropped), so one
+/// override switches the method of a config written for another.
+fn keep_shared_knobs(table: &mut toml::Table) -> Result<(), ConfigError> {
+    let Some(toml::Value::Table(section)) = table.get_mut("algorithm") else {
+        return Ok(());
+    };
+    let name = section
+        .get("name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let target = Algorithm::by_name(name).map_err(|e| invalid("algorithm.name", e))?;
+    let Ok(toml::Value::Table(known)) = toml::Value::try_from(&target) else {
+        return Ok(());
+    };
+    section.retain(|key, _| known.contains_key(key));
+    Ok(())
 }
 
 /// `section.key=value` (value in TOML syntax; bare words are strings).
@@ -271,8 +312,8 @@ mod tests {
         assert_eq!(
             (
                 c.rollout.num_generations,
-                c.objective.num_iterations,
-                c.objective.beta
+                c.schedule.num_iterations,
+                c.algorithm.method().beta()
             ),
             (10, 2, 0.01)
         );
@@ -333,10 +374,7 @@ mod tests {
                 "rollout.refresh_every",
             ),
             (vec!["rollout.threshold=-0.1"], "rollout.threshold"),
-            (
-                vec!["objective.num_iterations=0"],
-                "objective.num_iterations",
-            ),
+            (vec!["schedule.num_iterations=0"], "schedule.num_iterations"),
             (vec!["optimizer.lr=-1e-6"], "optimizer.lr"),
             (vec!["rollout.temperature=-0.5"], "rollout.temperature"),
             (vec!["rollout.top_p=1.5"], "rollout.top_p"),
@@ -348,13 +386,19 @@ mod tests {
                 vec!["schedule.micro_batch_size=30"],
                 "schedule.gradient_accumulation_steps",
             ),
-            (vec!["estimator.kind=\"magic\""], "estimator.kind"),
+            (vec!["algorithm.name=\"magic\""], "algorithm"),
             (
-                vec!["estimator.p_mask_prompt=1.5"],
-                "estimator.p_mask_prompt",
+                vec!["algorithm.name=\"d1\"", "algorithm.p_mask_prompt=1.5"],
+                "algorithm.p_mask_prompt",
             ),
-            (vec!["objective.beta=-0.1"], "objective.beta"),
-            (vec!["objective.epsilon_low=1.0"], "objective.epsilon_low"),
+            (vec!["algorithm.pairs=0"], "algorithm.pairs"),
+            (vec!["algorithm.p_mask_prompt=0.2"], "p_mask_prompt"),
+            (vec!["algorithm.beta=-0.1"], "algorithm.beta"),
+            (vec!["algorithm.epsilon_low=1.0"], "algorithm.epsilon_low"),
+            (vec!["model.logits_chunk_rows=0"], "model.logits_chunk_rows"),
+            (vec!["reference.mixup_alpha=2"], "reference.mixup_alpha"),
+            (vec!["estimator.kind=\"d1\""], "algorithm.name = \"d1\""),
+            (vec!["objective.beta=0.02"], "algorithm.beta = 0.02"),
             (vec!["sandbox.backend=\"docker\""], "sandbox.backend"),
             (
                 vec!["reward.functions=[{name=\"speed\", weight=1.0}]"],
@@ -378,6 +422,14 @@ mod tests {
                 .unwrap();
         let value = toml::Value::try_from(TrainConfig::default()).unwrap();
         let mut missing = Vec::new();
+        for name in crate::algorithm::NAMES {
+            let method = toml::Value::try_from(Algorithm::by_name(name).unwrap()).unwrap();
+            for key in method.as_table().unwrap().keys() {
+                if !readme.contains(&format!("`algorithm.{key}`")) {
+                    missing.push(format!("algorithm.{key} ({name})"));
+                }
+            }
+        }
         if let toml::Value::Table(t) = value {
             for (section, v) in t {
                 match v {

@@ -14,9 +14,6 @@ use couplet_sandbox::{BackendKind, BackendSpec, Isolation, Limits};
 use serde::{Deserialize, Serialize};
 
 use super::{invalid, ConfigError};
-use crate::advantages::Baseline;
-use crate::estimator::{Estimator, EstimatorKind};
-use crate::objective::ObjectiveConfig;
 use crate::optim::{Schedule, ScheduleKind};
 
 /// `[model]`: the starting policy and where it runs.
@@ -32,6 +29,9 @@ pub struct ModelSection {
     pub dtype: Precision,
     /// Recompute layer activations in backward.
     pub gradient_checkpointing: bool,
+    /// Rows of vocabulary logits computed at once when the policy is scored with gradient
+    /// (the memory-lean pass).
+    pub logits_chunk_rows: i64,
 }
 
 impl Default for ModelSection {
@@ -41,6 +41,7 @@ impl Default for ModelSection {
             device: DeviceSpec::Cpu,
             dtype: Precision::F32,
             gradient_checkpointing: false,
+            logits_chunk_rows: 1024,
         }
     }
 }
@@ -361,145 +362,52 @@ impl SandboxSection {
     }
 }
 
-/// `[estimator]`: how token likelihoods are estimated.
+/// `[reference]`: the frozen reference policy of the KL term (held when the algorithm's
+/// β > 0, or for `logging.kl_to_start`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct EstimatorSection {
-    /// coupled, d1, full_mask or decoupled.
-    pub kind: EstimatorKind,
-    /// coupled: λ, complementary pairs.
-    pub pairs: usize,
-    /// coupled: also score the fully masked version.
-    pub include_full_mask: bool,
-    /// d1: probability of masking each prompt token.
-    pub p_mask_prompt: f64,
-    /// Draw new masks each iteration (false: the fixed seed 42 every iteration).
-    pub random_masking: bool,
-    /// Rows of vocabulary logits computed at once in the lean path.
-    pub logits_chunk_rows: i64,
-}
-
-impl Default for EstimatorSection {
-    fn default() -> Self {
-        EstimatorSection {
-            kind: EstimatorKind::Coupled,
-            pairs: 1,
-            include_full_mask: true,
-            p_mask_prompt: 0.15,
-            random_masking: true,
-            logits_chunk_rows: 1024,
-        }
-    }
-}
-
-impl EstimatorSection {
-    /// The estimator with its knobs.
-    pub fn estimator(&self) -> Estimator {
-        self.kind
-            .with_knobs(self.pairs, self.include_full_mask, self.p_mask_prompt)
-    }
-
-    /// Knob ranges.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.kind == EstimatorKind::Coupled && self.pairs == 0 {
-            return Err(invalid("estimator.pairs", "must be at least 1"));
-        }
-        if !(0.0..=1.0).contains(&self.p_mask_prompt) {
-            return Err(invalid("estimator.p_mask_prompt", "must be in [0, 1]"));
-        }
-        if self.logits_chunk_rows < 1 {
-            return Err(invalid("estimator.logits_chunk_rows", "must be at least 1"));
-        }
-        Ok(())
-    }
-}
-
-/// `[objective]`: the clipped GRPO objective and its reference model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ObjectiveSection {
-    /// KL weight (0: no reference model is held).
-    pub beta: f64,
-    /// Lower clip range ε_low of the ratio.
-    pub epsilon_low: f64,
-    /// Upper clip range ε_high of the ratio.
-    pub epsilon_high: f64,
-    /// μ: policy iterations per rollout batch.
-    pub num_iterations: usize,
-    /// leave_one_out or group_mean.
-    pub baseline: Baseline,
-    /// Divide advantages by the group std.
-    pub scale_rewards: bool,
+pub struct ReferenceSection {
     /// Periodically move the reference towards the policy (TRL's sync_ref_model).
-    pub sync_ref_model: bool,
+    pub sync: bool,
     /// Sync the reference every N optimizer steps.
-    pub ref_model_sync_steps: u64,
+    pub sync_steps: u64,
     /// α of the sync: reference ← α · policy + (1 − α) · reference.
-    pub ref_model_mixup_alpha: f64,
+    pub mixup_alpha: f64,
     /// Element type of the reference copy (default: `model.dtype`); bf16 halves its memory.
-    pub reference_dtype: Option<Precision>,
+    pub dtype: Option<Precision>,
     /// Where the reference copy lives (default: the policy's device); `cpu` takes it off
     /// the GPU entirely, at the cost of scoring each round's completions on the CPU.
-    pub reference_device: Option<DeviceSpec>,
+    pub device: Option<DeviceSpec>,
 }
 
-impl Default for ObjectiveSection {
+impl Default for ReferenceSection {
+    /// The DiffuCoder recipe: sync every 64 steps with α = 0.6.
     fn default() -> Self {
-        ObjectiveSection {
-            beta: 0.01,
-            epsilon_low: 0.5,
-            epsilon_high: 0.5,
-            num_iterations: 2,
-            baseline: Baseline::LeaveOneOut,
-            scale_rewards: false,
-            sync_ref_model: true,
-            ref_model_sync_steps: 64,
-            ref_model_mixup_alpha: 0.6,
-            reference_dtype: None,
-            reference_device: None,
+        ReferenceSection {
+            sync: true,
+            sync_steps: 64,
+            mixup_alpha: 0.6,
+            dtype: None,
+            device: None,
         }
     }
 }
 
-impl ObjectiveSection {
-    /// The per-token objective's settings.
-    pub fn objective(&self) -> ObjectiveConfig {
-        ObjectiveConfig {
-            epsilon_low: self.epsilon_low,
-            epsilon_high: self.epsilon_high,
-            beta: self.beta,
-        }
-    }
-
+impl ReferenceSection {
     /// The reference's sync period, when syncing is on.
     pub fn sync_every(&self) -> Option<u64> {
-        self.sync_ref_model.then_some(self.ref_model_sync_steps)
+        self.sync.then_some(self.sync_steps)
     }
 
-    /// Ranges of μ, β, the clip range and the reference sync.
+    /// Ranges of the sync.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.num_iterations < 1 {
-            return Err(invalid("objective.num_iterations", "μ must be at least 1"));
+        if !(0.0..=1.0).contains(&self.mixup_alpha) {
+            return Err(invalid("reference.mixup_alpha", "must be in [0, 1]"));
         }
-        if self.beta < 0.0 || !self.beta.is_finite() {
-            return Err(invalid("objective.beta", "must be ≥ 0"));
-        }
-        if self.epsilon_low < 0.0 || self.epsilon_low >= 1.0 {
-            return Err(invalid("objective.epsilon_low", "must be in [0, 1)"));
-        }
-        if self.epsilon_high < 0.0 {
-            return Err(invalid("objective.epsilon_high", "must be ≥ 0"));
-        }
-        if !(0.0..=1.0).contains(&self.ref_model_mixup_alpha) {
+        if self.sync && self.sync_steps == 0 {
             return Err(invalid(
-                "objective.ref_model_mixup_alpha",
-                "must be in [0, 1]",
-            ));
-        }
-        if self.sync_ref_model && self.ref_model_sync_steps == 0 {
-            return Err(invalid(
-                "objective.ref_model_sync_steps",
-                "must be at least 1 when sync_ref_model is on",
+                "reference.sync_steps",
+                "must be at least 1 when reference.sync is on",
             ));
         }
         Ok(())
@@ -546,6 +454,8 @@ pub fn validate_optimizer(opt: &OptimizerSection) -> Result<(), ConfigError> {
 pub struct ScheduleSection {
     /// constant, linear, cosine or cosine_with_min_lr.
     pub kind: ScheduleKind,
+    /// μ: optimizer steps (policy iterations) per rollout batch.
+    pub num_iterations: usize,
     /// cosine_with_min_lr: floor as a fraction of lr.
     pub min_lr_rate: f64,
     /// Warmup steps as a fraction of the run.
@@ -569,6 +479,7 @@ impl Default for ScheduleSection {
     fn default() -> Self {
         ScheduleSection {
             kind: ScheduleKind::CosineWithMinLr,
+            num_iterations: 2,
             min_lr_rate: 0.1,
             warmup_ratio: 1e-4,
             warmup_steps: None,
@@ -594,6 +505,9 @@ impl ScheduleSection {
 
     /// Ranges, and that the batch geometry covers a step's completions.
     pub fn validate(&self, completions_per_step: usize) -> Result<(), ConfigError> {
+        if self.num_iterations < 1 {
+            return Err(invalid("schedule.num_iterations", "μ must be at least 1"));
+        }
         if !(0.0..=1.0).contains(&self.min_lr_rate) {
             return Err(invalid("schedule.min_lr_rate", "must be in [0, 1]"));
         }

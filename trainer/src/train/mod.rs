@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
 use crate::config::{ConfigError, TrainConfig};
-use crate::estimator::Estimator;
 use crate::eval::{evaluate, load_benchmark, EvalProblem, EvalReport, EvalSettings};
 use crate::optim::AdamW;
 use crate::reference::{Reference, ReferenceModel};
@@ -42,7 +41,7 @@ use round::RoundBuffer;
 use stability::{PassFractions, ValidationChange, Warning};
 use update::UpdateReport;
 
-/// Mask seed of every iteration when `estimator.random_masking` is off (the reference's
+/// Mask seed of every iteration when `algorithm.random_masking` is off (the reference's
 /// fixed seed).
 pub const FIXED_MASK_SEED: u64 = 42;
 
@@ -128,6 +127,9 @@ pub enum TrainError {
     /// Periodic evaluation.
     #[error("evaluation: {0}")]
     Eval(String),
+    /// A loss that lacks a score it needs (a bug: please report it).
+    #[error("loss")]
+    Loss(#[from] crate::algorithm::ObjectiveError),
     /// Too many non-finite steps in a row.
     #[error("stopped at step {step}: the loss or gradient norm was NaN/inf in {count} optimizer steps in a row (those steps were skipped, no weights were updated by them). The last checkpoint before them is intact; lower optimizer.lr, raise optimizer.eps or check the model, or raise schedule.max_nonfinite_in_a_row")]
     NonFinite {
@@ -197,7 +199,6 @@ pub struct Trainer {
     pub last_samples: Vec<CompletionSample>,
     parallel: DataParallel,
     rollout: RolloutConfig,
-    estimator: Estimator,
 }
 
 impl Trainer {
@@ -257,7 +258,7 @@ impl Trainer {
                 &mut optimizer,
                 reference.as_mut().and_then(Reference::copy_mut),
                 (parallel.rank(), parallel.world()),
-                config.objective.num_iterations,
+                config.schedule.num_iterations,
                 device,
             )?),
             None => None,
@@ -265,7 +266,6 @@ impl Trainer {
         let total_steps = total_steps(&config, data.rows.len());
         let (state, buffer) = restored.map_or_else(Default::default, |r| (r.state, r.buffer));
         Ok(Trainer {
-            estimator: config.estimator.estimator(),
             config,
             policy,
             reference,
@@ -303,7 +303,7 @@ impl Trainer {
     /// One optimizer step: the next iteration of the current round (sampling a new round
     /// first when none is buffered).
     pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
-        let round = self.state.step / self.config.objective.num_iterations as u64;
+        let round = self.state.step / self.config.schedule.num_iterations as u64;
         if self.buffer.is_none() {
             self.buffer = Some(self.sample_round(round)?);
             self.state.next_iteration = 0;
@@ -328,7 +328,7 @@ impl Trainer {
             .map(|b| b.metrics.clone())
             .unwrap_or_default();
         self.state.next_iteration += 1;
-        if self.state.next_iteration >= self.config.objective.num_iterations {
+        if self.state.next_iteration >= self.config.schedule.num_iterations {
             self.buffer = None;
             self.state.next_iteration = 0;
         }
@@ -403,7 +403,7 @@ impl Trainer {
 
     /// The mask seed of iteration `iteration` of round `round`.
     fn mask_seed(&self, round: u64, iteration: usize) -> u64 {
-        if self.config.estimator.random_masking {
+        if self.config.algorithm.method().random_masking() {
             let stream = random::stream::MASK_ITERATION + iteration as u64;
             random::bits(self.config.seed, stream, round)
         } else {
@@ -536,7 +536,7 @@ fn load_validation(config: &TrainConfig, repo_root: &Path) -> Result<Vec<EvalPro
 
 /// The reference model when β > 0 or `logging.kl_to_start`: a frozen copy of the *base*
 /// model, also when resuming (a synced one is then restored from the checkpoint), in
-/// `objective.reference_dtype` on `objective.reference_device` (default: the policy's
+/// `reference.dtype` on `reference.device` (default: the policy's
 /// dtype and device).
 fn build_reference(
     config: &TrainConfig,
@@ -550,12 +550,9 @@ fn build_reference(
     if config.lora.enabled() {
         return Ok(Some(Reference::BaseWithoutAdapters));
     }
-    let objective = &config.objective;
-    let kind = objective
-        .reference_dtype
-        .unwrap_or(config.model.dtype)
-        .kind();
-    let device = objective.reference_device.map_or(device, |d| d.device());
+    let settings = &config.reference;
+    let kind = settings.dtype.unwrap_or(config.model.dtype).kind();
+    let device = settings.device.map_or(device, |d| d.device());
     let base = if resuming {
         let options = LoadOptions {
             device,
@@ -577,8 +574,8 @@ fn build_reference(
             from,
             device,
             kind,
-            config.objective.sync_every(),
-            config.objective.ref_model_mixup_alpha,
+            settings.sync_every(),
+            settings.mixup_alpha,
         ),
     ))))
 }
@@ -586,7 +583,7 @@ fn build_reference(
 /// Optimizer steps of the run: `schedule.max_steps`, else `epochs` passes over `rows` rows.
 fn total_steps(config: &TrainConfig, rows: usize) -> u64 {
     let per_epoch = (rows / config.rollout.prompts_per_step).max(1) as u64
-        * config.objective.num_iterations as u64;
+        * config.schedule.num_iterations as u64;
     config
         .schedule
         .max_steps

@@ -15,8 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::metrics::{RoundCost, RoundRecord, StepMetrics};
 use super::order::rank_share;
 use super::{CompletionSample, TrainError, Trainer};
-use crate::advantages::{compute_advantages, Advantages};
-use crate::estimator::{estimate, BatchRows};
+use crate::algorithm::{score, BatchRows};
 use crate::reference::Reference;
 
 /// The rollout batch of a round, kept until its μ iterations are done.
@@ -27,11 +26,13 @@ pub struct RoundBuffer {
     pub prompt_mask: Tensor,
     /// `[N, K]` 1 on completion tokens up to and including the end token.
     pub completion_mask: Tensor,
-    /// `[N]` group-relative advantages.
+    /// `[N]` the method's per-sample coefficients (the group-relative advantages for most
+    /// methods; [`crate::algorithm::Method::coefficients`]).
     pub advantages: Tensor,
-    /// Per iteration: old-policy estimates `[N, K]` (μ > 1 only).
+    /// Per iteration: old-policy scores (`[N, K]` per token or `[N, …]` per sequence, as
+    /// the method combines them), when the method uses them.
     pub old: Vec<Option<Tensor>>,
-    /// Per iteration: reference estimates `[N, K]` (β > 0 only).
+    /// Per iteration: reference scores, when a reference is held.
     pub reference: Vec<Option<Tensor>>,
     /// The round's statistics.
     pub metrics: StepMetrics,
@@ -95,6 +96,9 @@ impl RoundBuffer {
     /// Consecutive micro-batches of `size` rows; row i is global sample `first + i`.
     pub fn micro_batches(&self, size: i64, first: u64) -> Vec<BatchRows> {
         BatchRows::split(&self.sequences, &self.prompt_mask, first, size)
+            .into_iter()
+            .map(|rows| rows.with_completion(&self.completion_mask, None))
+            .collect()
     }
 }
 
@@ -117,13 +121,12 @@ impl Trainer {
         rollout.pad_prompts_to(self.round_prompt_width(&all_rows)?, pad);
         let rewards = RewardBatch::concat(scored);
         let cfg = &self.config;
-        let adv = compute_advantages(
-            &rewards.total,
-            cfg.rollout.num_generations,
-            cfg.objective.baseline,
-            cfg.objective.scale_rewards,
-        )
-        .map_err(TrainError::Advantages)?;
+        let method = cfg.algorithm.method();
+        let g = cfg.rollout.num_generations;
+        let adv = method
+            .advantages(&rewards.total, g)
+            .map_err(TrainError::Advantages)?;
+        let coefficients = method.coefficients(&adv, g);
         self.last_samples = self.completion_samples(&rows, &rollout, &rewards);
         let cost = rank_cost(&rollout, &rewards, elapsed);
         let strata = self.strata(&rows, &rollout);
@@ -133,7 +136,7 @@ impl Trainer {
             sequences: rollout.sequences(),
             prompt_mask: rollout.prompt_mask.shallow_clone(),
             completion_mask: rollout.completion_mask.shallow_clone(),
-            advantages: advantages_tensor(&adv, self.device),
+            advantages: coefficients_tensor(&coefficients, self.device),
             old: Vec::new(),
             reference: Vec::new(),
             metrics,
@@ -268,12 +271,13 @@ impl Trainer {
         Ok(RoundRecord::concat(parts).statistics())
     }
 
-    /// Old and reference estimates for every iteration's mask seed, before any update.
+    /// Old and reference scores for every iteration's mask seed, before any update.
     fn score_iterations(&self, buffer: &mut RoundBuffer, round: u64) {
-        let mu = self.config.objective.num_iterations;
+        let mu = self.config.schedule.num_iterations;
+        let uses_old = self.config.algorithm.method().uses_old(mu);
         for it in 0..mu {
             let seed = self.mask_seed(round, it);
-            let old = (mu > 1).then(|| self.score_all(&self.policy.model, buffer, round, seed));
+            let old = uses_old.then(|| self.score_all(&self.policy.model, buffer, round, seed));
             let policy = &self.policy.model;
             let reference = self.reference.as_ref().map(|r| match r {
                 Reference::Copy(copy) => self.score_all(&copy.model, buffer, round, seed),
@@ -286,15 +290,16 @@ impl Trainer {
         }
     }
 
-    /// No-grad estimates `[N, K]` of the whole buffer under `model`.
+    /// No-grad scores of the whole buffer under `model`.
     fn score_all(&self, model: &DreamModel, buffer: &RoundBuffer, round: u64, seed: u64) -> Tensor {
         let _guard = tch::no_grad_guard();
         let first = self.first_local_sample(round);
         let mask_id = self.policy.tokenizer.special().mask;
+        let method = self.config.algorithm.method();
         let parts: Vec<Tensor> = buffer
             .micro_batches(self.config.schedule.micro_batch_size as i64, first)
             .iter()
-            .map(|mb| estimate(model, mask_id, &self.estimator, &mb.batch(), seed).0)
+            .map(|mb| score(model, mask_id, method, &mb.batch(), seed).0)
             .map(|t| t.to_device(self.device))
             .collect();
         Tensor::cat(&parts, 0)
@@ -317,8 +322,8 @@ fn rank_cost(rollout: &Rollout, rewards: &RewardBatch, elapsed: f64) -> RoundCos
     }
 }
 
-fn advantages_tensor(adv: &Advantages, device: Device) -> Tensor {
-    Tensor::from_slice(&adv.values)
+fn coefficients_tensor(values: &[f64], device: Device) -> Tensor {
+    Tensor::from_slice(values)
         .to_kind(Kind::Float)
         .to_device(device)
 }

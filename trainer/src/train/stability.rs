@@ -73,7 +73,7 @@ pub fn grad_norm_growth(history: &[StepMetrics]) -> Option<String> {
         format!(
             "gradient norm: median {recent:.3} over the last {BASELINE_STEPS} steps (to step {}) is {:.1}× the median {first:.3} of the first {BASELINE_STEPS}: \
              the policy is sharpening faster than the step size allows; consider a lower \
-             optimizer.lr, a decaying schedule.kind, or a trust region (objective.num_iterations > 1, objective.beta > 0)",
+             optimizer.lr, a decaying schedule.kind, or a trust region (schedule.num_iterations > 1, algorithm.beta > 0)",
             history.len(),
             recent / first
         )
@@ -147,7 +147,7 @@ impl ValidationChange {
         (self.change < 0.0 && -self.change > noise).then(|| {
             format!(
                 "validation pass@1 at step {step} is {:.1} points below the start ({} problems; noise ±{:.1} points = {DROP_STANDARD_ERRORS} paired standard errors): \
-                 the policy is getting worse; consider a lower optimizer.lr or a trust region (objective.num_iterations > 1, objective.beta > 0)",
+                 the policy is getting worse; consider a lower optimizer.lr or a trust region (schedule.num_iterations > 1, algorithm.beta > 0)",
                 -100.0 * self.change,
                 self.problems,
                 100.0 * noise

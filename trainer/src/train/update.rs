@@ -8,10 +8,17 @@ use tch::Kind;
 
 use super::round::RoundBuffer;
 use super::{TrainError, Trainer};
-use crate::estimator::LeanEstimate;
+use crate::algorithm::{LeanScore, LossInput};
 use crate::lean::LeanConfig;
-use crate::objective::grpo_loss;
 use crate::optim::{lr_factor, warmup_steps};
+
+/// The size of a whole optimizer step (all micro-batches and ranks): what each
+/// micro-batch's loss is normalised by.
+#[derive(Debug, Clone, Copy)]
+struct StepSize {
+    tokens: f64,
+    sequences: f64,
+}
 
 /// What an update did.
 pub struct UpdateReport {
@@ -42,7 +49,9 @@ impl Trainer {
             .ok_or_else(|| TrainError::Setup("no round is buffered (sample_round first)".into()))?;
         let local_tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
         let tokens = self.parallel.sum(&[local_tokens])?[0];
-        let [loss, kl, kl_k2, clip] = self.accumulate_gradients(buffer, round, iteration, tokens);
+        let sequences = self.config.completions_per_step() as f64;
+        let step = StepSize { tokens, sequences };
+        let [loss, kl, kl_k2, clip] = self.accumulate_gradients(buffer, round, iteration, step)?;
         let dist = &self.config.distributed;
         self.parallel.reduce_grads(
             &mut self.optimizer,
@@ -63,18 +72,19 @@ impl Trainer {
     }
 
     /// Backward over every micro-batch; returns this rank's (loss, k3 KL, k2 KL, clip)
-    /// sums, each term weighted by its share of the `tokens` completion tokens of the step.
+    /// sums, each term weighted by its share of the step's completion tokens.
     fn accumulate_gradients(
         &self,
         buffer: &RoundBuffer,
         round: u64,
         iteration: usize,
-        tokens: f64,
-    ) -> [f64; 4] {
+        step: StepSize,
+    ) -> Result<[f64; 4], TrainError> {
         let seed = self.mask_seed(round, iteration);
-        let objective = self.config.objective.objective();
+        let method = self.config.algorithm.method();
+        let tokens = step.tokens;
         let lean = LeanConfig {
-            chunk_rows: self.config.estimator.logits_chunk_rows,
+            chunk_rows: self.config.model.logits_chunk_rows,
             recompute_layers: self.config.model.gradient_checkpointing,
         };
         let mask_id = self.policy.tokenizer.special().mask;
@@ -92,20 +102,20 @@ impl Trainer {
             // LoRA dropout masks keyed by the micro-batch's first sample and the mask seed.
             let dropout = random::bits(seed, random::stream::LORA_DROPOUT, batch.samples[0]);
             let (loss, metrics) = model.with_adapter_dropout(dropout, || {
-                let le = LeanEstimate::new(model, mask_id, &self.estimator, &batch, seed, lean);
-                let (loss, metrics) = grpo_loss(
-                    &le.estimate,
-                    old.as_ref(),
-                    reference.as_ref(),
-                    &advantages,
-                    &cm,
-                    &objective,
-                    Some(tokens),
-                );
+                let scored = LeanScore::new(model, mask_id, method, &batch, seed, lean);
+                let (loss, metrics) = method.loss(&LossInput {
+                    scores: &scored.scores,
+                    old: old.as_ref(),
+                    reference: reference.as_ref(),
+                    advantages: &advantages,
+                    completion_mask: &cm,
+                    step_tokens: step.tokens,
+                    step_sequences: step.sequences,
+                })?;
                 loss.backward();
-                le.backward();
-                (loss, metrics)
-            });
+                scored.backward();
+                Ok::<_, TrainError>((loss, metrics))
+            })?;
             let loss = loss.double_value(&[]);
             let weight = metrics.tokens / tokens.max(1.0);
             loss_sum += loss;
@@ -113,7 +123,7 @@ impl Trainer {
             k2_sum += metrics.kl_k2 * weight;
             clip_sum += metrics.clip_region * weight;
         }
-        [loss_sum, kl_sum, k2_sum, clip_sum]
+        Ok([loss_sum, kl_sum, k2_sum, clip_sum])
     }
 
     /// The scheduled learning rate of the next step.

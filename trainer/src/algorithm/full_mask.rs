@@ -1,0 +1,101 @@
+//! Full-mask completion (the paper's baseline, SPEC 5.2): d1 with `p_mask_prompt = 0`,
+//! one version with the whole completion masked and the prompt intact. Loss and
+//! advantages: the clipped token-level GRPO of SPEC 6.
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::coupled::{linear_combination, Grpo};
+use super::masks::{VersionGrid, Versions};
+use super::{EstimatorBatch, LossInput, LossMetrics, Method, ObjectiveError};
+use crate::advantages::{AdvantageError, Advantages, Baseline};
+use crate::config::ConfigError;
+use crate::objective::ObjectiveConfig;
+
+/// Full-mask's knobs: the objective's only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FullMask {
+    /// ε_low: ratios below 1 − ε_low are clipped (for A < 0).
+    pub epsilon_low: f64,
+    /// ε_high: ratios above 1 + ε_high are clipped (for A > 0).
+    pub epsilon_high: f64,
+    /// KL weight (k3 to the reference); 0 holds no reference for the loss.
+    pub beta: f64,
+    /// leave_one_out or group_mean.
+    pub baseline: Baseline,
+    /// Divide advantages by the group std (+ 1e-4).
+    pub scale_rewards: bool,
+    /// Draw new masks each iteration (false: the fixed seed 42 every iteration).
+    pub random_masking: bool,
+}
+
+impl Default for FullMask {
+    /// The DiffuCoder recipe's objective.
+    fn default() -> Self {
+        FullMask {
+            epsilon_low: 0.5,
+            epsilon_high: 0.5,
+            beta: 0.01,
+            baseline: Baseline::LeaveOneOut,
+            scale_rewards: false,
+            random_masking: true,
+        }
+    }
+}
+
+impl FullMask {
+    fn grpo(&self) -> Grpo {
+        Grpo {
+            objective: ObjectiveConfig {
+                epsilon_low: self.epsilon_low,
+                epsilon_high: self.epsilon_high,
+                beta: self.beta,
+            },
+            baseline: self.baseline,
+            scale_rewards: self.scale_rewards,
+        }
+    }
+}
+
+impl Method for FullMask {
+    fn name(&self) -> &'static str {
+        "full_mask"
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.grpo().validate()
+    }
+
+    fn versions(&self, batch: &EstimatorBatch, _seed: u64) -> Versions {
+        let mut grid = VersionGrid::new(1, batch);
+        for row in 0..grid.b {
+            grid.mask_completion(0, row, 1.0);
+        }
+        grid.finish(vec![Vec::new(); batch.samples.len()])
+    }
+
+    fn combine(&self, versions: &Versions, lp: &Tensor) -> Tensor {
+        linear_combination(versions, lp)
+    }
+
+    fn loss(&self, input: &LossInput) -> Result<(Tensor, LossMetrics), ObjectiveError> {
+        self.grpo().loss(input)
+    }
+
+    fn advantages(&self, rewards: &[f64], g: usize) -> Result<Advantages, AdvantageError> {
+        self.grpo().advantages(rewards, g)
+    }
+
+    fn beta(&self) -> f64 {
+        self.beta
+    }
+
+    fn random_masking(&self) -> bool {
+        self.random_masking
+    }
+
+    fn versions_per_sample(&self) -> usize {
+        1
+    }
+}

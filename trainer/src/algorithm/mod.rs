@@ -1,0 +1,252 @@
+//! The RL algorithm as a value: one file per method, one enum variant each.
+//!
+//! A method owns three things: its **likelihood estimate** (which masked versions of a
+//! sequence are scored, and how their token log-probabilities combine into a per-token or
+//! per-sequence score), its **advantage baseline**, and its **loss**. The trainer never
+//! matches on the method: it asks for versions, scores them through the one scoring path
+//! ([`score`]) for the old policy, the reference and the policy alike, and hands the scores
+//! to the method's loss.
+//!
+//! `[algorithm]` in a config deserialises straight into [`Algorithm`]: `name` picks the
+//! variant, and the other keys are that method's own knobs (an unknown knob fails at load
+//! with its key named). Adding a method is one new file implementing [`Method`] plus one
+//! variant below.
+
+mod bgpo;
+mod coupled;
+mod d1;
+mod decoupled;
+mod espo;
+mod full_mask;
+pub mod masks;
+mod score;
+mod wd1;
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::advantages::{compute_advantages, AdvantageError, Advantages, Baseline};
+use crate::config::ConfigError;
+pub use crate::objective::{ObjectiveError, ObjectiveMetrics as LossMetrics};
+pub use bgpo::Bgpo;
+pub use coupled::Coupled;
+pub use d1::D1;
+pub use decoupled::Decoupled;
+pub use espo::Espo;
+pub use full_mask::FullMask;
+pub use masks::Versions;
+pub use score::{score, score_versions, BatchRows, EstimatorBatch, LeanScore};
+pub use wd1::Wd1;
+
+/// Which method, with its knobs (`[algorithm]`, `name = "…"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum Algorithm {
+    /// coupled-GRPO (DiffuCoder): the full mask plus complementary mask pairs.
+    Coupled(Coupled),
+    /// d1 / diffu-GRPO: the completion fully masked, prompt tokens masked at random.
+    D1(D1),
+    /// The completion fully masked, the prompt intact (the paper's baseline).
+    FullMask(FullMask),
+    /// Like coupled, with two independent masks instead of a complementary pair.
+    Decoupled(Decoupled),
+    /// ESPO: a sequence-level ratio of stratified, complement-coupled ELBO estimates.
+    Espo(Espo),
+    /// wd1: softmax-weighted sequence likelihoods over the group, no ratio.
+    Wd1(Wd1),
+    /// BGPO: VRPO's stratified-timestep estimator, a linear ratio bound for A > 0, dual clip.
+    Bgpo(Bgpo),
+}
+
+impl Default for Algorithm {
+    fn default() -> Self {
+        Algorithm::Coupled(Coupled::default())
+    }
+}
+
+/// Every method's name, in the order of the docs.
+pub const NAMES: [&str; 7] = [
+    "coupled",
+    "d1",
+    "full_mask",
+    "decoupled",
+    "espo",
+    "wd1",
+    "bgpo",
+];
+
+impl Algorithm {
+    /// The method behind the value.
+    pub fn method(&self) -> &dyn Method {
+        match self {
+            Algorithm::Coupled(m) => m,
+            Algorithm::D1(m) => m,
+            Algorithm::FullMask(m) => m,
+            Algorithm::Decoupled(m) => m,
+            Algorithm::Espo(m) => m,
+            Algorithm::Wd1(m) => m,
+            Algorithm::Bgpo(m) => m,
+        }
+    }
+
+    /// The method named `name` with its default knobs; the error lists the names.
+    pub fn by_name(name: &str) -> Result<Self, String> {
+        let table: toml::Table = [("name".to_string(), toml::Value::from(name))]
+            .into_iter()
+            .collect();
+        toml::Value::Table(table).try_into().map_err(|_| {
+            format!(
+                "unknown algorithm {name:?}; expected one of {}",
+                NAMES.join(", ")
+            )
+        })
+    }
+
+    /// The method `name` with this value's knobs where it has the same ones (ε, β, …) and
+    /// its own defaults for the rest: what an ablation compares on one base config.
+    pub fn switched_to(&self, name: &str) -> Result<Self, String> {
+        let target = Self::by_name(name)?;
+        let (Ok(toml::Value::Table(mine)), Ok(toml::Value::Table(mut theirs))) =
+            (toml::Value::try_from(self), toml::Value::try_from(&target))
+        else {
+            return Ok(target);
+        };
+        for (key, value) in mine {
+            if key != "name" && theirs.contains_key(&key) {
+                theirs.insert(key, value);
+            }
+        }
+        toml::Value::Table(theirs)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{name}: {e}"))
+    }
+
+    /// The config name (`algorithm.name`).
+    pub fn name(&self) -> &'static str {
+        self.method().name()
+    }
+
+    /// The value as a TOML inline table (`--set algorithm={…}` replaces the whole section).
+    pub fn inline_toml(&self) -> String {
+        toml::Value::try_from(self)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// The value is its method: `&algorithm` goes wherever a `&dyn Method` is taken.
+impl Method for Algorithm {
+    fn name(&self) -> &'static str {
+        self.method().name()
+    }
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.method().validate()
+    }
+    fn versions(&self, batch: &EstimatorBatch, seed: u64) -> Versions {
+        self.method().versions(batch, seed)
+    }
+    fn combine(&self, versions: &Versions, lp: &Tensor) -> Tensor {
+        self.method().combine(versions, lp)
+    }
+    fn loss(&self, input: &LossInput) -> Result<(Tensor, LossMetrics), ObjectiveError> {
+        self.method().loss(input)
+    }
+    fn advantages(&self, rewards: &[f64], g: usize) -> Result<Advantages, AdvantageError> {
+        self.method().advantages(rewards, g)
+    }
+    fn coefficients(&self, advantages: &Advantages, g: usize) -> Vec<f64> {
+        self.method().coefficients(advantages, g)
+    }
+    fn uses_old(&self, mu: usize) -> bool {
+        self.method().uses_old(mu)
+    }
+    fn beta(&self) -> f64 {
+        self.method().beta()
+    }
+    fn random_masking(&self) -> bool {
+        self.method().random_masking()
+    }
+    fn versions_per_sample(&self) -> usize {
+        self.method().versions_per_sample()
+    }
+}
+
+/// What one micro-batch's loss sees. Scores have the shape the method's
+/// [`Method::combine`] gives (`[B, K]` per token, `[B, …]` per sequence).
+pub struct LossInput<'a> {
+    /// The policy's scores, with gradient.
+    pub scores: &'a Tensor,
+    /// The old policy's scores with the same masks (`None` when μ = 1 or unused).
+    pub old: Option<&'a Tensor>,
+    /// The reference's scores with the same masks (`None` without a reference).
+    pub reference: Option<&'a Tensor>,
+    /// `[B]` the per-sample coefficients of [`Method::coefficients`] (the advantages for
+    /// most methods).
+    pub advantages: &'a Tensor,
+    /// `[B, K]` 1 on completion tokens up to and including the end token.
+    pub completion_mask: &'a Tensor,
+    /// Completion tokens of the whole optimizer step (all micro-batches and ranks).
+    pub step_tokens: f64,
+    /// Sequences of the whole optimizer step.
+    pub step_sequences: f64,
+}
+
+/// One RL method: its estimate, its advantages and its loss.
+pub trait Method: std::fmt::Debug + Send + Sync {
+    /// The config name.
+    fn name(&self) -> &'static str;
+
+    /// The knobs' ranges; errors name `algorithm.<knob>`.
+    fn validate(&self) -> Result<(), ConfigError>;
+
+    /// The masked versions of `batch` scored under the iteration's mask `seed`.
+    fn versions(&self, batch: &EstimatorBatch, seed: u64) -> Versions;
+
+    /// Scores from the read tokens' log-probabilities `lp [V, B, K]` (0 where not read).
+    fn combine(&self, versions: &Versions, lp: &Tensor) -> Tensor;
+
+    /// The micro-batch loss, normalised so that summing micro-batches (and ranks) gives
+    /// the step's loss; an error when a score the loss needs is missing.
+    fn loss(&self, input: &LossInput) -> Result<(Tensor, LossMetrics), ObjectiveError>;
+
+    /// Group-relative advantages of prompt-major `rewards` in groups of `group_size`.
+    fn advantages(&self, rewards: &[f64], group_size: usize) -> Result<Advantages, AdvantageError>;
+
+    /// The per-sample coefficients the loss multiplies (default: the advantages).
+    fn coefficients(&self, advantages: &Advantages, _group_size: usize) -> Vec<f64> {
+        advantages.values.clone()
+    }
+
+    /// Whether the old policy is scored at rollout time for `mu` iterations.
+    fn uses_old(&self, mu: usize) -> bool {
+        mu > 1
+    }
+
+    /// The KL weight (> 0: a reference model is held and scored every round).
+    fn beta(&self) -> f64 {
+        0.0
+    }
+
+    /// Whether every iteration draws new masks (false: the fixed seed 42 every iteration).
+    fn random_masking(&self) -> bool {
+        true
+    }
+
+    /// Forward versions per sample (for the memory planner and logs).
+    fn versions_per_sample(&self) -> usize;
+}
+
+/// Advantages with a selectable baseline, as the GRPO-family methods use them.
+pub(crate) fn baseline_advantages(
+    rewards: &[f64],
+    group_size: usize,
+    baseline: Baseline,
+    scale_rewards: bool,
+) -> Result<Advantages, AdvantageError> {
+    compute_advantages(rewards, group_size, baseline, scale_rewards)
+}
+
+/// `algorithm.<key>`: `message`.
+pub(crate) fn invalid(key: &str, message: &str) -> ConfigError {
+    crate::config::invalid(&format!("algorithm.{key}"), message)
+}
