@@ -185,3 +185,73 @@ impl Method for Bgpo {
         self.mc_num
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loss_of(bgpo: &Bgpo, l: &Tensor, old: &Tensor, adv: &Tensor) -> f64 {
+        let mask = Tensor::from_slice2(&[[1i64, 1, 1], [1, 0, 0]]);
+        let (loss, _) = bgpo
+            .loss(&LossInput {
+                scores: l,
+                old: Some(old),
+                reference: None,
+                advantages: adv,
+                completion_mask: &mask,
+                step_tokens: 4.0,
+                step_sequences: 2.0,
+            })
+            .unwrap();
+        loss.double_value(&[])
+    }
+
+    #[test]
+    fn linear_bound_dual_clip_and_the_nan_quirk_by_hand() {
+        let bgpo = Bgpo::default();
+        // Row 0, A = 2 > 0, Δ = (0.1, −0.5): ρ = 1 + Δ = (1.1, 0.5); min(ρA, clip(ρ)A) =
+        // (2.2, 1.0) → losses (−2.2, −1.0). Row 1, A = −1, Δ = (1.5, 0): ρ = (e^1.5, 1):
+        // max(−Aρ, −A clip(ρ)) = (4.48, 1) → dual clip min(·, 3) = (3, 1).
+        // Token mean (lengths 3 and 1 over 4 tokens), / n = 2.
+        let l = Tensor::from_slice2(&[[0.1f32, -0.5], [1.5, 0.0]]);
+        let old = Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu));
+        let adv = Tensor::from_slice(&[2.0f32, -1.0]);
+        let want = (3.0 * (-2.2 - 1.0) + (3.0 + 1.0)) / 4.0 / 2.0;
+        let got = loss_of(&bgpo, &l, &old, &adv);
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // Δ ≤ −1 with A > 0: the authors' exp(log(1 + Δ)) is NaN; the default is finite.
+        let l = Tensor::from_slice2(&[[-1.5f32, 0.0], [0.0, 0.0]]);
+        assert!(loss_of(&bgpo, &l, &old, &adv).is_finite());
+        let quirk = Bgpo {
+            nan_below_minus_one: true,
+            ..Bgpo::default()
+        };
+        assert!(loss_of(&quirk, &l, &old, &adv).is_nan());
+    }
+
+    #[test]
+    fn timesteps_are_stratified_across_a_samples_copies() {
+        let seqs = Tensor::zeros([1, 10], (Kind::Int64, tch::Device::Cpu));
+        let pmask = Tensor::ones([1, 2], (Kind::Int64, tch::Device::Cpu));
+        let cmask = Tensor::from_slice2(&[[1i64, 1, 1, 1, 1, 1, 0, 0]]);
+        let mut batch = EstimatorBatch::new(&seqs, &pmask, &[4]);
+        batch.completion_mask = Some(&cmask);
+        let bgpo = Bgpo {
+            mc_num: 3,
+            ..Bgpo::default()
+        };
+        // T = 6, n = 3: x_r = ((k + 2r − 1) mod 6) + 1, masked among the 6 real tokens only.
+        let v = bgpo.versions(&batch, 5);
+        let read = Vec::<Vec<Vec<bool>>>::try_from(&v.read).unwrap();
+        let counts: Vec<usize> = (0..3)
+            .map(|r| read[r][0].iter().filter(|&&x| x).count())
+            .collect();
+        let k = counts[0];
+        assert_eq!(counts, [k, (k + 1) % 6 + 1, (k + 3) % 6 + 1]);
+        assert!((0..3).all(|r| !read[r][0][6] && !read[r][0][7]));
+        assert_eq!(
+            v.ratios[0],
+            counts.iter().map(|&x| x as f64 / 6.0).collect::<Vec<_>>()
+        );
+    }
+}

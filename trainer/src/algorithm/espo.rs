@@ -221,3 +221,89 @@ pub(super) fn sequence_kl(scores: &Tensor, reference: Option<&Tensor>, k: f64) -
         (k3, k2)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input<'a>(
+        scores: &'a Tensor,
+        old: Option<&'a Tensor>,
+        reference: Option<&'a Tensor>,
+        adv: &'a Tensor,
+        mask: &'a Tensor,
+    ) -> LossInput<'a> {
+        LossInput {
+            scores,
+            old,
+            reference,
+            advantages: adv,
+            completion_mask: mask,
+            step_tokens: 5.0,
+            step_sequences: 2.0,
+        }
+    }
+
+    #[test]
+    fn loss_by_hand() {
+        // K = 4. Row 0: ℓ̂ − ℓ̂_old = 0.4 → ρ = e^0.1 inside [0.8, 1.2], A = 1: −ρ.
+        // Row 1: ℓ̂ − ℓ̂_old = −2 → ρ = e^−0.5 = 0.607 < 0.8, A = −0.5: −min(−0.5ρ, −0.4) = 0.4.
+        // KL: β/(N K) Σ ½ (ℓ̂ − ℓ̂_ref)² = 0.1/8 · ½ (1 + 4).
+        let s = Tensor::from_slice(&[-3.6f32, -7.0]);
+        let old = Tensor::from_slice(&[-4.0f32, -5.0]);
+        let reference = Tensor::from_slice(&[-4.6f32, -9.0]);
+        let adv = Tensor::from_slice(&[1.0f32, -0.5]);
+        let mask = Tensor::from_slice2(&[[1i64, 1, 1, 0], [1, 1, 0, 0]]);
+        let espo = Espo {
+            beta: 0.1,
+            ..Espo::default()
+        };
+        let (loss, m) = espo
+            .loss(&input(&s, Some(&old), Some(&reference), &adv, &mask))
+            .unwrap();
+        let want = (-(0.1f64.exp()) + 0.4) / 2.0 + 0.1 / 8.0 * 0.5 * 5.0;
+        assert!(
+            (loss.double_value(&[]) - want).abs() < 1e-6,
+            "{loss} vs {want}"
+        );
+        assert_eq!((m.clip_low, m.clip_high), (0.5, 0.0));
+        // No reference at β > 0 is an error, not a dropped term.
+        assert!(espo
+            .loss(&input(&s, Some(&old), None, &adv, &mask))
+            .is_err());
+    }
+
+    #[test]
+    fn counts_are_stratified_across_rows_and_complements_cover_every_token() {
+        let seqs = Tensor::zeros([3, 7], (Kind::Int64, tch::Device::Cpu));
+        let pmask = Tensor::ones([3, 2], (Kind::Int64, tch::Device::Cpu));
+        let samples = [30u64, 31, 32];
+        let batch = EstimatorBatch::new(&seqs, &pmask, &samples);
+        let espo = Espo {
+            num_mc: 1,
+            ..Espo::default()
+        };
+        // K = 5, b = 3: counts k, k + 2, k + 4 (mod 6) — spread over the whole range.
+        let x = espo.counts(&batch, 9, 0, 5);
+        let k = x[0];
+        assert_eq!(x, [k, (k + 2) % 6, (k + 4) % 6]);
+        let v = espo.versions(&batch, 9);
+        let read = Vec::<Vec<Vec<bool>>>::try_from(&v.read).unwrap();
+        let w = Vec::<Vec<Vec<f64>>>::try_from(&v.weights).unwrap();
+        for (row, &x) in x.iter().enumerate() {
+            let in_m = read[0][row].iter().filter(|&&r| r).count();
+            assert_eq!(in_m, x);
+            for j in 0..5 {
+                // Exactly one of the two versions reads each token, with weight ½ (K+1)/x
+                // or ½ (K+1)/(K − x).
+                assert!(read[0][row][j] ^ read[1][row][j]);
+                let want = if read[0][row][j] {
+                    3.0 / x as f64
+                } else {
+                    3.0 / (5 - x) as f64
+                };
+                assert!((w[0][row][j] + w[1][row][j] - want).abs() < 1e-12);
+            }
+        }
+    }
+}

@@ -133,3 +133,45 @@ impl Method for Wd1 {
         1
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_and_loss_by_hand() {
+        // Group [1, −1]: w⁺ = softmax([1, −1]) = [σ(2), σ(−2)], w⁻ the reverse; the
+        // coefficients are G (w⁺ − w⁻) = 2 (σ(2) − σ(−2)) · [1, −1].
+        let adv = Advantages {
+            values: vec![1.0, -1.0],
+            zero_std_ratio: 0.0,
+            group_std: vec![1.0],
+        };
+        let sigma = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let d = sigma(2.0) - sigma(-2.0);
+        let c = Wd1::default().coefficients(&adv, 2);
+        assert!((c[0] - 2.0 * d).abs() < 1e-12 && (c[1] + 2.0 * d).abs() < 1e-12);
+        let positive = Wd1 {
+            positive_only: true,
+            ..Wd1::default()
+        };
+        let p = positive.coefficients(&adv, 2);
+        assert!((p[0] - 2.0 * sigma(2.0)).abs() < 1e-12);
+        // L = −Σ c ℓ̂ / N: ℓ̂ = [−2, −6] → −(2d·−2 − 2d·−6)/2 = −4d.
+        let s = Tensor::from_slice(&[-2.0f32, -6.0]);
+        let coef = Tensor::from_slice(&[c[0] as f32, c[1] as f32]);
+        let mask = Tensor::ones([2, 3], (Kind::Int64, tch::Device::Cpu));
+        let (loss, _) = Wd1::default()
+            .loss(&LossInput {
+                scores: &s,
+                old: None,
+                reference: None,
+                advantages: &coef,
+                completion_mask: &mask,
+                step_tokens: 6.0,
+                step_sequences: 2.0,
+            })
+            .unwrap();
+        assert!((loss.double_value(&[]) + 4.0 * d).abs() < 1e-5, "{loss}");
+    }
+}
