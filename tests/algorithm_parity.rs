@@ -1,7 +1,8 @@
-//! ESPO, wd1 and BGPO against plain-PyTorch ports of their authors' released code
-//! (tests/reference/algorithms_ref.py): the method's scores, its loss, and the gradient of
-//! the loss with respect to the final norm and the LM head, computed here through the
-//! memory-lean pass that training uses and there through full logits and autograd.
+//! ESPO, wd1 and BGPO, on a Dream (shifted) and a LLaDA-style (unshifted) model, against
+//! plain-PyTorch ports of their authors' released code (tests/reference/algorithms_ref.py):
+//! the method's scores, its loss, and the gradient of the loss with respect to the final
+//! norm and the LM head, computed here through the memory-lean pass that training uses and
+//! there through full logits and autograd.
 
 use couplet_testkit as common;
 
@@ -25,149 +26,172 @@ fn algorithm(toml: &str) -> Algorithm {
 fn methods_match_their_reference_ports() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::tiny_model(tmp.path(), false, 21);
-    let model = load_model(&dir, LoadOptions::default()).unwrap();
-    let mask = model.config().mask_token_id.unwrap();
-    // One group of 4: left-padded prompts (P = 5), K = 6 completion tokens, two of the
-    // completions ending early (post-end-of-text positions).
-    let seqs = vec![
-        vec![0i64, 0, 17, 300, 41, 9, 9, 120, 3000, 5, 2],
-        vec![55, 66, 77, 88, 99, 1, 2, 3, 4, 5, 6],
-        vec![0, 12, 13, 14, 15, 800, 801, 802, 1, 1, 1],
-        vec![0, 0, 0, 21, 22, 40, 41, 42, 43, 44, 45],
-    ];
-    let pmask = vec![
-        vec![0i64, 0, 1, 1, 1],
-        vec![1; 5],
-        vec![0, 1, 1, 1, 1],
-        vec![0, 0, 0, 1, 1],
-    ];
-    let cmask = vec![
-        vec![1i64, 1, 1, 1, 0, 0],
-        vec![1; 6],
-        vec![1, 1, 1, 0, 0, 0],
-        vec![1; 6],
-    ];
-    let samples = [8u64, 9, 10, 11];
-    let advantages = [1.0f64, -0.5, 0.25, -0.75];
-    let (s, m, c) = (
-        Tensor::from_slice2(&seqs),
-        Tensor::from_slice2(&pmask),
-        Tensor::from_slice2(&cmask),
-    );
-    let mut batch = EstimatorBatch::new(&s, &m, &samples);
-    batch.completion_mask = Some(&c);
-    for (spec, old_shift) in [
-        ("name = \"espo\"", 0.0),
-        (
-            "name = \"espo\"\nreduce_var = false\nstratify_across_rows = false\nbeta = 0.05",
-            3.0,
-        ),
-        ("name = \"wd1\"", 0.0),
-        (
-            "name = \"wd1\"\npositive_only = true\np_mask_prompt = 0.5",
-            0.0,
-        ),
-        ("name = \"bgpo\"\nmc_num = 4", 0.0),
-        (
-            "name = \"bgpo\"\nmc_num = 3\nnan_below_minus_one = true",
-            0.02,
-        ),
-    ] {
-        let alg = algorithm(spec);
-        let seed = 77;
-        let (scores, _) = tch::no_grad(|| score(&model, mask, &alg, &batch, seed));
-        // Pinned old and reference scores near the policy's, so the ratios and clips bind.
-        let old = (&scores + old_shift * 0.5).to_kind(Kind::Float);
-        let reference = (&scores - 0.4).to_kind(Kind::Float);
-        let adv = Advantages {
-            values: advantages.to_vec(),
-            zero_std_ratio: 0.0,
-            group_std: vec![1.0],
-        };
-        let coefficients = Tensor::from_slice(&alg.coefficients(&adv, 4)).to_kind(Kind::Float);
-        let use_old = old_shift != 0.0;
-        let use_ref = alg.beta() > 0.0;
-        for (_, p) in model.trainable_parameters() {
-            p.grad().defined().then(|| p.grad().zero_());
-        }
-        let scored = LeanScore::new(&model, mask, &alg, &batch, seed, LeanConfig::default());
-        let tokens = c.sum(Kind::Float).double_value(&[]);
-        let (loss, _) = alg
-            .loss(&LossInput {
-                scores: &scored.scores,
-                old: use_old.then_some(&old),
-                reference: use_ref.then_some(&reference),
-                advantages: &coefficients,
-                completion_mask: &c,
-                step_tokens: tokens,
-                step_sequences: 4.0,
-            })
-            .unwrap();
-        loss.backward();
-        scored.backward();
+    // Dream scores token i from row i − 1 (shifted), LLaDA from row i.
+    let llada = tmp.path().join("tiny-llada");
+    copy_dir(&dir, &llada);
+    let config = llada.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    cfg["shift_logits"] = json!(false);
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    for dir in [dir, llada] {
+        let model = load_model(&dir, LoadOptions::default()).unwrap();
+        let mask = model.config().mask_token_id.unwrap();
+        // One group of 4: left-padded prompts (P = 5), K = 6 completion tokens, two of the
+        // completions ending early (post-end-of-text positions).
+        let seqs = vec![
+            vec![0i64, 0, 17, 300, 41, 9, 9, 120, 3000, 5, 2],
+            vec![55, 66, 77, 88, 99, 1, 2, 3, 4, 5, 6],
+            vec![0, 12, 13, 14, 15, 800, 801, 802, 1, 1, 1],
+            vec![0, 0, 0, 21, 22, 40, 41, 42, 43, 44, 45],
+        ];
+        let pmask = vec![
+            vec![0i64, 0, 1, 1, 1],
+            vec![1; 5],
+            vec![0, 1, 1, 1, 1],
+            vec![0, 0, 0, 1, 1],
+        ];
+        let cmask = vec![
+            vec![1i64, 1, 1, 1, 0, 0],
+            vec![1; 6],
+            vec![1, 1, 1, 0, 0, 0],
+            vec![1; 6],
+        ];
+        let samples = [8u64, 9, 10, 11];
+        let advantages = [1.0f64, -0.5, 0.25, -0.75];
+        let (s, m, c) = (
+            Tensor::from_slice2(&seqs),
+            Tensor::from_slice2(&pmask),
+            Tensor::from_slice2(&cmask),
+        );
+        let mut batch = EstimatorBatch::new(&s, &m, &samples);
+        batch.completion_mask = Some(&c);
+        for (spec, old_shift) in [
+            ("name = \"espo\"", 0.0),
+            (
+                "name = \"espo\"\nreduce_var = false\nstratify_across_rows = false\nbeta = 0.05",
+                3.0,
+            ),
+            ("name = \"wd1\"", 0.0),
+            (
+                "name = \"wd1\"\npositive_only = true\np_mask_prompt = 0.5",
+                0.0,
+            ),
+            ("name = \"bgpo\"\nmc_num = 4", 0.0),
+            (
+                "name = \"bgpo\"\nmc_num = 3\nnan_below_minus_one = true",
+                0.02,
+            ),
+        ] {
+            let alg = algorithm(spec);
+            let seed = 77;
+            let (scores, _) = tch::no_grad(|| score(&model, mask, &alg, &batch, seed));
+            // Pinned old and reference scores near the policy's, so the ratios and clips bind.
+            let old = (&scores + old_shift * 0.5).to_kind(Kind::Float);
+            let reference = (&scores - 0.4).to_kind(Kind::Float);
+            let adv = Advantages {
+                values: advantages.to_vec(),
+                zero_std_ratio: 0.0,
+                group_std: vec![1.0],
+            };
+            let coefficients = Tensor::from_slice(&alg.coefficients(&adv, 4)).to_kind(Kind::Float);
+            let use_old = old_shift != 0.0;
+            let use_ref = alg.beta() > 0.0;
+            for (_, p) in model.trainable_parameters() {
+                p.grad().defined().then(|| p.grad().zero_());
+            }
+            let scored = LeanScore::new(&model, mask, &alg, &batch, seed, LeanConfig::default());
+            let tokens = c.sum(Kind::Float).double_value(&[]);
+            let (loss, _) = alg
+                .loss(&LossInput {
+                    scores: &scored.scores,
+                    old: use_old.then_some(&old),
+                    reference: use_ref.then_some(&reference),
+                    advantages: &coefficients,
+                    completion_mask: &c,
+                    step_tokens: tokens,
+                    step_sequences: 4.0,
+                })
+                .unwrap();
+            loss.backward();
+            scored.backward();
 
-        let flat =
-            |t: &Tensor| Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
-        let req = tmp.path().join("alg.json");
-        let out = tmp.path().join("alg-out.json");
-        let mut method = toml_to_json(&alg);
-        method["name"] = json!(alg.name());
-        std::fs::write(
-            &req,
-            json!({"method": method, "sequences": seqs, "prompt_mask": pmask, "prompt_width": 5,
-                   "completion_mask": cmask, "samples": samples, "seed": seed, "mask": mask,
-                   "advantages": advantages,
-                   "old": use_old.then(|| Vec::<f64>::try_from(&old.to_kind(Kind::Double).flatten(0, -1)).unwrap()),
-                   "ref": use_ref.then(|| flat(&reference)),
-                   "grad_params": GRAD_PARAMS})
-            .to_string(),
-        )
-        .unwrap();
-        common::reference_script(
-            "algorithms_ref.py",
-            &[
-                "run",
-                dir.to_str().unwrap(),
-                req.to_str().unwrap(),
-                out.to_str().unwrap(),
-            ],
-        );
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-        let want: Vec<f64> = flatten_json(&v["scores"]);
-        let got = flat(&scores);
-        // Scores are sums of non-negative weights times log-probs (all ≤ 0), so each log-prob's
-        // rounding (the forward's chained reductions, then the log-softmax over the
-        // vocabulary) adds up to at most the same bound at the score's own magnitude.
-        let cfg = model.config();
-        let (width, depth) = (
-            cfg.vocab_size.max(cfg.intermediate_size) as usize,
-            cfg.num_hidden_layers as usize + 2,
-        );
-        let magnitude = want.iter().fold(0f64, |m, x| m.max(x.abs()));
-        let tol = common::f32_order_tolerance(magnitude, width, depth);
-        let max = max_diff(&got, &want);
-        eprintln!("{spec:?}: scores max |Δ| = {max:e} (tolerance {tol:e})");
-        assert_eq!(got.len(), want.len(), "{spec}: score shapes");
-        assert!(max <= tol, "{spec}: scores differ by {max} > {tol}");
-        let (ours, theirs) = (loss.double_value(&[]), v["loss"].as_f64().unwrap());
-        let rel = (ours - theirs).abs() / theirs.abs().max(1.0);
-        eprintln!("  loss: ours {ours:.8} reference {theirs:.8}");
-        assert!(rel <= tol, "{spec}: loss {ours} vs {theirs}");
-        let params: std::collections::HashMap<String, Tensor> =
-            model.trainable_parameters().into_iter().collect();
-        for name in GRAD_PARAMS {
-            let ours = flat(&params[name].grad());
-            let theirs = flatten_json(&v["grads"][name]);
-            let scale = theirs.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-8);
-            let rel = max_diff(&ours, &theirs) / scale;
-            eprintln!("  grad {name}: relative max |Δ| = {rel:e}");
-            // Backward doubles the chain of reductions; the lean pass sums chunked blocks.
-            assert!(
-                rel <= 2.0 * tol / magnitude.max(1.0) + 1e-4,
-                "{spec}: {name} gradient relative diff {rel}"
+            let flat =
+                |t: &Tensor| Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+            let req = tmp.path().join("alg.json");
+            let out = tmp.path().join("alg-out.json");
+            let mut method = toml_to_json(&alg);
+            method["name"] = json!(alg.name());
+            std::fs::write(
+                &req,
+                json!({"method": method, "sequences": seqs, "prompt_mask": pmask, "prompt_width": 5,
+                       "completion_mask": cmask, "samples": samples, "seed": seed, "mask": mask,
+                       "advantages": advantages,
+                       "old": use_old.then(|| Vec::<f64>::try_from(&old.to_kind(Kind::Double).flatten(0, -1)).unwrap()),
+                       "ref": use_ref.then(|| flat(&reference)),
+                       "grad_params": GRAD_PARAMS})
+                .to_string(),
+            )
+            .unwrap();
+            common::reference_script(
+                "algorithms_ref.py",
+                &[
+                    "run",
+                    dir.to_str().unwrap(),
+                    req.to_str().unwrap(),
+                    out.to_str().unwrap(),
+                ],
             );
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+            let want: Vec<f64> = flatten_json(&v["scores"]);
+            let got = flat(&scores);
+            // Scores are sums of non-negative weights times log-probs (all ≤ 0), so each log-prob's
+            // rounding (the forward's chained reductions, then the log-softmax over the
+            // vocabulary) adds up to at most the same bound at the score's own magnitude.
+            let cfg = model.config();
+            let (width, depth) = (
+                cfg.vocab_size.max(cfg.intermediate_size) as usize,
+                cfg.num_hidden_layers as usize + 2,
+            );
+            let magnitude = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+            let tol = common::f32_order_tolerance(magnitude, width, depth);
+            let max = max_diff(&got, &want);
+            let kind = if model.config().shift_logits() {
+                "dream"
+            } else {
+                "llada"
+            };
+            eprintln!("{kind} {spec:?}: scores max |Δ| = {max:e} (tolerance {tol:e})");
+            assert_eq!(got.len(), want.len(), "{spec}: score shapes");
+            assert!(max <= tol, "{spec}: scores differ by {max} > {tol}");
+            let (ours, theirs) = (loss.double_value(&[]), v["loss"].as_f64().unwrap());
+            let rel = (ours - theirs).abs() / theirs.abs().max(1.0);
+            eprintln!("  loss: ours {ours:.8} reference {theirs:.8}");
+            assert!(rel <= tol, "{spec}: loss {ours} vs {theirs}");
+            let params: std::collections::HashMap<String, Tensor> =
+                model.trainable_parameters().into_iter().collect();
+            for name in GRAD_PARAMS {
+                let ours = flat(&params[name].grad());
+                let theirs = flatten_json(&v["grads"][name]);
+                let scale = theirs.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-8);
+                let rel = max_diff(&ours, &theirs) / scale;
+                eprintln!("  grad {name}: relative max |Δ| = {rel:e}");
+                // Backward doubles the chain of reductions; the lean pass sums chunked blocks.
+                assert!(
+                    rel <= 2.0 * tol / magnitude.max(1.0) + 1e-4,
+                    "{spec}: {name} gradient relative diff {rel}"
+                );
+            }
         }
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
 

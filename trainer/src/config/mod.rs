@@ -156,7 +156,13 @@ impl TrainConfig {
             .iter()
             .any(|o| o.trim_start().starts_with("algorithm.name"))
         {
-            keep_shared_knobs(&mut value)?;
+            let explicit: Vec<&str> = overrides
+                .iter()
+                .filter_map(|o| o.trim_start().strip_prefix("algorithm."))
+                .filter_map(|o| o.split('=').next())
+                .map(str::trim)
+                .collect();
+            keep_shared_knobs(&mut value, &explicit)?;
         }
         let config: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(value))
             .map_err(|e| {
@@ -243,8 +249,9 @@ fn without_location(error: &toml::de::Error) -> String {
 
 /// After `--set algorithm.name=…`: the section keeps only the knobs the new method has
 /// (its ε, β, … carry over; another method's knobs such as `pairs` are dropped), so one
-/// override switches the method of a config written for another.
-fn keep_shared_knobs(table: &mut toml::Table) -> Result<(), ConfigError> {
+/// override switches the method of a config written for another. Knobs set by `--set`
+/// (`explicit`) are always kept, so one the method lacks still fails by name.
+fn keep_shared_knobs(table: &mut toml::Table, explicit: &[&str]) -> Result<(), ConfigError> {
     let Some(toml::Value::Table(section)) = table.get_mut("algorithm") else {
         return Ok(());
     };
@@ -256,7 +263,7 @@ fn keep_shared_knobs(table: &mut toml::Table) -> Result<(), ConfigError> {
     let Ok(toml::Value::Table(known)) = toml::Value::try_from(&target) else {
         return Ok(());
     };
-    section.retain(|key, _| known.contains_key(key));
+    section.retain(|key, _| known.contains_key(key) || explicit.contains(&key));
     Ok(())
 }
 
@@ -392,6 +399,7 @@ mod tests {
                 "algorithm.p_mask_prompt",
             ),
             (vec!["algorithm.pairs=0"], "algorithm.pairs"),
+            (vec!["algorithm.name=wd1", "algorithm.pairs=2"], "pairs"),
             (vec!["algorithm.p_mask_prompt=0.2"], "p_mask_prompt"),
             (vec!["algorithm.beta=-0.1"], "algorithm.beta"),
             (vec!["algorithm.epsilon_low=1.0"], "algorithm.epsilon_low"),
