@@ -1,4 +1,4 @@
-//! ESPO, wd1 and BGPO, on a Dream (shifted) and a LLaDA-style (unshifted) model, against
+//! ESPO, wd1, BGPO and SPG, on a Dream (shifted) and a LLaDA-style (unshifted) model, against
 //! plain-PyTorch ports of their authors' released code (tests/reference/algorithms_ref.py):
 //! the method's scores, its loss, and the gradient of the loss with respect to the final
 //! norm and the LM head, computed here through the memory-lean pass that training uses and
@@ -16,7 +16,8 @@ use tch::{Kind, Tensor};
 const GRAD_PARAMS: [&str; 2] = ["model.norm.weight", "lm_head.weight"];
 
 fn algorithm(toml: &str) -> Algorithm {
-    let text = format!("[algorithm]\n{toml}\n");
+    // K = 6 completion tokens, as in the batch below.
+    let text = format!("[rollout]\nmax_new_tokens = 6\nsteps = 6\n[reward]\noverlong_buffer = 0\n[algorithm]\n{toml}\n");
     couplet_trainer::TrainConfig::from_toml(&text, "test", &[])
         .unwrap()
         .algorithm
@@ -81,6 +82,15 @@ fn methods_match_their_reference_ports() {
             (
                 "name = \"bgpo\"\nmc_num = 3\nnan_below_minus_one = true",
                 0.02,
+            ),
+            ("name = \"spg\"\nblock_length = 2", 0.0),
+            (
+                "name = \"spg\"\nblock_length = 3\nestimate = \"eubo\"\np_mask_prompt = 0.5",
+                0.0,
+            ),
+            (
+                "name = \"spg\"\nblock_length = 6\nnum_t = 1\nestimate = \"elbo\"",
+                0.0,
             ),
         ] {
             let alg = algorithm(spec);

@@ -24,6 +24,8 @@ from dream_ref import Dream, uniform  # noqa: E402
 STREAM_PROMPT = 0x300
 ESPO_OFFSET, ESPO_ORDER = 0xA00, 0xA80
 BGPO_OFFSET, BGPO_ORDER = 0xB00, 0xB01
+SPG_BLOCK, SPG_COUNT, SPG_ORDER, SPG_CONTEXT = 0xC00, 0xC40, 0xC80, 0xCC0
+SPG_COMPLETION_OFFSET = 1 << 19
 
 
 def u01(seed, stream, sample, offset):
@@ -178,10 +180,88 @@ def bgpo_loss(l_theta, req, knobs):
     return total
 
 
+# SPG: spg/spg_trainer.py, forward_process (forward_type "block_random", use_mask_prompt),
+# _get_per_seq_logps (ELBO / EUBO / mix by reward_mask = A > 0), compute_loss.
+def spg_forward_process(bt, knobs):
+    b, l = bt.B, bt.P + bt.K
+    num_t, bl = knobs["num_t"], knobs["block_length"]
+    num_blocks = bt.K // bl
+    completion_length = bt.cmask.sum(-1)
+    completion_num_blocks = (completion_length - 1) // bl + 1
+    mask_block_idx = torch.zeros(b, num_t, dtype=torch.long)
+    for i, s in enumerate(bt.samples):
+        perm = randperm_first(num_blocks, range(num_blocks), bt.seed, SPG_BLOCK, s)
+        mask_block_idx[i] = torch.tensor(perm[:num_t]) % completion_num_blocks[i]
+    is_mask = torch.zeros(b, num_t, l, dtype=torch.bool)
+    for i in range(b):
+        for j in range(num_t):
+            is_mask[i, j, -(num_blocks - mask_block_idx[i, j]) * bl:] = True
+    is_mask_following = torch.ones(b, num_t, l, dtype=torch.bool)
+    for i, s in enumerate(bt.samples):
+        for j in range(num_t):
+            blk = int(mask_block_idx[i, j])
+            mask_length = min(bl, int(completion_length[i]) - bl * blk)
+            mask_num = 1 + int(u01(bt.seed, SPG_COUNT + j, s, 0) * mask_length)  # randint(1, n + 1)
+            start = bl * blk
+            chosen = set(randperm_first(mask_num, range(start, start + mask_length), bt.seed, SPG_ORDER + j, s))
+            lo = bt.P + start
+            for q in range(mask_length):
+                is_mask_following[i, j, lo + q] = (start + q) in chosen
+    completion_mask_append = torch.cat(
+        (torch.ones(b, num_t, bt.P, dtype=torch.bool), bt.cmask.bool().unsqueeze(1).repeat(1, num_t, 1)), dim=2
+    )
+    # use_mask_prompt: ~is_mask & (rand < p) — the prompt and the earlier blocks.
+    random_hit = torch.zeros(b, num_t, l, dtype=torch.bool)
+    for i, s in enumerate(bt.samples):
+        real = [q for q in range(bt.P) if bt.pmask[i, q] == 1]
+        for j in range(num_t):
+            for off, pos in enumerate(real):
+                random_hit[i, j, pos] = u01(bt.seed, SPG_CONTEXT + j, s, off) < knobs["p_mask_prompt"]
+            for q in range(bt.K):
+                random_hit[i, j, bt.P + q] = u01(bt.seed, SPG_CONTEXT + j, s, SPG_COMPLETION_OFFSET + q) < knobs["p_mask_prompt"]
+    is_mask_prompt = ~is_mask & random_hit
+    return is_mask_prompt | (is_mask & is_mask_following) | ~completion_mask_append
+
+
+def spg_scores(bt, knobs):
+    num_t, beta = knobs["num_t"], knobs["eubo_beta"]
+    masked = spg_forward_process(bt, knobs)  # [b, num_t, l]
+    logps, probs = [], []
+    for j in range(num_t):
+        lp = bt.logps(masked[:, j])
+        logps.append(lp)
+        probs.append(lp.exp())  # softmax(logits)[target]
+    per_token_logps = torch.stack(logps, 1)  # [b, num_t, K]
+    per_token_probs = torch.stack(probs, 1)
+    perturb = masked[:, :, bt.P:].float()
+    cm = bt.cmask.float().unsqueeze(1).expand_as(perturb)
+    denominator = (cm * perturb).sum(-1).clamp(min=1e-8)
+    per_seq = (per_token_logps * cm * perturb).sum(-1) / denominator  # [b, num_t]
+    empirical_t = (cm * perturb).sum(-1) / cm.sum(-1)
+    avg = (per_token_probs.pow(beta) * perturb * cm / empirical_t.unsqueeze(-1).clamp(min=1e-8)).mean(1)
+    dezero = avg.clone()
+    dezero[dezero == 0] = 1
+    loss_mask = avg > 0
+    eubo = (dezero.log() * loss_mask).sum(-1) / loss_mask.sum(-1).clamp(min=1e-8) / beta
+    return torch.stack([per_seq.mean(1), eubo], 1)
+
+
+def spg_loss(s, req, knobs):
+    adv = torch.tensor(req["advantages"], dtype=torch.float32)
+    reward_mask = adv > 0
+    w = {"mix": knobs["mix_weight"], "eubo": 1.0, "elbo": 0.0}[knobs["estimate"]]
+    negative = w * s[:, 1] + (1 - w) * s[:, 0]
+    per_seq = reward_mask.float() * s[:, 0] + (~reward_mask).float() * negative
+    per_seq_loss = -adv * per_seq
+    length = torch.tensor(req["completion_mask"], dtype=torch.float32).sum(1)
+    return (per_seq_loss * length).sum() / length.sum()
+
+
 METHODS = {
     "espo": (espo_scores, espo_loss),
     "wd1": (wd1_scores, wd1_loss),
     "bgpo": (bgpo_scores, bgpo_loss),
+    "spg": (spg_scores, spg_loss),
 }
 
 

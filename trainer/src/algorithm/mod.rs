@@ -20,6 +20,7 @@ mod espo;
 mod full_mask;
 pub mod masks;
 mod score;
+mod spg;
 mod wd1;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,7 @@ pub use espo::Espo;
 pub use full_mask::FullMask;
 pub use masks::Versions;
 pub use score::{score, score_versions, BatchRows, EstimatorBatch, LeanScore};
+pub use spg::{Spg, SpgEstimate};
 pub use wd1::Wd1;
 
 /// Which method, with its knobs (`[algorithm]`, `name = "…"`).
@@ -56,6 +58,8 @@ pub enum Algorithm {
     Wd1(Wd1),
     /// BGPO: VRPO's stratified-timestep estimator, a linear ratio bound for A > 0, dual clip.
     Bgpo(Bgpo),
+    /// SPG: block-wise masks, ELBO for A > 0 and an EUBO/ELBO mix otherwise, no ratio.
+    Spg(Spg),
 }
 
 impl Default for Algorithm {
@@ -65,7 +69,7 @@ impl Default for Algorithm {
 }
 
 /// Every method's name, in the order of the docs.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "coupled",
     "d1",
     "full_mask",
@@ -73,6 +77,7 @@ pub const NAMES: [&str; 7] = [
     "espo",
     "wd1",
     "bgpo",
+    "spg",
 ];
 
 impl Algorithm {
@@ -86,6 +91,7 @@ impl Algorithm {
             Algorithm::Espo(m) => m,
             Algorithm::Wd1(m) => m,
             Algorithm::Bgpo(m) => m,
+            Algorithm::Spg(m) => m,
         }
     }
 
@@ -141,6 +147,9 @@ impl Method for Algorithm {
     }
     fn validate(&self) -> Result<(), ConfigError> {
         self.method().validate()
+    }
+    fn check_completion_length(&self, k: usize) -> Result<(), ConfigError> {
+        self.method().check_completion_length(k)
     }
     fn versions(&self, batch: &EstimatorBatch, seed: u64) -> Versions {
         self.method().versions(batch, seed)
@@ -198,6 +207,11 @@ pub trait Method: std::fmt::Debug + Send + Sync {
 
     /// The knobs' ranges; errors name `algorithm.<knob>`.
     fn validate(&self) -> Result<(), ConfigError>;
+
+    /// Rules that involve the completion length K (`rollout.max_new_tokens`).
+    fn check_completion_length(&self, _k: usize) -> Result<(), ConfigError> {
+        Ok(())
+    }
 
     /// The masked versions of `batch` scored under the iteration's mask `seed`.
     fn versions(&self, batch: &EstimatorBatch, seed: u64) -> Versions;
