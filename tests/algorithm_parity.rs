@@ -1,14 +1,15 @@
-//! ESPO, wd1, BGPO and SPG, on a Dream (shifted) and a LLaDA-style (unshifted) model, against
+//! ESPO, wd1, BGPO, SPG and JustGRPO, on a Dream (shifted) and a LLaDA-style (unshifted) model, against
 //! plain-PyTorch ports of their authors' released code (tests/reference/algorithms_ref.py):
 //! the method's scores, its loss, and the gradient of the loss with respect to the final
-//! norm and the LM head, computed here through the memory-lean pass that training uses and
-//! there through full logits and autograd.
+//! norm and the LM head, computed here through the policy pass that training runs (memory-
+//! lean; BGPO and JustGRPO one backward per Monte-Carlo sample / position) and there
+//! through full logits and autograd.
 
 use couplet_testkit as common;
 
 use couplet_model::{load_model, LoadOptions};
 use couplet_trainer::{
-    score, Advantages, Algorithm, EstimatorBatch, LeanConfig, LeanScore, LossInput, Method,
+    policy_backward, score, Advantages, Algorithm, EstimatorBatch, LeanConfig, LossContext, Method,
 };
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -17,7 +18,7 @@ const GRAD_PARAMS: [&str; 2] = ["model.norm.weight", "lm_head.weight"];
 
 fn algorithm(toml: &str) -> Algorithm {
     // K = 6 completion tokens, as in the batch below.
-    let text = format!("[rollout]\nmax_new_tokens = 6\nsteps = 6\n[reward]\noverlong_buffer = 0\n[algorithm]\n{toml}\n");
+    let text = format!("[rollout]\nmax_new_tokens = 6\nsteps = 6\ndecoder = \"block\"\nblock_length = 1\ntemperature = 1.0\n[reward]\noverlong_buffer = 0\n[algorithm]\n{toml}\n");
     couplet_trainer::TrainConfig::from_toml(&text, "test", &[])
         .unwrap()
         .algorithm
@@ -92,6 +93,8 @@ fn methods_match_their_reference_ports() {
                 "name = \"spg\"\nblock_length = 6\nnum_t = 1\nestimate = \"elbo\"",
                 0.0,
             ),
+            ("name = \"just_grpo\"", 0.0),
+            ("name = \"just_grpo\"\nepsilon_high = 0.05", 0.3),
         ] {
             let alg = algorithm(spec);
             let seed = 77;
@@ -110,21 +113,27 @@ fn methods_match_their_reference_ports() {
             for (_, p) in model.trainable_parameters() {
                 p.grad().defined().then(|| p.grad().zero_());
             }
-            let scored = LeanScore::new(&model, mask, &alg, &batch, seed, LeanConfig::default());
-            let tokens = c.sum(Kind::Float).double_value(&[]);
-            let (loss, _) = alg
-                .loss(&LossInput {
-                    scores: &scored.scores,
-                    old: use_old.then_some(&old),
-                    reference: use_ref.then_some(&reference),
-                    advantages: &coefficients,
-                    completion_mask: &c,
-                    step_tokens: tokens,
-                    step_sequences: 4.0,
-                })
-                .unwrap();
-            loss.backward();
-            scored.backward();
+            // The policy's pass as training runs it: memory-lean, and for BGPO and JustGRPO
+            // one backward per Monte-Carlo sample / position.
+            let ctx = LossContext {
+                old: use_old.then_some(&old),
+                reference: use_ref.then_some(&reference),
+                advantages: &coefficients,
+                completion_mask: &c,
+                step_tokens: c.sum(Kind::Float).double_value(&[]),
+                step_sequences: 4.0,
+                step_units: alg.units(&batch, &coefficients),
+            };
+            let (loss, _) = policy_backward(
+                &model,
+                mask,
+                &alg,
+                &batch,
+                seed,
+                LeanConfig::default(),
+                &ctx,
+            )
+            .unwrap();
 
             let flat =
                 |t: &Tensor| Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
@@ -175,7 +184,7 @@ fn methods_match_their_reference_ports() {
             eprintln!("{kind} {spec:?}: scores max |Δ| = {max:e} (tolerance {tol:e})");
             assert_eq!(got.len(), want.len(), "{spec}: score shapes");
             assert!(max <= tol, "{spec}: scores differ by {max} > {tol}");
-            let (ours, theirs) = (loss.double_value(&[]), v["loss"].as_f64().unwrap());
+            let (ours, theirs) = (loss, v["loss"].as_f64().unwrap());
             let rel = (ours - theirs).abs() / theirs.abs().max(1.0);
             eprintln!("  loss: ours {ours:.8} reference {theirs:.8}");
             assert!(rel <= tol, "{spec}: loss {ours} vs {theirs}");

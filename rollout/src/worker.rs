@@ -146,6 +146,9 @@ pub struct Rollout {
     pub prompt_index: Vec<usize>,
     /// Reveal order of the K completion positions of each row.
     pub decode_orders: Vec<Vec<usize>>,
+    /// The decode step at which each of the K completion positions of each row was
+    /// revealed (the step map trajectory methods train on).
+    pub reveal_steps: Vec<Vec<i64>>,
     /// AR-ness of each row's decode order.
     pub arness: Vec<ArNess>,
     /// Per row: the entropies (nats) of the distributions its completion tokens were drawn
@@ -254,6 +257,7 @@ impl Rollout {
             terminated: Vec::new(),
             prompt_index: Vec::new(),
             decode_orders: Vec::new(),
+            reveal_steps: Vec::new(),
             arness: Vec::new(),
             entropy_sums: Vec::new(),
             truncated_prompts: 0,
@@ -271,6 +275,7 @@ impl Rollout {
             out.completion_lengths.extend(part.completion_lengths);
             out.terminated.extend(part.terminated);
             out.decode_orders.extend(part.decode_orders);
+            out.reveal_steps.extend(part.reveal_steps);
             out.arness.extend(part.arness);
             out.entropy_sums.extend(part.entropy_sums);
             out.truncated_prompts += part.truncated_prompts;
@@ -354,6 +359,7 @@ pub fn generate_rollout(
         terminated: ends.terminated,
         prompt_index: prompt_rows.prompt_index,
         decode_orders,
+        reveal_steps: decoded.reveal_steps,
         arness,
         entropy_sums,
         truncated_prompts: prompt_rows.truncated,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use couplet_trainer::{Algorithm, RunCheckpoint, TrainConfig};
+use couplet_trainer::{Algorithm, Method, RunCheckpoint, TrainConfig};
 
 use super::train::{install_stop_handler, run_job, JobEnd};
 
@@ -65,6 +65,10 @@ pub fn ablate(args: AblateArgs) -> Result<()> {
         for s in 0..args.seeds {
             let dir = args.out.join(format!("{e}-seed{s}"));
             let mut overrides = args.overrides.clone();
+            // A method that needs another rollout mode (JustGRPO: strictly left to right)
+            // gets it; everything else stays the base config's.
+            let k = base.rollout.max_new_tokens.max(0) as usize;
+            overrides.extend(variant.rollout_overrides(k));
             overrides.extend([
                 format!("algorithm={inline}"),
                 format!("seed={}", base.seed + s),

@@ -257,11 +257,38 @@ def spg_loss(s, req, knobs):
     return (per_seq_loss * length).sum() / length.sum()
 
 
+# JustGRPO: grpo.py logprob_loss (one full-length forward per position, AR masking).
+def just_grpo_scores(bt, knobs):
+    cols = []
+    for t in range(bt.K):
+        m = torch.zeros_like(bt.seqs, dtype=torch.bool)
+        m[:, bt.P + t:] = True  # Past = observed, future = masked
+        cols.append(bt.logps(m)[:, t])
+    return torch.stack(cols, 1)
+
+
+def just_grpo_loss(lp, req, knobs):
+    adv = torch.tensor(req["advantages"], dtype=torch.float32)
+    K = lp.shape[1]
+    valid_samples = float((adv != 0).sum())
+    scale = 1.0 / K / (valid_samples + 1e-5)
+    old = torch.tensor(req["old"], dtype=torch.float32).view_as(lp) if req.get("old") is not None else None
+    total = 0.0
+    for t in range(K):
+        token = lp[:, t]
+        ratio = (token - (old[:, t] if old is not None else token.detach())).exp()
+        clipped = ratio.clamp(1 - knobs["epsilon_low"], 1 + knobs["epsilon_high"])
+        loss = -torch.min(ratio * adv, clipped * adv)
+        total = total + loss.mul(scale).sum()
+    return total
+
+
 METHODS = {
     "espo": (espo_scores, espo_loss),
     "wd1": (wd1_scores, wd1_loss),
     "bgpo": (bgpo_scores, bgpo_loss),
     "spg": (spg_scores, spg_loss),
+    "just_grpo": (just_grpo_scores, just_grpo_loss),
 }
 
 

@@ -26,8 +26,8 @@ pub mod train;
 
 pub use advantages::{compute_advantages, Advantages, Baseline};
 pub use algorithm::{
-    score, score_versions, Algorithm, BatchRows, Coupled, Decoupled, EstimatorBatch, FullMask,
-    LeanScore, LossInput, Method, Versions, D1,
+    policy_backward, score, score_versions, Algorithm, BatchRows, Coupled, Decoupled,
+    EstimatorBatch, FullMask, LeanScore, LossContext, LossInput, Method, Versions, D1,
 };
 pub use config::{ConfigError, TrainConfig};
 pub use eval::{

@@ -63,7 +63,10 @@ pub struct PlanInput {
 impl PlanInput {
     /// The input for a training config, its model's architecture and `world` ranks.
     pub fn from_config(config: &TrainConfig, model: DreamConfig, world: usize) -> Self {
-        let versions = config.algorithm.method().versions_per_sample();
+        let versions = config
+            .algorithm
+            .method()
+            .versions_per_sample(config.rollout.max_new_tokens as usize);
         let lora = config.lora.enabled().then(|| config.lora.clone());
         let held = config.holds_reference()
             && lora.is_none()

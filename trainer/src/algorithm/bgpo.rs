@@ -17,8 +17,8 @@
 //! Difference from the authors' code, by default: they compute `ρ = exp(log(1 + Δ))`,
 //! which is NaN once Δ ≤ −1; Couplet computes `1 + Δ` directly (the same value and
 //! gradient wherever theirs is finite). `nan_below_minus_one = true` reproduces theirs.
-//! Their one backward per Monte-Carlo sample is a memory schedule, not a different
-//! gradient: the loss is a sum over r.
+//! Their one backward per Monte-Carlo sample is kept (`versions_per_backward = 1`): the
+//! loss is a sum over r, so it is the same gradient at one sample's activation memory.
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -44,6 +44,9 @@ pub struct Bgpo {
     pub dual_clip: f64,
     /// The authors' `exp(log(1 + Δ))`: NaN for Δ ≤ −1.
     pub nan_below_minus_one: bool,
+    /// Monte-Carlo samples per backward (the released schedule: 1, so activation memory
+    /// does not grow with `mc_num`; 0: all at once).
+    pub versions_per_backward: usize,
 }
 
 impl Default for Bgpo {
@@ -55,6 +58,7 @@ impl Default for Bgpo {
             epsilon_high: 0.2,
             dual_clip: 3.0,
             nan_below_minus_one: false,
+            versions_per_backward: 1,
         }
     }
 }
@@ -142,7 +146,8 @@ impl Method for Bgpo {
                 .completion_mask
                 .to_kind(Kind::Float)
                 .sum_dim_intlist(1, true, Kind::Float);
-        let n = l.size()[1].max(1) as f64;
+        // All n Monte-Carlo samples, also when this call sees a chunk of them.
+        let n = input.columns.max(1) as f64;
         let loss = (&pg * &lengths).sum(Kind::Float) / (input.step_tokens.max(1.0) * n);
         let k = input.completion_mask.size()[1] as f64;
         let per_sample = l.mean_dim(1, false, Kind::Float);
@@ -181,8 +186,12 @@ impl Method for Bgpo {
         Ok(adv)
     }
 
-    fn versions_per_sample(&self) -> usize {
+    fn versions_per_sample(&self, _k: usize) -> usize {
         self.mc_num
+    }
+
+    fn versions_per_backward(&self) -> Option<usize> {
+        (self.versions_per_backward > 0).then_some(self.versions_per_backward)
     }
 }
 
@@ -201,6 +210,9 @@ mod tests {
                 completion_mask: &mask,
                 step_tokens: 4.0,
                 step_sequences: 2.0,
+                step_units: 2.0,
+                columns: 2,
+                versions: &Versions::none(),
             })
             .unwrap();
         loss.double_value(&[])

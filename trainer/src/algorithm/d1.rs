@@ -104,7 +104,7 @@ impl Method for D1 {
         self.random_masking
     }
 
-    fn versions_per_sample(&self) -> usize {
+    fn versions_per_sample(&self, _k: usize) -> usize {
         1
     }
 }

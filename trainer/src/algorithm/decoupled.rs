@@ -118,7 +118,7 @@ impl Method for Decoupled {
         self.random_masking
     }
 
-    fn versions_per_sample(&self) -> usize {
+    fn versions_per_sample(&self, _k: usize) -> usize {
         3
     }
 }

@@ -107,7 +107,7 @@ impl Method for Espo {
     }
 
     fn versions(&self, batch: &EstimatorBatch, seed: u64) -> Versions {
-        let mut grid = VersionGrid::new(self.versions_per_sample(), batch);
+        let mut grid = VersionGrid::new(self.versions_per_sample(0), batch);
         let (k, per_draw) = (grid.k, self.per_draw());
         let all: Vec<usize> = (0..k).collect();
         let half = if self.reduce_var { 0.5 } else { 1.0 } / self.num_mc as f64;
@@ -152,7 +152,7 @@ impl Method for Espo {
         self.beta
     }
 
-    fn versions_per_sample(&self) -> usize {
+    fn versions_per_sample(&self, _k: usize) -> usize {
         self.num_mc * self.per_draw()
     }
 }
@@ -241,6 +241,10 @@ mod tests {
             completion_mask: mask,
             step_tokens: 5.0,
             step_sequences: 2.0,
+            step_units: 2.0,
+            columns: 1,
+            // A test-only leak: the loss does not read the versions.
+            versions: Box::leak(Box::new(Versions::none())),
         }
     }
 

@@ -95,7 +95,7 @@ impl Method for FullMask {
         self.random_masking
     }
 
-    fn versions_per_sample(&self) -> usize {
+    fn versions_per_sample(&self, _k: usize) -> usize {
         1
     }
 }

@@ -34,6 +34,34 @@ pub struct Versions {
     pub ratios: Vec<Vec<f64>>,
 }
 
+impl Versions {
+    /// How many versions.
+    pub fn count(&self) -> i64 {
+        self.masked.size()[0]
+    }
+
+    /// Versions `start .. start + len` (the per-sample ratios are kept whole).
+    pub fn narrow(&self, start: i64, len: i64) -> Versions {
+        Versions {
+            masked: self.masked.narrow(0, start, len),
+            weights: self.weights.narrow(0, start, len),
+            read: self.read.narrow(0, start, len),
+            ratios: self.ratios.clone(),
+        }
+    }
+
+    /// No versions at all (for a loss that does not read them, e.g. on stub scores).
+    pub fn none() -> Self {
+        let empty = |kind| Tensor::zeros([0, 0, 0], (kind, Device::Cpu));
+        Versions {
+            masked: empty(Kind::Bool),
+            weights: empty(Kind::Double),
+            read: empty(Kind::Bool),
+            ratios: Vec::new(),
+        }
+    }
+}
+
 /// The flat mask, read and weight arrays of `nv` versions of a `[b, p + k]` batch, filled
 /// row by row.
 pub struct VersionGrid {

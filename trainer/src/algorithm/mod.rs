@@ -10,18 +10,10 @@
 //! `[algorithm]` in a config deserialises straight into [`Algorithm`]: `name` picks the
 //! variant, and the other keys are that method's own knobs (an unknown knob fails at load
 //! with its key named). Adding a method is one new file implementing [`Method`] plus one
-//! variant below.
+//! line in the `methods!` list below.
 
-mod bgpo;
-mod coupled;
-mod d1;
-mod decoupled;
-mod espo;
-mod full_mask;
 pub mod masks;
 mod score;
-mod spg;
-mod wd1;
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -29,38 +21,69 @@ use tch::Tensor;
 use crate::advantages::{compute_advantages, AdvantageError, Advantages, Baseline};
 use crate::config::ConfigError;
 pub use crate::objective::{ObjectiveError, ObjectiveMetrics as LossMetrics};
+pub use masks::Versions;
+pub use score::{
+    policy_backward, score, score_versions, BatchRows, EstimatorBatch, LeanScore, LossContext,
+};
+
+/// The methods: `Variant => module::Type`. The module's name is the config name
+/// (`algorithm.name`, serde's snake case of the variant); this one list makes the enum,
+/// [`NAMES`] and [`Algorithm::method`].
+macro_rules! methods {
+    ($($(#[$doc:meta])* $variant:ident => $module:ident::$ty:ident,)*) => {
+        $(mod $module;)*
+
+        /// Which method, with its knobs (`[algorithm]`, `name = "…"`).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "name", rename_all = "snake_case")]
+        pub enum Algorithm {
+            $($(#[$doc])* $variant($module::$ty),)*
+        }
+
+        /// Every method's name, in the order of the docs.
+        pub const NAMES: &[&str] = &[$(stringify!($module)),*];
+
+        impl Algorithm {
+            /// The method behind the value.
+            pub fn method(&self) -> &dyn Method {
+                match self {
+                    $(Algorithm::$variant(m) => m,)*
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    /// coupled-GRPO (DiffuCoder): the full mask plus complementary mask pairs.
+    Coupled => coupled::Coupled,
+    /// d1 / diffu-GRPO: the completion fully masked, prompt tokens masked at random.
+    D1 => d1::D1,
+    /// The completion fully masked, the prompt intact (the paper's baseline).
+    FullMask => full_mask::FullMask,
+    /// Like coupled, with two independent masks instead of a complementary pair.
+    Decoupled => decoupled::Decoupled,
+    /// ESPO: a sequence-level ratio of stratified, complement-coupled ELBO estimates.
+    Espo => espo::Espo,
+    /// wd1: softmax-weighted sequence likelihoods over the group, no ratio.
+    Wd1 => wd1::Wd1,
+    /// BGPO: VRPO's stratified-timestep estimator, a linear ratio bound for A > 0, dual clip.
+    Bgpo => bgpo::Bgpo,
+    /// SPG: block-wise masks, ELBO for A > 0 and an EUBO/ELBO mix otherwise, no ratio.
+    Spg => spg::Spg,
+    /// JustGRPO: strict left-to-right rollouts, the exact autoregressive likelihood.
+    JustGrpo => just_grpo::JustGrpo,
+}
+
 pub use bgpo::Bgpo;
 pub use coupled::Coupled;
 pub use d1::D1;
 pub use decoupled::Decoupled;
 pub use espo::Espo;
 pub use full_mask::FullMask;
-pub use masks::Versions;
-pub use score::{score, score_versions, BatchRows, EstimatorBatch, LeanScore};
+pub use just_grpo::JustGrpo;
 pub use spg::{Spg, SpgEstimate};
 pub use wd1::Wd1;
-
-/// Which method, with its knobs (`[algorithm]`, `name = "…"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case")]
-pub enum Algorithm {
-    /// coupled-GRPO (DiffuCoder): the full mask plus complementary mask pairs.
-    Coupled(Coupled),
-    /// d1 / diffu-GRPO: the completion fully masked, prompt tokens masked at random.
-    D1(D1),
-    /// The completion fully masked, the prompt intact (the paper's baseline).
-    FullMask(FullMask),
-    /// Like coupled, with two independent masks instead of a complementary pair.
-    Decoupled(Decoupled),
-    /// ESPO: a sequence-level ratio of stratified, complement-coupled ELBO estimates.
-    Espo(Espo),
-    /// wd1: softmax-weighted sequence likelihoods over the group, no ratio.
-    Wd1(Wd1),
-    /// BGPO: VRPO's stratified-timestep estimator, a linear ratio bound for A > 0, dual clip.
-    Bgpo(Bgpo),
-    /// SPG: block-wise masks, ELBO for A > 0 and an EUBO/ELBO mix otherwise, no ratio.
-    Spg(Spg),
-}
 
 impl Default for Algorithm {
     fn default() -> Self {
@@ -68,33 +91,7 @@ impl Default for Algorithm {
     }
 }
 
-/// Every method's name, in the order of the docs.
-pub const NAMES: [&str; 8] = [
-    "coupled",
-    "d1",
-    "full_mask",
-    "decoupled",
-    "espo",
-    "wd1",
-    "bgpo",
-    "spg",
-];
-
 impl Algorithm {
-    /// The method behind the value.
-    pub fn method(&self) -> &dyn Method {
-        match self {
-            Algorithm::Coupled(m) => m,
-            Algorithm::D1(m) => m,
-            Algorithm::FullMask(m) => m,
-            Algorithm::Decoupled(m) => m,
-            Algorithm::Espo(m) => m,
-            Algorithm::Wd1(m) => m,
-            Algorithm::Bgpo(m) => m,
-            Algorithm::Spg(m) => m,
-        }
-    }
-
     /// The method named `name` with its default knobs; the error lists the names.
     pub fn by_name(name: &str) -> Result<Self, String> {
         let table: toml::Table = [("name".to_string(), toml::Value::from(name))]
@@ -148,8 +145,11 @@ impl Method for Algorithm {
     fn validate(&self) -> Result<(), ConfigError> {
         self.method().validate()
     }
-    fn check_completion_length(&self, k: usize) -> Result<(), ConfigError> {
-        self.method().check_completion_length(k)
+    fn check_config(&self, config: &crate::TrainConfig) -> Result<(), ConfigError> {
+        self.method().check_config(config)
+    }
+    fn rollout_overrides(&self, k: usize) -> Vec<String> {
+        self.method().rollout_overrides(k)
     }
     fn versions(&self, batch: &EstimatorBatch, seed: u64) -> Versions {
         self.method().versions(batch, seed)
@@ -175,8 +175,14 @@ impl Method for Algorithm {
     fn random_masking(&self) -> bool {
         self.method().random_masking()
     }
-    fn versions_per_sample(&self) -> usize {
-        self.method().versions_per_sample()
+    fn versions_per_sample(&self, k: usize) -> usize {
+        self.method().versions_per_sample(k)
+    }
+    fn versions_per_backward(&self) -> Option<usize> {
+        self.method().versions_per_backward()
+    }
+    fn units(&self, batch: &EstimatorBatch, coefficients: &Tensor) -> f64 {
+        self.method().units(batch, coefficients)
     }
 }
 
@@ -198,6 +204,14 @@ pub struct LossInput<'a> {
     pub step_tokens: f64,
     /// Sequences of the whole optimizer step.
     pub step_sequences: f64,
+    /// The method's [`Method::units`] summed over the whole optimizer step.
+    pub step_units: f64,
+    /// Score columns of the whole micro-batch (a method run in chunks of versions sees a
+    /// slice of them and normalises by the whole).
+    pub columns: i64,
+    /// The versions the policy's scores came from (the old and reference scores used the
+    /// same ones).
+    pub versions: &'a Versions,
 }
 
 /// One RL method: its estimate, its advantages and its loss.
@@ -208,9 +222,15 @@ pub trait Method: std::fmt::Debug + Send + Sync {
     /// The knobs' ranges; errors name `algorithm.<knob>`.
     fn validate(&self) -> Result<(), ConfigError>;
 
-    /// Rules that involve the completion length K (`rollout.max_new_tokens`).
-    fn check_completion_length(&self, _k: usize) -> Result<(), ConfigError> {
+    /// Rules that involve other sections (the completion length, the rollout mode).
+    fn check_config(&self, _config: &crate::TrainConfig) -> Result<(), ConfigError> {
         Ok(())
+    }
+
+    /// `--set` overrides that put a config's rollouts in the mode this method needs
+    /// (what `couplet ablate` adds when it switches a config to the method).
+    fn rollout_overrides(&self, _k: usize) -> Vec<String> {
+        Vec::new()
     }
 
     /// The masked versions of `batch` scored under the iteration's mask `seed`.
@@ -246,8 +266,21 @@ pub trait Method: std::fmt::Debug + Send + Sync {
         true
     }
 
-    /// Forward versions per sample (for the memory planner and logs).
-    fn versions_per_sample(&self) -> usize;
+    /// When the loss is a sum over versions with one score column each: how many versions
+    /// one backward covers (the rest of the micro-batch follows in further chunks).
+    fn versions_per_backward(&self) -> Option<usize> {
+        None
+    }
+
+    /// Forward versions per sample of K completion tokens (for the memory planner and logs).
+    fn versions_per_sample(&self, k: usize) -> usize;
+
+    /// What the step's loss is averaged over, counted in a micro-batch with its
+    /// coefficients `[B]`: its sequences by default (a method that averages over rows of
+    /// a trajectory, or over samples with a non-zero advantage, counts those).
+    fn units(&self, batch: &EstimatorBatch, _coefficients: &Tensor) -> f64 {
+        batch.samples.len() as f64
+    }
 }
 
 /// Advantages with a selectable baseline, as the GRPO-family methods use them.
@@ -263,4 +296,20 @@ pub(crate) fn baseline_advantages(
 /// `algorithm.<key>`: `message`.
 pub(crate) fn invalid(key: &str, message: &str) -> ConfigError {
     crate::config::invalid(&format!("algorithm.{key}"), message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_its_variants_config_name() {
+        for name in NAMES {
+            let algorithm = Algorithm::by_name(name).unwrap();
+            assert_eq!(algorithm.name(), *name);
+            assert_eq!(algorithm.method().name(), *name);
+        }
+        let last = NAMES[NAMES.len() - 1];
+        assert!(Algorithm::by_name("magic").unwrap_err().contains(last));
+    }
 }

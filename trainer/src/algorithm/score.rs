@@ -9,7 +9,7 @@ use couplet_model::DreamModel;
 use couplet_rollout::Denoiser;
 use tch::{Device, Kind, Tensor};
 
-use super::{Method, Versions};
+use super::{LossInput, LossMetrics, Method, ObjectiveError, Versions};
 use crate::lean::{LeanConfig, LeanPass};
 
 /// A batch to score: `sequences [B, P + K]` (left-padded prompt, then completion).
@@ -256,7 +256,25 @@ impl<'m> LeanScore<'m> {
         seed: u64,
         lean: LeanConfig,
     ) -> Self {
-        let versions = method.versions(batch, seed);
+        Self::with_versions(
+            model,
+            mask_id,
+            method,
+            batch,
+            method.versions(batch, seed),
+            lean,
+        )
+    }
+
+    /// Scores explicitly given `versions` of `batch` (e.g. one chunk of them).
+    pub fn with_versions(
+        model: &'m DreamModel,
+        mask_id: i64,
+        method: &dyn Method,
+        batch: &EstimatorBatch,
+        versions: Versions,
+        lean: LeanConfig,
+    ) -> Self {
         let st = stack(&versions, batch, mask_id, model.device());
         let pass = LeanPass::forward_with_targets(
             model,
@@ -286,4 +304,93 @@ impl<'m> LeanScore<'m> {
         };
         self.pass.backward(&g);
     }
+}
+
+/// What a micro-batch's loss needs besides the policy's scores.
+pub struct LossContext<'a> {
+    /// The old policy's scores (`None`: the detached policy's).
+    pub old: Option<&'a Tensor>,
+    /// The reference's scores.
+    pub reference: Option<&'a Tensor>,
+    /// `[B]` the method's per-sample coefficients.
+    pub advantages: &'a Tensor,
+    /// `[B, K]` completion mask.
+    pub completion_mask: &'a Tensor,
+    /// Completion tokens of the whole optimizer step.
+    pub step_tokens: f64,
+    /// Sequences of the whole optimizer step.
+    pub step_sequences: f64,
+    /// The method's loss units over the whole optimizer step.
+    pub step_units: f64,
+}
+
+/// The policy's pass over one micro-batch: scores (memory-lean), the method's loss, and
+/// its backward into the model's `.grad`. A method whose loss is a sum over versions, one
+/// score column each ([`Method::versions_per_backward`]), is run chunk by chunk with one
+/// backward per chunk, so activation memory is that of one chunk (BGPO's and JustGRPO's
+/// released schedule); the gradient is the same sum. Returns the loss and its metrics
+/// (token-weighted over the chunks).
+pub fn policy_backward(
+    model: &DreamModel,
+    mask_id: i64,
+    method: &dyn Method,
+    batch: &EstimatorBatch,
+    seed: u64,
+    lean: LeanConfig,
+    ctx: &LossContext,
+) -> Result<(f64, LossMetrics), ObjectiveError> {
+    let versions = method.versions(batch, seed);
+    let columns = versions.count();
+    let chunk = method
+        .versions_per_backward()
+        .map_or(columns, |c| c.max(1) as i64);
+    let mut total = LossMetrics::default();
+    let mut loss_sum = 0.0;
+    let chunks = ((columns + chunk - 1) / chunk).max(1);
+    let mut start = 0;
+    while start < columns.max(1) {
+        let len = chunk.min(columns - start).max(1);
+        let part = if chunk >= columns {
+            versions.narrow(0, columns)
+        } else {
+            versions.narrow(start, len)
+        };
+        let narrow = |t: Option<&Tensor>| {
+            t.map(|t| {
+                if chunk >= columns {
+                    t.shallow_clone()
+                } else {
+                    t.narrow(1, start, len)
+                }
+            })
+        };
+        let (old, reference) = (narrow(ctx.old), narrow(ctx.reference));
+        let scored = LeanScore::with_versions(model, mask_id, method, batch, part, lean);
+        let (loss, metrics) = method.loss(&LossInput {
+            scores: &scored.scores,
+            old: old.as_ref(),
+            reference: reference.as_ref(),
+            advantages: ctx.advantages,
+            completion_mask: ctx.completion_mask,
+            step_tokens: ctx.step_tokens,
+            step_sequences: ctx.step_sequences,
+            step_units: ctx.step_units,
+            columns,
+            versions: &scored.versions,
+        })?;
+        loss.backward();
+        scored.backward();
+        loss_sum += metrics.loss;
+        let share = 1.0 / chunks as f64;
+        total.kl += metrics.kl * share;
+        total.kl_k2 += metrics.kl_k2 * share;
+        total.clip_low += metrics.clip_low * share;
+        total.clip_high += metrics.clip_high * share;
+        total.clip_region += metrics.clip_region * share;
+        total.mean_estimate += metrics.mean_estimate * share;
+        total.tokens = metrics.tokens;
+        start += len;
+    }
+    total.loss = loss_sum;
+    Ok((loss_sum, total))
 }

@@ -163,7 +163,8 @@ impl Method for Spg {
         Ok(())
     }
 
-    fn check_completion_length(&self, k: usize) -> Result<(), ConfigError> {
+    fn check_config(&self, config: &crate::TrainConfig) -> Result<(), ConfigError> {
+        let k = config.rollout.max_new_tokens.max(0) as usize;
         if k % self.block_length != 0 || self.num_t > k / self.block_length {
             return Err(invalid(
                 "block_length",
@@ -259,7 +260,7 @@ impl Method for Spg {
         false
     }
 
-    fn versions_per_sample(&self) -> usize {
+    fn versions_per_sample(&self, _k: usize) -> usize {
         self.num_t
     }
 }
@@ -307,6 +308,9 @@ mod tests {
                 completion_mask: &mask,
                 step_tokens: 2.0,
                 step_sequences: 1.0,
+                step_units: 1.0,
+                columns: 2,
+                versions: &Versions::none(),
             };
             spg.loss(&input).unwrap().0.double_value(&[])
         };
@@ -317,8 +321,11 @@ mod tests {
     #[test]
     fn block_length_must_divide_the_completion() {
         let spg = Spg::default();
-        assert!(spg.check_completion_length(256).is_ok());
-        let err = spg.check_completion_length(48).unwrap_err().to_string();
+        let mut config = crate::TrainConfig::default();
+        config.rollout.max_new_tokens = 256;
+        assert!(spg.check_config(&config).is_ok());
+        config.rollout.max_new_tokens = 48;
+        let err = spg.check_config(&config).unwrap_err().to_string();
         assert!(
             err.contains("algorithm.block_length") && err.contains("48"),
             "{err}"

@@ -129,7 +129,7 @@ impl Method for Wd1 {
         false
     }
 
-    fn versions_per_sample(&self) -> usize {
+    fn versions_per_sample(&self, _k: usize) -> usize {
         1
     }
 }
@@ -170,6 +170,9 @@ mod tests {
                 completion_mask: &mask,
                 step_tokens: 6.0,
                 step_sequences: 2.0,
+                step_units: 2.0,
+                columns: 1,
+                versions: &Versions::none(),
             })
             .unwrap();
         assert!((loss.double_value(&[]) + 4.0 * d).abs() < 1e-5, "{loss}");

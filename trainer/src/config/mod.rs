@@ -206,8 +206,7 @@ impl TrainConfig {
         self.reward.validate(self.rollout.max_new_tokens)?;
         self.sandbox.validate()?;
         self.algorithm.method().validate()?;
-        let k = self.rollout.max_new_tokens as usize;
-        self.algorithm.method().check_completion_length(k)?;
+        self.algorithm.method().check_config(self)?;
         self.reference.validate()?;
         if self.model.logits_chunk_rows < 1 {
             return Err(invalid("model.logits_chunk_rows", "must be at least 1"));

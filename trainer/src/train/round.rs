@@ -26,6 +26,9 @@ pub struct RoundBuffer {
     pub prompt_mask: Tensor,
     /// `[N, K]` 1 on completion tokens up to and including the end token.
     pub completion_mask: Tensor,
+    /// `[N, K]` the decode step that revealed each completion token (TraceRL's step map;
+    /// `None` in checkpoints written before it was kept).
+    pub reveal_steps: Option<Tensor>,
     /// `[N]` the method's per-sample coefficients (the group-relative advantages for most
     /// methods; [`crate::algorithm::Method::coefficients`]).
     pub advantages: Tensor,
@@ -48,6 +51,9 @@ impl RoundBuffer {
             ("completion_mask".to_string(), cpu(&self.completion_mask)),
             ("advantages".to_string(), cpu(&self.advantages)),
         ];
+        if let Some(steps) = &self.reveal_steps {
+            out.push(("reveal_steps".to_string(), cpu(steps)));
+        }
         let per_iteration = [("old", &self.old), ("reference", &self.reference)];
         for (prefix, list) in per_iteration {
             for (i, t) in list.iter().enumerate() {
@@ -87,6 +93,7 @@ impl RoundBuffer {
             prompt_mask: get("prompt_mask")?,
             completion_mask: get("completion_mask")?,
             advantages: get("advantages")?,
+            reveal_steps: tensors.get("reveal_steps").map(|x| x.to_device(device)),
             old: optional("old"),
             reference: optional("reference"),
             metrics,
@@ -97,7 +104,7 @@ impl RoundBuffer {
     pub fn micro_batches(&self, size: i64, first: u64) -> Vec<BatchRows> {
         BatchRows::split(&self.sequences, &self.prompt_mask, first, size)
             .into_iter()
-            .map(|rows| rows.with_completion(&self.completion_mask, None))
+            .map(|rows| rows.with_completion(&self.completion_mask, self.reveal_steps.as_ref()))
             .collect()
     }
 }
@@ -136,6 +143,7 @@ impl Trainer {
             sequences: rollout.sequences(),
             prompt_mask: rollout.prompt_mask.shallow_clone(),
             completion_mask: rollout.completion_mask.shallow_clone(),
+            reveal_steps: reveal_steps_tensor(&rollout.reveal_steps, self.device),
             advantages: coefficients_tensor(&coefficients, self.device),
             old: Vec::new(),
             reference: Vec::new(),
@@ -320,6 +328,20 @@ fn rank_cost(rollout: &Rollout, rewards: &RewardBatch, elapsed: f64) -> RoundCos
         // Reward time not hidden behind decoding.
         reward_seconds: (elapsed - rollout.seconds).max(0.0),
     }
+}
+
+/// `[N, K]` reveal steps (`None` when the rows are ragged or empty: not recorded).
+fn reveal_steps_tensor(steps: &[Vec<i64>], device: Device) -> Option<Tensor> {
+    let k = steps.first()?.len();
+    if k == 0 || steps.iter().any(|s| s.len() != k) {
+        return None;
+    }
+    let flat: Vec<i64> = steps.iter().flatten().copied().collect();
+    Some(
+        Tensor::from_slice(&flat)
+            .view([steps.len() as i64, k as i64])
+            .to_device(device),
+    )
 }
 
 fn coefficients_tensor(values: &[f64], device: Device) -> Tensor {

@@ -8,7 +8,7 @@ use tch::Kind;
 
 use super::round::RoundBuffer;
 use super::{TrainError, Trainer};
-use crate::algorithm::{LeanScore, LossInput};
+use crate::algorithm::{policy_backward, LossContext};
 use crate::lean::LeanConfig;
 use crate::optim::{lr_factor, warmup_steps};
 
@@ -18,6 +18,7 @@ use crate::optim::{lr_factor, warmup_steps};
 struct StepSize {
     tokens: f64,
     sequences: f64,
+    units: f64,
 }
 
 /// What an update did.
@@ -48,9 +49,14 @@ impl Trainer {
             .as_ref()
             .ok_or_else(|| TrainError::Setup("no round is buffered (sample_round first)".into()))?;
         let local_tokens = buffer.completion_mask.sum(Kind::Float).double_value(&[]);
-        let tokens = self.parallel.sum(&[local_tokens])?[0];
+        let local_units = self.local_units(buffer, round);
+        let totals = self.parallel.sum(&[local_tokens, local_units])?;
         let sequences = self.config.completions_per_step() as f64;
-        let step = StepSize { tokens, sequences };
+        let step = StepSize {
+            tokens: totals[0],
+            sequences,
+            units: totals[1],
+        };
         let [loss, kl, kl_k2, clip] = self.accumulate_gradients(buffer, round, iteration, step)?;
         let dist = &self.config.distributed;
         self.parallel.reduce_grads(
@@ -101,22 +107,18 @@ impl Trainer {
             let model = &self.policy.model;
             // LoRA dropout masks keyed by the micro-batch's first sample and the mask seed.
             let dropout = random::bits(seed, random::stream::LORA_DROPOUT, batch.samples[0]);
+            let ctx = LossContext {
+                old: old.as_ref(),
+                reference: reference.as_ref(),
+                advantages: &advantages,
+                completion_mask: &cm,
+                step_tokens: step.tokens,
+                step_sequences: step.sequences,
+                step_units: step.units,
+            };
             let (loss, metrics) = model.with_adapter_dropout(dropout, || {
-                let scored = LeanScore::new(model, mask_id, method, &batch, seed, lean);
-                let (loss, metrics) = method.loss(&LossInput {
-                    scores: &scored.scores,
-                    old: old.as_ref(),
-                    reference: reference.as_ref(),
-                    advantages: &advantages,
-                    completion_mask: &cm,
-                    step_tokens: step.tokens,
-                    step_sequences: step.sequences,
-                })?;
-                loss.backward();
-                scored.backward();
-                Ok::<_, TrainError>((loss, metrics))
+                policy_backward(model, mask_id, method, &batch, seed, lean, &ctx)
             })?;
-            let loss = loss.double_value(&[]);
             let weight = metrics.tokens / tokens.max(1.0);
             loss_sum += loss;
             kl_sum += metrics.kl * weight;
@@ -124,6 +126,21 @@ impl Trainer {
             clip_sum += metrics.clip_region * weight;
         }
         Ok([loss_sum, kl_sum, k2_sum, clip_sum])
+    }
+
+    /// The method's loss units ([`crate::algorithm::Method::units`]) in this rank's
+    /// micro-batches.
+    fn local_units(&self, buffer: &RoundBuffer, round: u64) -> f64 {
+        let method = self.config.algorithm.method();
+        let mb = self.config.schedule.micro_batch_size as i64;
+        buffer
+            .micro_batches(mb, self.first_local_sample(round))
+            .iter()
+            .map(|micro| {
+                let coefficients = buffer.advantages.narrow(0, micro.start, micro.len);
+                method.units(&micro.batch(), &coefficients)
+            })
+            .sum()
     }
 
     /// The scheduled learning rate of the next step.
