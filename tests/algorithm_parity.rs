@@ -1,4 +1,4 @@
-//! ESPO, wd1, BGPO, SPG and JustGRPO, on a Dream (shifted) and a LLaDA-style (unshifted) model, against
+//! ESPO, wd1, BGPO, SPG, JustGRPO and TraceRL, on a Dream (shifted) and a LLaDA-style (unshifted) model, against
 //! plain-PyTorch ports of their authors' released code (tests/reference/algorithms_ref.py):
 //! the method's scores, its loss, and the gradient of the loss with respect to the final
 //! norm and the LM head, computed here through the policy pass that training runs (memory-
@@ -59,6 +59,14 @@ fn methods_match_their_reference_ports() {
             vec![1, 1, 1, 0, 0, 0],
             vec![1; 6],
         ];
+        // The decode step of each completion token (TraceRL's step map): several tokens per
+        // step, out of order, post-end-of-text tokens revealed early.
+        let reveal = vec![
+            vec![0i64, 0, 2, 1, 3, 3],
+            vec![5, 4, 3, 2, 1, 0],
+            vec![1, 0, 0, 2, 1, 2],
+            vec![0, 1, 2, 3, 4, 5],
+        ];
         let samples = [8u64, 9, 10, 11];
         let advantages = [1.0f64, -0.5, 0.25, -0.75];
         let (s, m, c) = (
@@ -66,8 +74,10 @@ fn methods_match_their_reference_ports() {
             Tensor::from_slice2(&pmask),
             Tensor::from_slice2(&cmask),
         );
+        let steps = Tensor::from_slice2(&reveal);
         let mut batch = EstimatorBatch::new(&s, &m, &samples);
         batch.completion_mask = Some(&c);
+        batch.reveal_steps = Some(&steps);
         for (spec, old_shift) in [
             ("name = \"espo\"", 0.0),
             (
@@ -94,6 +104,8 @@ fn methods_match_their_reference_ports() {
                 0.0,
             ),
             ("name = \"just_grpo\"", 0.0),
+            ("name = \"trace_rl\"\nshrink = 2", 0.0),
+            ("name = \"trace_rl\"\nshrink = 1\nbeta = 0.5", 0.6),
             ("name = \"just_grpo\"\nepsilon_high = 0.05", 0.3),
         ] {
             let alg = algorithm(spec);
@@ -145,7 +157,7 @@ fn methods_match_their_reference_ports() {
                 &req,
                 json!({"method": method, "sequences": seqs, "prompt_mask": pmask, "prompt_width": 5,
                        "completion_mask": cmask, "samples": samples, "seed": seed, "mask": mask,
-                       "advantages": advantages,
+                       "advantages": advantages, "reveal_steps": reveal,
                        "old": use_old.then(|| Vec::<f64>::try_from(&old.to_kind(Kind::Double).flatten(0, -1)).unwrap()),
                        "ref": use_ref.then(|| flat(&reference)),
                        "grad_params": GRAD_PARAMS})

@@ -283,12 +283,72 @@ def just_grpo_loss(lp, req, knobs):
     return total
 
 
+# TraceRL: train/rl_dream.py collapse_k_unique, prepare_inputs_and_labels_for_text
+# (method "TraceRL", post_num 0: post-end-of-text tokens are never targets), forward_process.
+def collapse_k_unique(lst, k):
+    uniq = sorted(set(lst))
+    mapping = {}
+    n = len(uniq)
+    for idx, val in enumerate(uniq):
+        group = idx // k
+        end_idx = min((group + 1) * k - 1, n - 1)
+        mapping[val] = uniq[end_idx]
+    return [mapping[x] for x in lst]
+
+
+def trace_rl_rows(bt, knobs, req):
+    rows = []  # (sample, noisy mask [L], target mask [K])
+    for b in range(bt.B):
+        order = torch.tensor(collapse_k_unique(list(req["reveal_steps"][b]), knobs["shrink"]))
+        tail_pad = bt.cmask[b] == 0
+        for step_val in torch.unique(order, sorted=True):
+            tgt = order == step_val
+            pmask_this = tgt & ~tail_pad
+            if not pmask_this.any():
+                continue
+            noisy = torch.zeros(bt.P + bt.K, dtype=torch.bool)
+            noisy[bt.P:] = order >= step_val
+            rows.append((b, noisy, pmask_this))
+    return rows
+
+
+def trace_rl_scores(bt, knobs, req):
+    out = torch.zeros(bt.B, bt.K)
+    for b, noisy, tgt in trace_rl_rows(bt, knobs, req):
+        lp = bt.logps(noisy.unsqueeze(0).expand(bt.B, -1))[b]
+        out = out + torch.where(tgt, lp, torch.zeros_like(lp)) * torch.nn.functional.one_hot(torch.tensor(b), bt.B).float().unsqueeze(1)
+    return out
+
+
+def trace_rl_loss(lp, req, knobs, bt=None):
+    rows = trace_rl_rows(bt, knobs, req)
+    adv = torch.tensor(req["advantages"], dtype=torch.float32)
+    old = torch.tensor(req["old"], dtype=torch.float32).view_as(lp) if req.get("old") is not None else lp.detach()
+    B = len(rows)
+    policy, kl_total = 0.0, 0.0
+    for b, _, tgt in rows:
+        m = tgt.float()
+        new_tok, old_tok = lp[b], old[b]
+        ratio = torch.exp(new_tok - old_tok)
+        clipped = torch.clamp(ratio, 1 - knobs["epsilon_low"], 1 + knobs["epsilon_high"])
+        surrogate = torch.min(ratio * adv[b], clipped * adv[b]) * m
+        policy = policy + surrogate.sum() / torch.clamp(m.sum(), min=1)
+        kl = new_tok - old_tok
+        kl = (-kl).exp() - 1.0 + kl
+        kl_total = kl_total + (kl * m).sum()
+    loss = -(policy / B)
+    if knobs["beta"] > 0:
+        loss = loss + knobs["beta"] * kl_total / B
+    return loss
+
+
 METHODS = {
     "espo": (espo_scores, espo_loss),
     "wd1": (wd1_scores, wd1_loss),
     "bgpo": (bgpo_scores, bgpo_loss),
     "spg": (spg_scores, spg_loss),
     "just_grpo": (just_grpo_scores, just_grpo_loss),
+    "trace_rl": (trace_rl_scores, trace_rl_loss),
 }
 
 
@@ -299,8 +359,13 @@ def cmd_run(model_dir, request, out):
         model.w[name].requires_grad_(True)
     knobs = req["method"]
     scores_of, loss_of = METHODS[knobs["name"]]
-    scores = scores_of(Batch(model, req), knobs)
-    loss = loss_of(scores, req, knobs)
+    bt = Batch(model, req)
+    if knobs["name"] == "trace_rl":  # rows come from the rollout's step map
+        scores = scores_of(bt, knobs, req)
+        loss = loss_of(scores, req, knobs, bt)
+    else:
+        scores = scores_of(bt, knobs)
+        loss = loss_of(scores, req, knobs)
     loss.backward()
     grads = {name: model.w[name].grad.reshape(-1).tolist() for name in req["grad_params"]}
     json.dump({"scores": scores.detach().tolist(), "loss": loss.item(), "grads": grads}, open(out, "w"))

@@ -73,6 +73,9 @@ methods! {
     Spg => spg::Spg,
     /// JustGRPO: strict left-to-right rollouts, the exact autoregressive likelihood.
     JustGrpo => just_grpo::JustGrpo,
+    /// TraceRL: rows from the rollout's own decoding order, token clip and k3 to the old
+    /// policy.
+    TraceRl => trace_rl::TraceRl,
 }
 
 pub use bgpo::Bgpo;
@@ -83,6 +86,7 @@ pub use espo::Espo;
 pub use full_mask::FullMask;
 pub use just_grpo::JustGrpo;
 pub use spg::{Spg, SpgEstimate};
+pub use trace_rl::TraceRl;
 pub use wd1::Wd1;
 
 impl Default for Algorithm {
