@@ -32,7 +32,8 @@ pub struct PlanInput {
     pub reference_bytes: Option<f64>,
     /// Rows of one training micro-batch.
     pub micro_batch: usize,
-    /// Versions scored per sample (the method's masks, stacked into one forward).
+    /// Versions per sample in one forward/backward of the policy (the method's masks,
+    /// stacked; one chunk of them for a method run in chunks).
     pub versions: usize,
     /// Prompt + completion tokens of a training row.
     pub sequence: usize,
@@ -63,10 +64,11 @@ pub struct PlanInput {
 impl PlanInput {
     /// The input for a training config, its model's architecture and `world` ranks.
     pub fn from_config(config: &TrainConfig, model: DreamConfig, world: usize) -> Self {
-        let versions = config
-            .algorithm
-            .method()
-            .versions_per_sample(config.rollout.max_new_tokens as usize);
+        // Versions the policy's backward holds at once: all of a sample's, or one chunk for a
+        // method run one backward per Monte-Carlo sample / position (BGPO, JustGRPO).
+        let method = config.algorithm.method();
+        let all = method.versions_per_sample(config.rollout.max_new_tokens as usize);
+        let versions = method.versions_per_backward().map_or(all, |c| c.min(all));
         let lora = config.lora.enabled().then(|| config.lora.clone());
         let held = config.holds_reference()
             && lora.is_none()

@@ -48,8 +48,9 @@ pub enum SpgEstimate {
 pub struct Spg {
     /// Mask draws per sample (each a forward pass).
     pub num_t: usize,
-    /// Block length of the masks (the rollout's block length in the recipe); must divide
-    /// the completion length.
+    /// Block length of the masks (the rollout's block length in the recipe, 32); must
+    /// divide the completion length. 0: the largest divisor of K up to 32 (32 for the
+    /// recipe's K = 256, 24 for the CPU demo's K = 48).
     pub block_length: usize,
     /// Probability of masking each prompt token and each token of the earlier blocks.
     pub p_mask_prompt: f64,
@@ -62,12 +63,12 @@ pub struct Spg {
 }
 
 impl Default for Spg {
-    /// The released `spg_mix` recipe: 2 draws, blocks of 32, context masking 0.15, β = 1.5,
-    /// ω = 0.5.
+    /// The released `spg_mix` recipe: 2 draws, blocks of 32 (for its K = 256), context
+    /// masking 0.15, β = 1.5, ω = 0.5.
     fn default() -> Self {
         Spg {
             num_t: 2,
-            block_length: 32,
+            block_length: 0,
             p_mask_prompt: 0.15,
             eubo_beta: 1.5,
             mix_weight: 0.5,
@@ -86,6 +87,14 @@ impl Spg {
         }
     }
 
+    /// The block length for K completion tokens.
+    fn block(&self, k: usize) -> usize {
+        if self.block_length > 0 {
+            return self.block_length;
+        }
+        (1..=32.min(k.max(1))).rev().find(|b| k % b == 0).unwrap_or(1)
+    }
+
     /// Draw k of one row: masks it in version k, returns t_k.
     #[allow(clippy::too_many_arguments)]
     fn draw(
@@ -98,7 +107,7 @@ impl Spg {
         seed: u64,
         sample: u64,
     ) -> f64 {
-        let (bl, kk) = (self.block_length, grid.k);
+        let (bl, kk) = (self.block(grid.k), grid.k);
         let start = block * bl;
         let n = bl.min(length - start);
         let count = 1 + (uniform01(seed, SPG_COUNT + k as u64, sample, 0) * n as f64) as usize;
@@ -148,9 +157,6 @@ impl Method for Spg {
         if self.num_t == 0 {
             return Err(invalid("num_t", "must be at least 1"));
         }
-        if self.block_length == 0 {
-            return Err(invalid("block_length", "must be at least 1"));
-        }
         if !(0.0..=1.0).contains(&self.p_mask_prompt) {
             return Err(invalid("p_mask_prompt", "must be in [0, 1]"));
         }
@@ -165,7 +171,8 @@ impl Method for Spg {
 
     fn check_config(&self, config: &crate::TrainConfig) -> Result<(), ConfigError> {
         let k = config.rollout.max_new_tokens.max(0) as usize;
-        if k % self.block_length != 0 || self.num_t > k / self.block_length {
+        let bl = self.block(k);
+        if k % bl != 0 || self.num_t > k / bl {
             return Err(invalid(
                 "block_length",
                 &format!(
@@ -179,7 +186,7 @@ impl Method for Spg {
 
     fn versions(&self, batch: &EstimatorBatch, seed: u64) -> Versions {
         let mut grid = VersionGrid::new(self.num_t, batch);
-        let (kk, bl) = (grid.k, self.block_length);
+        let (kk, bl) = (grid.k, self.block(grid.k));
         let blocks = (kk / bl).max(1);
         let completion = batch.completion_rows();
         let mut ratios = Vec::with_capacity(grid.b);
@@ -320,10 +327,15 @@ mod tests {
 
     #[test]
     fn block_length_must_divide_the_completion() {
-        let spg = Spg::default();
+        let spg = Spg {
+            block_length: 32,
+            ..Spg::default()
+        };
         let mut config = crate::TrainConfig::default();
         config.rollout.max_new_tokens = 256;
         assert!(spg.check_config(&config).is_ok());
+        // The default picks a divisor: 32 for 256, 24 for 48.
+        assert_eq!((Spg::default().block(256), Spg::default().block(48)), (32, 24));
         config.rollout.max_new_tokens = 48;
         let err = spg.check_config(&config).unwrap_err().to_string();
         assert!(
