@@ -18,7 +18,7 @@ const GRAD_PARAMS: [&str; 2] = ["model.norm.weight", "lm_head.weight"];
 
 fn algorithm(toml: &str) -> Algorithm {
     // K = 6 completion tokens, as in the batch below.
-    let text = format!("[rollout]\nmax_new_tokens = 6\nsteps = 6\ndecoder = \"block\"\nblock_length = 1\ntemperature = 1.0\n[reward]\noverlong_buffer = 0\n[algorithm]\n{toml}\n");
+    let text = format!("[rollout]\nmax_new_tokens = 6\nsteps = 6\ndecoder = \"block\"\nblock_length = 1\ntemperature = 1.0\ncache = \"none\"\n[reward]\noverlong_buffer = 0\n[algorithm]\n{toml}\n");
     couplet_trainer::TrainConfig::from_toml(&text, "test", &[])
         .unwrap()
         .algorithm

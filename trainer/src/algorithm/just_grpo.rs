@@ -2,8 +2,9 @@
 //! ALGORITHMS.md §5): plain GRPO on the exact autoregressive likelihood of a masked model.
 //!
 //! Rollouts are strictly left to right (the block decoder with `block_length = 1` and
-//! `steps = K` at temperature 1: one token per step, sampled exactly by the float64
-//! Gumbel-max draw); [`Method::check_config`] requires that mode and
+//! `steps = K` at temperature 1, no key/value cache: one token per step, sampled exactly
+//! by the float64 Gumbel-max draw from the full forward); [`Method::check_config`]
+//! requires that mode and
 //! [`Method::rollout_overrides`] sets it. Estimate: for t = 0..K−1 the version
 //! `[prompt, y_<t, MASK^{K−t}]` reads token t, so `lp_t` is exactly the sampler's
 //! probability — K full-length versions per sample, every position scored (post-end-of-
@@ -22,7 +23,7 @@ use super::masks::{VersionGrid, Versions};
 use super::{invalid, EstimatorBatch, LossInput, LossMetrics, Method, ObjectiveError};
 use crate::advantages::{AdvantageError, Advantages, Baseline};
 use crate::config::ConfigError;
-use couplet_rollout::DecoderKind;
+use couplet_rollout::{CacheMode, DecoderKind};
 
 /// JustGRPO's knobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,12 +69,13 @@ impl Method for JustGrpo {
         let strict = r.decoder == DecoderKind::Block
             && r.block_length == Some(1)
             && r.steps == r.max_new_tokens
-            && r.temperature == 1.0;
+            && r.temperature == 1.0
+            && r.cache == CacheMode::None;
         if !strict {
             return Err(crate::config::invalid(
                 "rollout.decoder",
                 format!(
-                    "just_grpo scores the exact left-to-right likelihood, so rollouts must be strictly left to right at temperature 1: set {}",
+                    "just_grpo scores the exact left-to-right likelihood, so rollouts must be strictly left to right at temperature 1 without a cache: set {}",
                     self.rollout_overrides(r.max_new_tokens.max(0) as usize).join(", ")
                 ),
             ));
@@ -87,6 +89,8 @@ impl Method for JustGrpo {
             "rollout.block_length=1".into(),
             format!("rollout.steps={k}"),
             "rollout.temperature=1.0".into(),
+            // A key/value cache approximates the logits the sampler draws from.
+            "rollout.cache=\"none\"".into(),
         ]
     }
 
