@@ -179,7 +179,7 @@ impl Method for Bgpo {
     }
 
     fn advantages(&self, rewards: &[f64], g: usize) -> Result<Advantages, AdvantageError> {
-        let mut adv = super::baseline_advantages(rewards, g, Baseline::GroupMean, false)?;
+        let mut adv = crate::advantages::compute_advantages(rewards, g, Baseline::GroupMean, false)?;
         for (i, a) in adv.values.iter_mut().enumerate() {
             *a /= adv.group_std[i / g.max(1)] + 1e-6;
         }

@@ -94,7 +94,7 @@ impl Grpo {
 
     /// SPEC 4.
     pub fn advantages(&self, rewards: &[f64], g: usize) -> Result<Advantages, AdvantageError> {
-        super::baseline_advantages(rewards, g, self.baseline, self.scale_rewards)
+        crate::advantages::compute_advantages(rewards, g, self.baseline, self.scale_rewards)
     }
 }
 

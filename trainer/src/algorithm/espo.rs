@@ -145,7 +145,7 @@ impl Method for Espo {
     }
 
     fn advantages(&self, rewards: &[f64], g: usize) -> Result<Advantages, AdvantageError> {
-        super::baseline_advantages(rewards, g, Baseline::LeaveOneOut, false)
+        crate::advantages::compute_advantages(rewards, g, Baseline::LeaveOneOut, false)
     }
 
     fn beta(&self) -> f64 {

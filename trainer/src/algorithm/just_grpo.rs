@@ -159,7 +159,7 @@ impl Method for JustGrpo {
     }
 
     fn advantages(&self, rewards: &[f64], g: usize) -> Result<Advantages, AdvantageError> {
-        super::baseline_advantages(rewards, g, Baseline::GroupMean, true)
+        crate::advantages::compute_advantages(rewards, g, Baseline::GroupMean, true)
     }
 
     /// Samples with a non-zero advantage.

@@ -18,7 +18,7 @@ mod score;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::advantages::{compute_advantages, AdvantageError, Advantages, Baseline};
+use crate::advantages::{AdvantageError, Advantages};
 use crate::config::ConfigError;
 pub use crate::objective::{ObjectiveError, ObjectiveMetrics as LossMetrics};
 pub use masks::Versions;
@@ -285,16 +285,6 @@ pub trait Method: std::fmt::Debug + Send + Sync {
     fn units(&self, batch: &EstimatorBatch, _coefficients: &Tensor) -> f64 {
         batch.samples.len() as f64
     }
-}
-
-/// Advantages with a selectable baseline, as the GRPO-family methods use them.
-pub(crate) fn baseline_advantages(
-    rewards: &[f64],
-    group_size: usize,
-    baseline: Baseline,
-    scale_rewards: bool,
-) -> Result<Advantages, AdvantageError> {
-    compute_advantages(rewards, group_size, baseline, scale_rewards)
 }
 
 /// `algorithm.<key>`: `message`.

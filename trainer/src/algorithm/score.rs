@@ -350,11 +350,7 @@ pub fn policy_backward(
     let mut start = 0;
     while start < columns.max(1) {
         let len = chunk.min(columns - start).max(1);
-        let part = if chunk >= columns {
-            versions.narrow(0, columns)
-        } else {
-            versions.narrow(start, len)
-        };
+        let part = versions.narrow(start, len);
         let narrow = |t: Option<&Tensor>| {
             t.map(|t| {
                 if chunk >= columns {

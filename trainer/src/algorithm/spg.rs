@@ -260,7 +260,7 @@ impl Method for Spg {
     }
 
     fn advantages(&self, rewards: &[f64], g: usize) -> Result<Advantages, AdvantageError> {
-        super::baseline_advantages(rewards, g, Baseline::GroupMean, false)
+        crate::advantages::compute_advantages(rewards, g, Baseline::GroupMean, false)
     }
 
     fn uses_old(&self, _mu: usize) -> bool {

@@ -213,7 +213,7 @@ impl Method for TraceRl {
     }
 
     fn advantages(&self, rewards: &[f64], g: usize) -> Result<Advantages, AdvantageError> {
-        let mut adv = super::baseline_advantages(rewards, g, Baseline::GroupMean, false)?;
+        let mut adv = crate::advantages::compute_advantages(rewards, g, Baseline::GroupMean, false)?;
         let g = g.max(1);
         let population = ((g.max(2) - 1) as f64 / g as f64).sqrt();
         for (i, a) in adv.values.iter_mut().enumerate() {

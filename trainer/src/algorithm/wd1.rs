@@ -106,7 +106,7 @@ impl Method for Wd1 {
     }
 
     fn advantages(&self, rewards: &[f64], g: usize) -> Result<Advantages, AdvantageError> {
-        super::baseline_advantages(rewards, g, Baseline::GroupMean, false)
+        crate::advantages::compute_advantages(rewards, g, Baseline::GroupMean, false)
     }
 
     /// `G · (w⁺ − w⁻)` per group: the loss divides the step's sum by its N = groups · G
