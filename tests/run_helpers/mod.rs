@@ -12,13 +12,20 @@ use tch::Tensor;
 /// A tiny model whose end-of-text logit swings from position to position, so completion
 /// lengths — and with `soft_overlong` the rewards — differ inside a group.
 pub fn model(dir: &Path) -> PathBuf {
+    model_with_eos_scale(dir, 35.0)
+}
+
+/// The tiny model with its end-of-text head row scaled by `scale`: 35 makes diffusion
+/// decoding end at varied positions; strictly left-to-right decoding (JustGRPO) needs a
+/// milder 6, or every completion ends at its first token.
+pub fn model_with_eos_scale(dir: &Path, scale: f64) -> PathBuf {
     let out = common::tiny_model(dir, false, 1);
     let ckpt =
         couplet_model::LoadedModel::load(&out, couplet_model::LoadOptions::default()).unwrap();
     tch::no_grad(|| {
         let head = ckpt.model.var_store().variables()["lm_head.weight"].shallow_clone();
         let mut eos_row = head.get(0);
-        let _ = eos_row.g_mul_scalar_(35.0);
+        let _ = eos_row.g_mul_scalar_(scale);
     });
     couplet_model::save_model(&ckpt.model, &out, &couplet_model::SaveOptions::default()).unwrap();
     out
@@ -85,7 +92,6 @@ pub fn sets(model: &Path, run: &Path, estimator: &str, ranks: usize) -> Vec<Stri
         "rollout.steps=4".into(),
         "reward.functions=[{name=\"soft_overlong\", weight=1.0}, {name=\"code_format\", weight=0.5}]".into(),
         "reward.overlong_buffer=6".into(),
-        "algorithm.beta=0.05".into(),
         "schedule.num_iterations=2".into(),
         "optimizer.lr=1e-3".into(),
         "schedule.max_steps=2".into(),
@@ -96,6 +102,30 @@ pub fn sets(model: &Path, run: &Path, estimator: &str, ranks: usize) -> Vec<Stri
         format!("distributed.backend=\"{backend}\""),
     ]
     .into_iter()
+    .chain(method_sets(estimator))
     .flat_map(|s| ["--set".to_string(), s])
     .collect()
+}
+
+/// What a method needs on top of the shared settings: β = 0.05 for the methods with a KL
+/// term (so the reference or old-policy KL is exercised), JustGRPO's strict left-to-right
+/// rollouts of 8 tokens, SPG's blocks of 4.
+fn method_sets(name: &str) -> Vec<String> {
+    match name {
+        "coupled" | "d1" | "full_mask" | "decoupled" | "espo" | "trace_rl" => {
+            vec!["algorithm.beta=0.05".into()]
+        }
+        "just_grpo" => [
+            "rollout.decoder=\"block\"",
+            "rollout.block_length=1",
+            "rollout.steps=8",
+            "rollout.temperature=1.0",
+            "rollout.cache=\"none\"",
+        ]
+        .map(String::from)
+        .to_vec(),
+        // The released block length (32) needs at least num_t = 2 blocks of completion.
+        "spg" => vec!["algorithm.block_length=4".into()],
+        _ => Vec::new(),
+    }
 }

@@ -67,7 +67,10 @@ impl PlanInput {
         // Versions the policy's backward holds at once: all of a sample's, or one chunk for a
         // method run one backward per Monte-Carlo sample / position (BGPO, JustGRPO).
         let method = config.algorithm.method();
-        let all = method.versions_per_sample(config.rollout.max_new_tokens as usize);
+        let all = method.versions_per_sample(
+            config.rollout.max_new_tokens.max(0) as usize,
+            config.rollout.steps.max(0) as usize,
+        );
         let versions = method.versions_per_backward().map_or(all, |c| c.min(all));
         let lora = config.lora.enabled().then(|| config.lora.clone());
         let held = config.holds_reference()

@@ -186,7 +186,7 @@ impl Method for Bgpo {
         Ok(adv)
     }
 
-    fn versions_per_sample(&self, _k: usize) -> usize {
+    fn versions_per_sample(&self, _completion: usize, _steps: usize) -> usize {
         self.mc_num
     }
 

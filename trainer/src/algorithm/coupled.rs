@@ -161,7 +161,7 @@ impl Method for Coupled {
     }
 
     fn versions(&self, batch: &EstimatorBatch, seed: u64) -> Versions {
-        let mut grid = VersionGrid::new(self.versions_per_sample(0), batch);
+        let mut grid = VersionGrid::new(self.versions_per_sample(0, 0), batch);
         let ratios = batch
             .samples
             .iter()
@@ -192,7 +192,7 @@ impl Method for Coupled {
         self.random_masking
     }
 
-    fn versions_per_sample(&self, _k: usize) -> usize {
+    fn versions_per_sample(&self, _completion: usize, _steps: usize) -> usize {
         2 * self.pairs + usize::from(self.include_full_mask)
     }
 }

@@ -104,7 +104,7 @@ impl Method for D1 {
         self.random_masking
     }
 
-    fn versions_per_sample(&self, _k: usize) -> usize {
+    fn versions_per_sample(&self, _completion: usize, _steps: usize) -> usize {
         1
     }
 }

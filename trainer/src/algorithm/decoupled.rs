@@ -118,7 +118,7 @@ impl Method for Decoupled {
         self.random_masking
     }
 
-    fn versions_per_sample(&self, _k: usize) -> usize {
+    fn versions_per_sample(&self, _completion: usize, _steps: usize) -> usize {
         3
     }
 }

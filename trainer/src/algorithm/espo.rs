@@ -107,7 +107,7 @@ impl Method for Espo {
     }
 
     fn versions(&self, batch: &EstimatorBatch, seed: u64) -> Versions {
-        let mut grid = VersionGrid::new(self.versions_per_sample(0), batch);
+        let mut grid = VersionGrid::new(self.versions_per_sample(0, 0), batch);
         let (k, per_draw) = (grid.k, self.per_draw());
         let all: Vec<usize> = (0..k).collect();
         let half = if self.reduce_var { 0.5 } else { 1.0 } / self.num_mc as f64;
@@ -152,7 +152,7 @@ impl Method for Espo {
         self.beta
     }
 
-    fn versions_per_sample(&self, _k: usize) -> usize {
+    fn versions_per_sample(&self, _completion: usize, _steps: usize) -> usize {
         self.num_mc * self.per_draw()
     }
 }

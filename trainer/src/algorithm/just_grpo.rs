@@ -167,8 +167,8 @@ impl Method for JustGrpo {
         coefficients.ne(0.0).sum(Kind::Float).double_value(&[])
     }
 
-    fn versions_per_sample(&self, k: usize) -> usize {
-        k
+    fn versions_per_sample(&self, completion: usize, _steps: usize) -> usize {
+        completion
     }
 
     fn versions_per_backward(&self) -> Option<usize> {

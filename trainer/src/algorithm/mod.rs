@@ -179,8 +179,8 @@ impl Method for Algorithm {
     fn random_masking(&self) -> bool {
         self.method().random_masking()
     }
-    fn versions_per_sample(&self, k: usize) -> usize {
-        self.method().versions_per_sample(k)
+    fn versions_per_sample(&self, completion: usize, steps: usize) -> usize {
+        self.method().versions_per_sample(completion, steps)
     }
     fn versions_per_backward(&self) -> Option<usize> {
         self.method().versions_per_backward()
@@ -276,8 +276,9 @@ pub trait Method: std::fmt::Debug + Send + Sync {
         None
     }
 
-    /// Forward versions per sample of K completion tokens (for the memory planner and logs).
-    fn versions_per_sample(&self, k: usize) -> usize;
+    /// Forward versions per sample of `completion` tokens decoded in at most `steps` steps
+    /// (for the memory planner: the most a sample can need).
+    fn versions_per_sample(&self, completion: usize, steps: usize) -> usize;
 
     /// What the step's loss is averaged over, counted in a micro-batch with its
     /// coefficients `[B]`: its sequences by default (a method that averages over rows of

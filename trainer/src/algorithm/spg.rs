@@ -267,7 +267,7 @@ impl Method for Spg {
         false
     }
 
-    fn versions_per_sample(&self, _k: usize) -> usize {
+    fn versions_per_sample(&self, _completion: usize, _steps: usize) -> usize {
         self.num_t
     }
 }

@@ -235,8 +235,10 @@ impl Method for TraceRl {
         0.0 // the KL is to the old policy: no reference model
     }
 
-    fn versions_per_sample(&self, k: usize) -> usize {
-        k.div_ceil(self.shrink).max(1)
+    fn versions_per_sample(&self, completion: usize, steps: usize) -> usize {
+        // One row per run of `shrink` distinct decode steps; a sample has at most
+        // min(steps, completion) distinct steps.
+        completion.min(steps).div_ceil(self.shrink).max(1)
     }
 }
 

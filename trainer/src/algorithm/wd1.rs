@@ -129,7 +129,7 @@ impl Method for Wd1 {
         false
     }
 
-    fn versions_per_sample(&self, _k: usize) -> usize {
+    fn versions_per_sample(&self, _completion: usize, _steps: usize) -> usize {
         1
     }
 }
