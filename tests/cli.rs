@@ -30,6 +30,47 @@ fn assert_generates(model: &std::path::Path) {
     assert_ok(&out);
 }
 
+/// `couplet` alone: the demo model (built by setup) answers three held-out tasks with
+/// non-empty code, each answer's tests run in the sandbox with a verdict per test, and the
+/// screen ends with the next commands. (The old default job printed empty code blocks.)
+#[test]
+fn the_default_job_decodes_code_and_shows_sandbox_verdicts() {
+    let out = couplet(&[]);
+    assert_ok(&out);
+    let screen = String::from_utf8_lossy(&out.stdout);
+    let tasks = screen.matches("── task ").count();
+    assert_eq!(tasks, 3, "three tasks shown:\n{screen}");
+    assert!(
+        !screen.contains("no code in it"),
+        "every answer has code:\n{screen}"
+    );
+    // Every task's code block has at least one non-blank line.
+    for block in screen.split("decoded code (").skip(1) {
+        let body: Vec<&str> = block
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .collect();
+        assert!(
+            body.iter().any(|l| !l.trim().is_empty()),
+            "an empty code block:\n{screen}"
+        );
+    }
+    assert_eq!(screen.matches("decoded code (").count(), 3, "{screen}");
+    assert_eq!(
+        screen.matches("tests in the sandbox (wasm)").count(),
+        3,
+        "{screen}"
+    );
+    let verdicts = screen
+        .lines()
+        .filter(|l| l.starts_with("  pass ") || l.starts_with("  FAIL "))
+        .count();
+    assert!(verdicts >= 3 * 5, "a verdict per test:\n{screen}");
+    assert_eq!(screen.matches("\nreward ").count(), 3, "{screen}");
+    assert!(screen.contains("Next:\n  couplet train"), "{screen}");
+}
+
 #[test]
 fn init_model_options_reach_the_folder_and_sft_checks_pad_weight() {
     let tmp = tempfile::tempdir().unwrap();

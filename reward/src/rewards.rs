@@ -157,6 +157,10 @@ pub struct RewardBatch {
     pub tests_run: usize,
     /// Summed sandbox wall time.
     pub sandbox_seconds: f64,
+    /// Each completion's sandbox job (its tests' outcomes), when one ran: `None` for an
+    /// answer without a code block or a config whose rewards need no sandbox.
+    #[serde(skip)]
+    pub jobs: Vec<Option<JobResult>>,
 }
 
 impl RewardBatch {
@@ -191,6 +195,7 @@ impl RewardBatch {
             non_data: parts.iter().map(|p| p.non_data).sum(),
             tests_run: parts.iter().map(|p| p.tests_run).sum(),
             sandbox_seconds: parts.iter().map(|p| p.sandbox_seconds).sum(),
+            jobs: parts.into_iter().flat_map(|p| p.jobs).collect(),
         }
     }
 }
@@ -247,6 +252,7 @@ pub fn score_batch(
         non_data: NonDataCounts::of(results.iter().flatten()).total(),
         tests_run,
         sandbox_seconds,
+        jobs: results,
     }
 }
 
