@@ -71,6 +71,36 @@ fn the_default_job_decodes_code_and_shows_sandbox_verdicts() {
     assert!(screen.contains("Next:\n  couplet train"), "{screen}");
 }
 
+/// A run summary's JSON: the named phases (each ≥ 0) and `other` add up to the wall time,
+/// and the peak memory is known.
+fn assert_run_summary(path: &std::path::Path, phases: &[&str]) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let listed: Vec<(&str, f64)> = summary["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["seconds"].as_f64().unwrap()))
+        .collect();
+    for name in phases.iter().chain(&["other"]) {
+        assert!(
+            listed.iter().any(|(n, _)| n == name),
+            "no phase {name} in {text}"
+        );
+    }
+    assert!(listed.iter().all(|(_, s)| *s >= 0.0), "{text}");
+    let total: f64 = listed.iter().map(|(_, s)| s).sum();
+    let wall = summary["wall_seconds"].as_f64().unwrap();
+    assert!(
+        (total - wall).abs() <= 1e-6 * wall.max(1.0),
+        "phases {total} vs wall {wall}"
+    );
+    assert!(
+        summary["peak_resident_mib"].as_f64().unwrap() > 0.0,
+        "{text}"
+    );
+}
+
 #[test]
 fn init_model_options_reach_the_folder_and_sft_checks_pad_weight() {
     let tmp = tempfile::tempdir().unwrap();
@@ -407,6 +437,17 @@ fn train_then_resume_from_the_command_line() {
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("step     1"));
     assert!(run.join("checkpoint-1/policy/model.safetensors").exists());
+    // The run ends with where its time went, on screen and in summary.json.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("── train summary: 1 steps in"));
+    assert_run_summary(
+        &run.join("summary.json"),
+        &[
+            "rollout",
+            "old/reference scoring",
+            "update",
+            "checkpointing",
+        ],
+    );
     assert!(
         run.join("config.toml").exists()
             && run.join("metrics.jsonl").exists()
@@ -611,6 +652,11 @@ fn sft_writes_a_model_that_loads() {
     ]);
     assert_ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("sft step     4/4"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("── sft summary: 4 steps in"));
+    assert_run_summary(
+        &out.join("summary.json"),
+        &["loading (model, data)", "training", "checkpointing"],
+    );
     assert_generates(&out);
     // Rows without the solution column are named.
     let o = couplet(&[
@@ -717,6 +763,11 @@ fn eval_plus_reports_base_and_plus_side_by_side() {
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["pass_at_k_plus"]["pass@1"], 1.0);
+    assert!(
+        summary["run"]["tests_run"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("── eval summary:"));
     let samples = std::fs::read_to_string(out_dir.join("samples.jsonl")).unwrap();
     assert!(samples.contains("\"task_id\":\"Mbpp/7\""), "{samples}");
     // Without --plus: one column, no plus score.

@@ -4,6 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::time::Instant;
+
+use super::summary::{peak_resident_mib, RunSummary};
 use anyhow::{bail, Context, Result};
 
 use couplet_rollout::progress_bar;
@@ -65,6 +68,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
     let repo = std::env::current_dir()?;
     let mut problems = load_benchmark(&args.benchmark, &repo).map_err(anyhow::Error::msg)?;
     if let Some(n) = args.limit {
@@ -142,6 +146,7 @@ pub fn run(args: Args) -> Result<()> {
         bar.finish_and_clear();
         report
     };
+    let run = eval_summary(&report, &pool, started);
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("results.jsonl");
@@ -165,13 +170,40 @@ pub fn run(args: Args) -> Result<()> {
             "generation_seconds": report.generation_seconds,
             "tokens_per_second": report.tokens_per_second,
             "seconds": report.seconds,
+            "run": run,
         });
         let path = dir.join("summary.json");
         std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     print!("{}", report.summary_table());
+    eprint!("{}", run.render());
     Ok(())
+}
+
+/// Where the evaluation's time went: decoding, the sandbox beyond it (its jobs run while
+/// the next batch decodes), and loading.
+fn eval_summary(
+    report: &couplet_trainer::EvalReport,
+    pool: &SandboxPool,
+    started: Instant,
+) -> RunSummary {
+    let mut run = RunSummary::new("eval", started.elapsed().as_secs_f64());
+    run.add("decoding", report.generation_seconds);
+    run.add(
+        "sandbox (beyond decoding)",
+        (report.seconds - report.generation_seconds).max(0.0),
+    );
+    run.close();
+    if report.generation_seconds > 0.0 {
+        run.tokens_decoded = report.tokens_per_second * report.generation_seconds;
+        run.tokens_per_second = Some(report.tokens_per_second);
+    }
+    let stats = pool.stats();
+    run.tests_run = stats.tests;
+    run.tests_per_second = (stats.tests > 0).then(|| stats.tests_per_second());
+    run.peak_resident_mib = peak_resident_mib();
+    run
 }
 
 /// `{"pass@1": v, ...}`.

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod merge_lora;
 pub mod sandbox;
 pub mod sft;
+pub mod summary;
 pub mod train;
 
 use anyhow::{Context, Result};

@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use std::time::Instant;
+
+use super::summary::{peak_resident_mib, reset_peak_resident, start_end, RunSummary};
 use anyhow::{bail, Context, Result};
 use couplet_model::{save_model, DeviceSpec, Precision, SaveOptions};
 use couplet_reward::{load_rows, LoadOptions as RowOptions};
@@ -73,6 +76,7 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.pad_weight > 0.0 && args.pad_weight <= 1.0) {
         bail!("--pad-weight must be in (0, 1], got {}", args.pad_weight);
     }
+    let started = Instant::now();
     let loaded = super::load_model(&args.model, args.device, Precision::F32)?;
     let (rows, summary) = load_rows(&args.data, &RowOptions::default())?;
     let shape = ExampleShape {
@@ -116,19 +120,50 @@ pub fn run(args: Args) -> Result<()> {
         save_model(&loaded.model, dir, &save_options)
             .with_context(|| format!("saving {}", dir.display()))
     };
+    let loading = started.elapsed().as_secs_f64();
+    reset_peak_resident();
+    let (mut losses, mut saving) = (Vec::new(), 0.0);
+    let training = Instant::now();
     run_sft(&loaded.model, &examples, &plan, |event| -> Result<()> {
         match event {
             SftEvent::Log { step, loss, lr } => {
+                losses.push(loss);
                 eprintln!(
                     "sft step {step:>5}/{}  loss {loss:.4}  lr {lr:.2e}",
                     args.steps
                 );
                 Ok(())
             }
-            SftEvent::Save { step } => save(&args.out.join(format!("checkpoint-{step}"))),
+            SftEvent::Save { step } => {
+                let at = Instant::now();
+                save(&args.out.join(format!("checkpoint-{step}")))?;
+                saving += at.elapsed().as_secs_f64();
+                Ok(())
+            }
         }
     })?;
+    let trained = training.elapsed().as_secs_f64() - saving;
+    let at = Instant::now();
     save(&args.out)?;
+    saving += at.elapsed().as_secs_f64();
+    let mut summary = RunSummary::new("sft", started.elapsed().as_secs_f64());
+    summary.steps = args.steps;
+    summary.add("loading (model, data)", loading);
+    summary.add("training", trained);
+    summary.add("checkpointing", saving);
+    summary.close();
+    // Every row is a full prompt + padded answer: the tokens each step runs through.
+    let per_example = examples
+        .iter()
+        .map(|e| (e.prompt.len() + e.answer.len()) as f64)
+        .sum::<f64>()
+        / examples.len() as f64;
+    let tokens = per_example * (args.batch_size as u64 * args.steps) as f64;
+    summary.train_tokens_per_second = Some(tokens / trained.max(1e-9));
+    summary.peak_resident_mib = peak_resident_mib();
+    summary.loss = start_end(&losses, 5);
+    eprint!("{}", summary.render());
+    summary.write(&args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }

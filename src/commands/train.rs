@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
+use super::summary::{peak_resident_mib, reset_peak_resident, resident_mib, start_end, RunSummary};
 use anyhow::{bail, Context, Result};
 use couplet_rollout::progress_bar;
 use couplet_trainer::train::stability::DROP_STANDARD_ERRORS;
@@ -78,6 +80,7 @@ pub enum JobEnd {
 /// logs, periodic evaluation and checkpoints. `name` prefixes the progress bar. Call
 /// [`install_stop_handler`] first for Ctrl-C to save and stop cleanly.
 pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Result<JobEnd> {
+    let started = Instant::now();
     let before_model = resident_mib();
     let mut job = Job::start(config, resume, name)?;
     // The steps' own peak: loading (a mapped checkpoint file next to the weights it fills)
@@ -102,6 +105,7 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
         }
         if stopping {
             job.bar.finish_and_clear();
+            job.summarize(started, step_peak)?;
             job.say(format!(
                 "interrupted at step {}: checkpoint saved; resume with --resume {}",
                 m.step,
@@ -119,40 +123,13 @@ pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Resul
             job.trainer.rank()
         )
     });
+    job.summarize(started, step_peak)?;
     job.say(format!(
         "done: {} steps; checkpoints in {}",
         job.trainer.state.step,
         job.run_dir().display()
     ));
     Ok(JobEnd::Finished)
-}
-
-/// This process's resident memory now (MiB), from /proc/self/statm (0 where unavailable).
-fn resident_mib() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |pages| pages * page / (1 << 20) as f64)
-}
-
-/// The process's peak resident memory (MiB) since the last [`reset_peak_resident`]:
-/// `VmHWM` of /proc/self/status (0 where unavailable).
-fn peak_resident_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// Resets the peak-resident mark (`echo 5 > /proc/self/clear_refs`, Linux ≥ 4.0); where
-/// that is not possible the peak keeps counting from the start of the process.
-fn reset_peak_resident() {
-    let _ = std::fs::write("/proc/self/clear_refs", b"5");
 }
 
 /// A job in progress: the trainer, and (on rank 0) its logs and progress bar. With several
@@ -162,6 +139,11 @@ struct Job {
     log: Option<RunLog>,
     bar: indicatif::ProgressBar,
     lead: bool,
+    /// This process's steps, evaluations (pass@1) and their times, for the summary.
+    steps: Vec<StepMetrics>,
+    pass_at_1: Vec<f64>,
+    eval_seconds: f64,
+    save_seconds: f64,
 }
 
 impl Job {
@@ -188,6 +170,10 @@ impl Job {
             log,
             bar,
             lead,
+            steps: Vec::new(),
+            pass_at_1: Vec::new(),
+            eval_seconds: 0.0,
+            save_seconds: 0.0,
         };
         if let Some(r) = resume {
             job.say(format!(
@@ -212,6 +198,7 @@ impl Job {
 
     /// Logs step `m`: scalars, sampled completions, the progress bar and a summary line.
     fn record(&mut self, m: &StepMetrics) -> Result<()> {
+        self.steps.push(m.clone());
         let logging = &self.trainer.config.logging;
         if let Some(log) = self.log.as_mut() {
             log.step(m)?;
@@ -240,7 +227,11 @@ impl Job {
         let Some(log) = self.log.as_mut() else {
             return Ok(());
         };
-        if let Some(report) = self.trainer.evaluate_validation()? {
+        let started = Instant::now();
+        let report = self.trainer.evaluate_validation()?;
+        self.eval_seconds += started.elapsed().as_secs_f64();
+        if let Some(report) = report {
+            self.pass_at_1.push(report.pass_at(1).unwrap_or(f64::NAN));
             let change = self.trainer.validation_change(&report);
             log.eval(self.trainer.state.step, &report, change.as_ref())?;
             let pass = report.pass_at(1).unwrap_or(f64::NAN);
@@ -266,7 +257,14 @@ impl Job {
     }
 
     /// Saves the checkpoint of `step`; a failure says which earlier checkpoint is intact.
-    fn save(&self, step: u64) -> Result<()> {
+    fn save(&mut self, step: u64) -> Result<()> {
+        let started = Instant::now();
+        self.write_checkpoint(step)?;
+        self.save_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn write_checkpoint(&self, step: u64) -> Result<()> {
         let run_dir = self.run_dir();
         let dir = self.trainer.save_checkpoint().map_err(|e| {
             let kept = latest_checkpoint(run_dir).map_or_else(
@@ -281,5 +279,41 @@ impl Job {
         })?;
         self.say(format!("saved {}", dir.display()));
         Ok(())
+    }
+
+    /// Prints the run's summary and writes `summary.json` (rank 0).
+    fn summarize(&self, started: Instant, peak_mib: f64) -> Result<()> {
+        if !self.lead {
+            return Ok(());
+        }
+        let mu = self.trainer.config.schedule.num_iterations as u64;
+        let mut summary = RunSummary::new("train", started.elapsed().as_secs_f64());
+        summary.steps = self.steps.len() as u64;
+        // A round's rollout, reward and scoring are paid once, at its first iteration.
+        let firsts = self.steps.iter().filter(|m| (m.step - 1) % mu == 0);
+        let (mut busy, mut decode) = (0.0, 0.0);
+        for m in firsts {
+            let c = &m.cost;
+            summary.add("rollout", c.rollout_seconds);
+            summary.add("reward (beyond decoding)", c.reward_seconds);
+            summary.add("old/reference scoring", c.scoring_seconds);
+            summary.tokens_decoded += c.rollout_tokens_per_second * c.rollout_seconds;
+            decode += c.rollout_seconds;
+            summary.tests_run += c.sandbox_tests as u64;
+            busy += c.sandbox_tests as f64 / c.sandbox_tests_per_second.max(1e-9);
+        }
+        let update: f64 = self.steps.iter().map(|m| m.update_seconds).sum();
+        summary.add("update", update);
+        summary.add("evaluation", self.eval_seconds);
+        summary.add("checkpointing", self.save_seconds);
+        summary.close();
+        summary.tokens_per_second = (decode > 0.0).then(|| summary.tokens_decoded / decode);
+        summary.tests_per_second = (busy > 0.0).then(|| summary.tests_run as f64 / busy);
+        summary.peak_resident_mib = peak_mib;
+        let rewards: Vec<f64> = self.steps.iter().map(|m| m.reward).collect();
+        summary.reward = start_end(&rewards, 5);
+        summary.pass_at_1 = start_end(&self.pass_at_1, 1);
+        self.bar.suspend(|| eprint!("{}", summary.render()));
+        summary.write(self.run_dir())
     }
 }

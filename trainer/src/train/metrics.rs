@@ -99,6 +99,13 @@ pub struct RoundCost {
     pub rollout_seconds: f64,
     /// Reward seconds not hidden behind decoding.
     pub reward_seconds: f64,
+    /// Tests the sandbox ran.
+    #[serde(default)]
+    pub sandbox_tests: usize,
+    /// Seconds scoring the round under the old policy and the reference (no-grad passes
+    /// before the first update; rank 0's).
+    #[serde(default)]
+    pub scoring_seconds: f64,
 }
 
 impl RoundCost {
@@ -117,6 +124,8 @@ impl RoundCost {
             sandbox_non_data: costs.iter().map(|c| c.sandbox_non_data).sum(),
             rollout_seconds: max(|c| c.rollout_seconds),
             reward_seconds: max(|c| c.reward_seconds),
+            sandbox_tests: costs.iter().map(|c| c.sandbox_tests).sum(),
+            scoring_seconds: max(|c| c.scoring_seconds),
         }
     }
 }

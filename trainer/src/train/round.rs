@@ -149,7 +149,9 @@ impl Trainer {
             reference: Vec::new(),
             metrics,
         };
+        let scoring = Instant::now();
         self.score_iterations(&mut buffer, round);
+        buffer.metrics.cost.scoring_seconds = scoring.elapsed().as_secs_f64();
         Ok(buffer)
     }
 
@@ -327,6 +329,8 @@ fn rank_cost(rollout: &Rollout, rewards: &RewardBatch, elapsed: f64) -> RoundCos
         rollout_seconds: rollout.seconds,
         // Reward time not hidden behind decoding.
         reward_seconds: (elapsed - rollout.seconds).max(0.0),
+        sandbox_tests: rewards.tests_run,
+        scoring_seconds: 0.0,
     }
 }
 
