@@ -71,6 +71,6 @@ fn main() {
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
-        std::process::exit(1);
+        std::process::exit(if commands::is_usage(&err) { 2 } else { 1 });
     }
 }

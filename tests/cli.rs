@@ -244,16 +244,168 @@ fn bad_options_are_clear_errors() {
         let mut full = vec!["generate", "--model", d, "--prompt", "x"];
         full.extend(args.iter().copied());
         let out = couplet(&full);
-        assert!(!out.status.success(), "{args:?} should fail");
+        // A usage error: exit code 2, like clap's own.
+        assert_eq!(out.status.code(), Some(2), "{args:?} should fail as usage");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
     let out = couplet(&["generate", "--model", "/nonexistent/model", "--prompt", "x"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/model/config.json"), "{err}");
-    // The OS error is part of the message once, not repeated by the error chain.
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--model /nonexistent/model: no such"), "{err}");
+    // A folder without config.json: the file is named, the OS error said once.
+    let out = couplet(&[
+        "generate",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.json"), "{err}");
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}
+
+/// A GPU that is not there is a usage error (exit 2) naming the flag or key and what
+/// exists, at every entry point that takes a device — never a libtorch panic.
+#[test]
+fn a_missing_gpu_is_a_clear_error_at_every_entry_point() {
+    if couplet_model::cuda_devices() > 0 {
+        eprintln!("CUDA is visible: this test checks a machine without it");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_model(tmp.path(), false, 0);
+    let d = dir.to_str().unwrap();
+    let input = tmp.path().join("rows.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"x\", \"completion\": \"y\"}\n").unwrap();
+    let run = tmp.path().join("run");
+    let set_run = format!("checkpointing.run_dir=\"{}\"", run.display());
+    let set_model = format!("model.path=\"{d}\"");
+    let sft_out = tmp.path().join("sft");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "generate", "--model", d, "--prompt", "x", "--device", "cuda",
+            ],
+            "--device cuda",
+        ),
+        (
+            vec![
+                "eval",
+                "--model",
+                d,
+                "--benchmark",
+                "data/tasks/val.jsonl",
+                "--device",
+                "cuda:1",
+            ],
+            "--device cuda:1",
+        ),
+        (
+            vec![
+                "sft",
+                "--model",
+                d,
+                "--data",
+                "data/tasks/val.jsonl",
+                "--out",
+                sft_out.to_str().unwrap(),
+                "--device",
+                "cuda",
+            ],
+            "--device cuda",
+        ),
+        (
+            vec![
+                "logprobs",
+                "--model",
+                d,
+                "--input",
+                input.to_str().unwrap(),
+                "--device",
+                "cuda",
+            ],
+            "--device cuda",
+        ),
+        (
+            vec![
+                "train",
+                "--set",
+                &set_model,
+                "--set",
+                &set_run,
+                "--set",
+                "model.device=\"cuda\"",
+            ],
+            "`model.device`",
+        ),
+        (
+            vec![
+                "train",
+                "--set",
+                &set_model,
+                "--set",
+                &set_run,
+                "--set",
+                "algorithm.beta=0.1",
+                "--set",
+                "reference.device=\"cuda\"",
+            ],
+            "`reference.device`",
+        ),
+        (
+            vec![
+                "launch",
+                "--nproc",
+                "2",
+                "--",
+                "train",
+                "--set",
+                &set_model,
+                "--set",
+                &set_run,
+                "--set",
+                "distributed.backend=\"gloo\"",
+                "--set",
+                "schedule.micro_batch_size=8",
+                "--set",
+                "model.device=\"cuda\"",
+            ],
+            "`model.device`",
+        ),
+        (
+            vec![
+                "ablate",
+                "--algorithms",
+                "coupled",
+                "--seeds",
+                "1",
+                "--out",
+                run.to_str().unwrap(),
+                "--set",
+                &set_model,
+                "--set",
+                "model.device=\"cuda\"",
+            ],
+            "`model.device`",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = couplet(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            err.contains("CUDA is not available here"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -20,14 +20,53 @@ pub enum DeviceSpec {
     Cuda(usize),
 }
 
+/// A device that was named but does not exist on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{spec}: {reason}")]
+pub struct DeviceUnavailable {
+    /// What was asked for.
+    pub spec: DeviceSpec,
+    /// What this machine has instead.
+    pub reason: String,
+}
+
 impl DeviceSpec {
-    /// The libtorch device (`Auto` is resolved now).
-    pub fn device(self) -> Device {
+    /// The libtorch device (`Auto` is resolved now), after checking that it exists here:
+    /// libtorch would otherwise abort on the first tensor placed on a missing GPU.
+    pub fn resolve(self) -> Result<Device, DeviceUnavailable> {
+        self.resolve_among(cuda_devices())
+    }
+
+    /// [`resolve`](Self::resolve) on a machine with `visible` CUDA devices.
+    fn resolve_among(self, visible: usize) -> Result<Device, DeviceUnavailable> {
         match self {
-            DeviceSpec::Cpu => Device::Cpu,
-            DeviceSpec::Auto => Device::cuda_if_available(),
-            DeviceSpec::Cuda(i) => Device::Cuda(i),
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Auto if visible > 0 => Ok(Device::Cuda(0)),
+            DeviceSpec::Auto => Ok(Device::Cpu),
+            DeviceSpec::Cuda(i) if i < visible => Ok(Device::Cuda(i)),
+            DeviceSpec::Cuda(_) => Err(DeviceUnavailable {
+                spec: self,
+                reason: if visible == 0 {
+                    "CUDA is not available here (`couplet devices` lists 0 CUDA devices); use \
+                     cpu, or auto to take the first GPU where there is one"
+                        .into()
+                } else {
+                    format!(
+                        "only {visible} CUDA device(s) are visible (cuda:0 … cuda:{}; `couplet devices` lists them)",
+                        visible - 1
+                    )
+                },
+            }),
         }
+    }
+}
+
+/// CUDA devices libtorch can use (0 without CUDA).
+pub fn cuda_devices() -> usize {
+    if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
     }
 }
 
@@ -125,6 +164,21 @@ mod tests {
         assert_eq!("cuda:0".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
         assert!("gpu".parse::<DeviceSpec>().unwrap_err().contains("cuda:N"));
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn a_missing_gpu_is_an_error_that_says_what_exists() {
+        assert_eq!(DeviceSpec::Cpu.resolve_among(0), Ok(Device::Cpu));
+        assert_eq!(DeviceSpec::Auto.resolve_among(0), Ok(Device::Cpu));
+        assert_eq!(DeviceSpec::Auto.resolve_among(2), Ok(Device::Cuda(0)));
+        assert_eq!(DeviceSpec::Cuda(1).resolve_among(2), Ok(Device::Cuda(1)));
+        let none = DeviceSpec::Cuda(0).resolve_among(0).unwrap_err();
+        assert!(
+            none.to_string().starts_with("cuda: CUDA is not available"),
+            "{none}"
+        );
+        let two = DeviceSpec::Cuda(2).resolve_among(2).unwrap_err();
+        assert!(two.to_string().contains("only 2 CUDA device(s)"), "{two}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub mod tokenizer;
 pub use adapter_folder::{is_adapter_folder, load_adapter, save_adapter};
 pub use chat_template::{ChatTemplate, Message};
 pub use config::{DreamConfig, GenerationConfig, Layout, TokenIds};
-pub use device::{DeviceSpec, Precision};
+pub use device::{cuda_devices, DeviceSpec, DeviceUnavailable, Precision};
 pub use dream::{DreamModel, Init};
 pub use error::{ModelError, Result};
 pub use hf_folder::{load_model, save_model, LoadOptions, SaveOptions};

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use couplet_trainer::{Algorithm, Method, RunCheckpoint, TrainConfig};
 
 use super::train::{install_stop_handler, run_job, JobEnd};
@@ -47,7 +47,7 @@ pub struct ReportArgs {
 
 pub fn ablate(args: AblateArgs) -> Result<()> {
     if args.seeds == 0 || args.algorithms.is_empty() {
-        bail!("--seeds and --algorithms must not be empty");
+        usage!("--seeds and --algorithms must not be empty");
     }
     // Validate the base config, every override and every algorithm before any run starts.
     let base = TrainConfig::load(&args.config, &args.overrides)?;

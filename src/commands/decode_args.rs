@@ -98,7 +98,9 @@ impl DecodeArgs {
                 audit: self.audit_cache,
             },
         };
-        Ok(settings.build()?)
+        settings
+            .build()
+            .map_err(|e| super::Usage(e.to_string()).into())
     }
 
     /// The rollout settings of `group_size` samples per prompt with these options.

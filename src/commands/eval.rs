@@ -75,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
         problems.truncate(n);
     }
     if args.plus && problems.iter().all(|p| p.plus_tests.is_empty()) {
-        bail!(
+        usage!(
             "--plus: {} has no plus tests (EvalPlus `plus_input`, MBPP `challenge_test_list`)",
             args.benchmark
         );
@@ -84,13 +84,13 @@ pub fn run(args: Args) -> Result<()> {
         problems.iter_mut().for_each(|p| p.plus_tests.clear());
     }
     if args.samples == 0 {
-        bail!("--samples must be at least 1");
+        usage!("--samples must be at least 1");
     }
     if let Some(k) = args.k.iter().find(|&&k| k == 0 || k > args.samples) {
-        bail!("--k {k}: pass@k needs 1 ≤ k ≤ --samples ({})", args.samples);
+        usage!("--k {k}: pass@k needs 1 ≤ k ≤ --samples ({})", args.samples);
     }
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        bail!("--timeout must be a positive number of seconds");
+        usage!("--timeout must be a positive number of seconds");
     }
     let backend = BackendSpec {
         python: args.python.clone(),

@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use couplet_rollout::generate_rollout;
 
 use super::decode_args::DecodeArgs;
@@ -68,7 +68,7 @@ fn read_prompts(args: &Args) -> Result<Vec<String>> {
         }
     }
     if prompts.is_empty() {
-        bail!("no prompts: give --prompt TEXT or --prompts FILE.jsonl");
+        usage!("no prompts: give --prompt TEXT or --prompts FILE.jsonl");
     }
     Ok(prompts)
 }

@@ -6,7 +6,7 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,7 +30,7 @@ fn free_port() -> Result<u16> {
 
 pub fn run(args: Args) -> Result<()> {
     if args.nproc == 0 {
-        bail!("--nproc must be at least 1");
+        usage!("--nproc must be at least 1");
     }
     let exe = std::env::current_exe().context("locating the couplet binary")?;
     let port = match args.master_port {

@@ -1,5 +1,12 @@
 //! One module per subcommand, plus the option parsing they share.
 
+/// Returns a [`Usage`] error (exit code 2): a flag's value is wrong.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::commands::Usage(format!($($arg)*)).into())
+    };
+}
+
 pub mod ablate;
 pub mod data;
 pub mod decode_args;
@@ -17,7 +24,25 @@ pub mod summary;
 pub mod train;
 
 use anyhow::{Context, Result};
-use couplet_model::{DeviceSpec, LoadedModel, Precision};
+use couplet_model::{DeviceSpec, DeviceUnavailable, LoadedModel, Precision};
+use couplet_trainer::{ConfigError, TrainError};
+
+/// A usage error: a flag or config key the user gave is wrong or names what this machine
+/// does not have. `couplet` exits with 2 for these (clap's code for bad arguments), 1 for
+/// failures of the job itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// Whether `err` is a usage error: [`Usage`], a config error, or a missing device.
+pub fn is_usage(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.is::<Usage>()
+            || e.is::<ConfigError>()
+            || e.is::<DeviceUnavailable>()
+            || matches!(e.downcast_ref::<TrainError>(), Some(TrainError::Config(_)))
+    })
+}
 
 /// Loads a model folder onto `device` in `precision`, with an error that names the folder.
 /// Besides a Hugging Face folder, `path` may be a training checkpoint (`RUN/checkpoint-N`:
@@ -29,9 +54,17 @@ pub fn load_model(
     precision: Precision,
 ) -> Result<LoadedModel> {
     let options = couplet_model::LoadOptions {
-        device: device.device(),
+        device: device
+            .resolve()
+            .map_err(|e| Usage(format!("--device {e}")))?,
         kind: Some(precision.kind()),
     };
+    if !path.exists() {
+        usage!(
+            "--model {}: no such model folder, checkpoint or run directory",
+            path.display()
+        );
+    }
     let folder = model_folder(path);
     if folder != path {
         eprintln!("model: {}", folder.display());

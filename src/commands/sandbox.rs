@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use couplet_sandbox::{
     BackendKind, BackendSpec, Isolation, Job, Limits, NonDataCounts, SandboxPool,
 };
@@ -75,7 +75,7 @@ fn read_jobs(path: &PathBuf) -> Result<Vec<Job>> {
 
 fn run_jobs(args: RunArgs) -> Result<()> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        bail!("--timeout must be a positive number of seconds");
+        usage!("--timeout must be a positive number of seconds");
     }
     let jobs = read_jobs(&args.jobs)?;
     let started = std::time::Instant::now();

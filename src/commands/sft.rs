@@ -68,13 +68,13 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 || args.steps == 0 {
-        bail!("--batch-size and --steps must be at least 1");
+        usage!("--batch-size and --steps must be at least 1");
     }
     if !(args.lr >= 0.0 && args.lr.is_finite() && args.eps > 0.0 && args.eps < 1.0) {
-        bail!("--lr must be ≥ 0 and --eps in (0, 1)");
+        usage!("--lr must be ≥ 0 and --eps in (0, 1)");
     }
     if !(args.pad_weight > 0.0 && args.pad_weight <= 1.0) {
-        bail!("--pad-weight must be in (0, 1], got {}", args.pad_weight);
+        usage!("--pad-weight must be in (0, 1], got {}", args.pad_weight);
     }
     let started = Instant::now();
     let loaded = super::load_model(&args.model, args.device, Precision::F32)?;

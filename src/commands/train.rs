@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::summary::{peak_resident_mib, reset_peak_resident, resident_mib, start_end, RunSummary};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use couplet_rollout::progress_bar;
 use couplet_trainer::train::stability::DROP_STANDARD_ERRORS;
 use couplet_trainer::{
@@ -54,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
             };
             match latest_checkpoint(&dir) {
                 Some(c) => Some(c),
-                None => bail!(
+                None => usage!(
                     "--resume {}: no complete checkpoint in {}",
                     path.display(),
                     dir.display()

@@ -18,8 +18,8 @@ pub use sections::*;
 /// A config that cannot be used, with the file, key or override at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
+    /// The file could not be read (the reason follows as the error's source).
+    #[error("config file {path}")]
     Io {
         /// The config file.
         path: PathBuf,

@@ -218,7 +218,7 @@ impl Trainer {
         );
         let mut parallel = DataParallel::join(&config)?;
         check_world_size(&config, parallel.world())?;
-        let device = parallel.device(config.model.device.device());
+        let device = parallel.device(resolve("model.device", config.model.device)?);
         let resume = resume.map(|dir| RunCheckpoint {
             dir: dir.to_path_buf(),
         });
@@ -454,9 +454,21 @@ fn check_world_size(config: &TrainConfig, world: usize) -> Result<(), TrainError
     let per_rank_step = config.schedule.per_rank_step();
     let per_step = config.completions_per_step();
     if per_rank_step * world != per_step {
+        let per_rank = per_step / world;
+        let micro = config.schedule.micro_batch_size.max(1);
+        // Keep the micro-batch when it divides the rank's share, else shrink it to the share.
+        let fix = if per_rank > 0 && per_rank % micro == 0 {
+            format!(
+                "set schedule.gradient_accumulation_steps = {}",
+                per_rank / micro
+            )
+        } else {
+            format!(
+                "set schedule.micro_batch_size = {per_rank} and gradient_accumulation_steps = 1"
+            )
+        };
         return Err(TrainError::Setup(format!(
-            "schedule.micro_batch_size × gradient_accumulation_steps = {per_rank_step} per rank × {world} rank(s) must equal the completions per step ({per_step}); set gradient_accumulation_steps = {}",
-            per_step / world / config.schedule.micro_batch_size.max(1)
+            "schedule.micro_batch_size × gradient_accumulation_steps = {per_rank_step} per rank × {world} rank(s) must equal the completions per step ({per_step}); {fix}"
         )));
     }
     if world > 1 && config.rollout.prompts_per_step % world != 0 {
@@ -552,7 +564,10 @@ fn build_reference(
     }
     let settings = &config.reference;
     let kind = settings.dtype.unwrap_or(config.model.dtype).kind();
-    let device = settings.device.map_or(device, |d| d.device());
+    let device = match settings.device {
+        Some(d) => resolve("reference.device", d)?,
+        None => device,
+    };
     let base = if resuming {
         let options = LoadOptions {
             device,
@@ -588,4 +603,10 @@ fn total_steps(config: &TrainConfig, rows: usize) -> u64 {
         .schedule
         .max_steps
         .unwrap_or(per_epoch * config.schedule.epochs as u64)
+}
+
+/// The device a config key names, or a config error naming the key and what exists.
+fn resolve(key: &str, spec: couplet_model::DeviceSpec) -> Result<Device, TrainError> {
+    spec.resolve()
+        .map_err(|e| crate::config::invalid(key, e.to_string()).into())
 }
