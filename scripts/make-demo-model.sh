@@ -6,7 +6,7 @@
 # scripts/make-tasks.py: every template's constant pairs except the validation split's, and
 # in a share (--bug-share) of the rows the template's plausible bug instead of the correct
 # body — so the model starts RL making that mistake with some probability on every prompt of
-# a template, and unit-test rewards can remove it (see README, "The CPU demo").
+# a template, and unit-test rewards can remove it (see docs/guide/cpu-demo.md).
 # Two phases: --copy-steps at a constant lr (copying the question's constants is learned
 # abruptly around step 300–400, and not at all under a cosine decay from the start), then
 # --decay-steps on the following rows with the lr decaying linearly to 0.

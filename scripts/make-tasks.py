@@ -15,7 +15,7 @@ starts by defining them (`A = 3`, `B = 5`, then the function using `A` and `B`).
 constant is one token and sits at the same distance from its copy in every template, so a
 small model learns to copy it with one fixed relative-position look-up (measured: with the
 constants inside template-dependent text the 5 M-parameter demo model never learned to copy
-them within the setup budget; see README, "The CPU demo").
+them within the setup budget; see docs/guide/cpu-demo.md).
 
 Held out: for every template a fixed share of its constant pairs belongs to the validation
 split. Neither the train split nor the SFT data ever uses a validation pair, so no

@@ -26,15 +26,15 @@ enum Command {
     Sft(commands::sft::Args),
     /// pass@k of a model on HumanEval or a task file (tests in the sandbox).
     Eval(Box<commands::eval::Args>),
-    /// Run or resume a coupled-GRPO training job.
+    /// Run or resume an RL training job (coupled-GRPO or any `algorithm.name`).
     Train(commands::train::Args),
     /// Start N ranks of a couplet command on this machine (torchrun's variables).
     Launch(commands::launch::Args),
-    /// Run the same config once per estimator and seed, then write a report.
+    /// Run the same config once per algorithm and seed, then write a report.
     Ablate(commands::ablate::AblateArgs),
     /// Make report.md and PNG plots from existing run directories.
     Report(commands::ablate::ReportArgs),
-    /// Per-token likelihood estimates (coupled, d1, full_mask, decoupled) of given completions.
+    /// Likelihood estimates of given completions under any algorithm's estimator.
     Logprobs(commands::logprobs::Args),
     /// Fold LoRA adapters into their base model and write a full model folder.
     MergeLora(commands::merge_lora::Args),
