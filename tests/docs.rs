@@ -34,7 +34,6 @@ fn pages() -> Vec<PathBuf> {
 /// A page split into prose lines and code (fenced blocks with their info string, and
 /// inline spans of prose lines).
 struct Page {
-    path: PathBuf,
     prose: Vec<String>,
     blocks: Vec<(String, Vec<String>)>,
 }
@@ -54,7 +53,6 @@ impl Page {
             }
         }
         Page {
-            path: path.to_path_buf(),
             prose,
             blocks,
         }
