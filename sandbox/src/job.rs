@@ -133,7 +133,7 @@ pub struct JobResult {
 }
 
 /// Error reason of a test whose solution result was used as anything but plain data (see
-/// the README's sandbox protocol): the solution returned an object and the test compared
+/// docs/guide/sandbox.md, the protocol): the solution returned an object and the test compared
 /// it, tested its truth, hashed or printed it.
 pub const NON_DATA_RESULT: &str = "non-data result";
 /// Error reason of a test that passed the solution something that is not plain data (a
