@@ -321,7 +321,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
         resident.push(Component {
             name: "reference model",
             bytes: p * r,
-            how: format!("{:.3} B × {r} B (β > 0)", p / 1e9),
+            how: format!("{:.3} B × {r} B (β > 0 or logging.kl_to_start)", p / 1e9),
         });
     }
     resident.push(Component {
