@@ -52,10 +52,7 @@ impl Page {
                 (None, None) => prose.push(line.to_string()),
             }
         }
-        Page {
-            prose,
-            blocks,
-        }
+        Page { prose, blocks }
     }
 
     /// Inline code spans of the prose.
