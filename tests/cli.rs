@@ -280,119 +280,53 @@ fn a_missing_gpu_is_a_clear_error_at_every_entry_point() {
     let d = dir.to_str().unwrap();
     let input = tmp.path().join("rows.jsonl");
     std::fs::write(&input, "{\"prompt\": \"x\", \"completion\": \"y\"}\n").unwrap();
-    let run = tmp.path().join("run");
-    let set_run = format!("checkpointing.run_dir=\"{}\"", run.display());
-    let set_model = format!("model.path=\"{d}\"");
-    let sft_out = tmp.path().join("sft");
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let (run, sft) = (tmp.path().join("run"), tmp.path().join("sft"));
+    let (run, sft, input) = (run.display(), sft.display(), input.display());
+    // Train-side entry points share the model and run directory.
+    let train = format!("train --set model.path=\"{d}\" --set checkpointing.run_dir=\"{run}\"");
+    let cases = [
         (
-            vec![
-                "generate", "--model", d, "--prompt", "x", "--device", "cuda",
-            ],
+            format!("generate --model {d} --prompt x --device cuda"),
             "--device cuda",
         ),
         (
-            vec![
-                "eval",
-                "--model",
-                d,
-                "--benchmark",
-                "data/tasks/val.jsonl",
-                "--device",
-                "cuda:1",
-            ],
+            format!("eval --model {d} --benchmark data/tasks/val.jsonl --device cuda:1"),
             "--device cuda:1",
         ),
         (
-            vec![
-                "sft",
-                "--model",
-                d,
-                "--data",
-                "data/tasks/val.jsonl",
-                "--out",
-                sft_out.to_str().unwrap(),
-                "--device",
-                "cuda",
-            ],
+            format!("sft --model {d} --data data/tasks/val.jsonl --out {sft} --device cuda"),
             "--device cuda",
         ),
         (
-            vec![
-                "logprobs",
-                "--model",
-                d,
-                "--input",
-                input.to_str().unwrap(),
-                "--device",
-                "cuda",
-            ],
+            format!("logprobs --model {d} --input {input} --device cuda"),
             "--device cuda",
         ),
         (
-            vec![
-                "train",
-                "--set",
-                &set_model,
-                "--set",
-                &set_run,
-                "--set",
-                "model.device=\"cuda\"",
-            ],
+            format!("{train} --set model.device=\"cuda\""),
             "`model.device`",
         ),
         (
-            vec![
-                "train",
-                "--set",
-                &set_model,
-                "--set",
-                &set_run,
-                "--set",
-                "algorithm.beta=0.1",
-                "--set",
-                "reference.device=\"cuda\"",
-            ],
+            format!("{train} --set algorithm.beta=0.1 --set reference.device=\"cuda\""),
             "`reference.device`",
         ),
         (
-            vec![
-                "launch",
-                "--nproc",
-                "2",
-                "--",
-                "train",
-                "--set",
-                &set_model,
-                "--set",
-                &set_run,
-                "--set",
-                "distributed.backend=\"gloo\"",
-                "--set",
-                "schedule.micro_batch_size=8",
-                "--set",
-                "model.device=\"cuda\"",
-            ],
+            format!(
+                "launch --nproc 2 -- {train} --set distributed.backend=\"gloo\" \
+                 --set schedule.micro_batch_size=8 --set model.device=\"cuda\""
+            ),
             "`model.device`",
         ),
         (
-            vec![
-                "ablate",
-                "--algorithms",
-                "coupled",
-                "--seeds",
-                "1",
-                "--out",
-                run.to_str().unwrap(),
-                "--set",
-                &set_model,
-                "--set",
-                "model.device=\"cuda\"",
-            ],
+            format!(
+                "ablate --algorithms coupled --seeds 1 --out {run} \
+                 --set model.path=\"{d}\" --set model.device=\"cuda\""
+            ),
             "`model.device`",
         ),
     ];
-    for (args, needle) in cases {
+    for (command, needle) in cases {
+        // Paths of the temporary folder hold no spaces: the words are the arguments.
+        let args: Vec<&str> = command.split_whitespace().collect();
         let out = couplet(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
