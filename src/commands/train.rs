@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use couplet_rollout::progress_bar;
 use couplet_trainer::train::stability::DROP_STANDARD_ERRORS;
 use couplet_trainer::{
-    latest_checkpoint, RunCheckpoint, RunLog, StepMetrics, TrainConfig, Trainer,
+    latest_checkpoint, Flow, RunCheckpoint, RunLog, StepMetrics, TrainConfig, Trainer,
 };
 
 #[derive(clap::Args)]
@@ -82,60 +82,66 @@ pub enum JobEnd {
 pub fn run_job(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Result<JobEnd> {
     let started = Instant::now();
     let before_model = resident_mib();
-    let mut job = Job::start(config, resume, name)?;
+    let (mut trainer, mut job) = Job::start(config, resume, name)?;
     // The steps' own peak: loading (a mapped checkpoint file next to the weights it fills)
     // and optimizer setup are not part of it.
     reset_peak_resident();
     let mut step_peak = 0.0f64;
-    let total = job.trainer.total_steps();
+    let total = trainer.total_steps();
     let eval_every = config.eval.every;
-    if eval_every > 0 && job.trainer.state.step == 0 {
-        job.evaluate()?;
+    if eval_every > 0 && trainer.state.step == 0 {
+        job.evaluate(&mut trainer)?;
     }
-    while job.trainer.state.step < total {
-        let m = job.trainer.step()?;
-        step_peak = step_peak.max(peak_resident_mib());
-        job.record(&m)?;
-        if eval_every > 0 && (m.step % eval_every == 0 || m.step == total) {
-            job.evaluate()?;
-        }
-        let stopping = job.trainer.agree_stop(STOP.load(Ordering::SeqCst))?;
-        if m.step % config.checkpointing.save_every == 0 || m.step == total || stopping {
-            job.save(m.step)?;
-        }
-        if stopping {
-            job.bar.finish_and_clear();
-            job.summarize(started, step_peak)?;
-            job.say(format!(
-                "interrupted at step {}: checkpoint saved; resume with --resume {}",
-                m.step,
-                job.run_dir().display()
-            ));
-            return Ok(JobEnd::Interrupted);
-        }
+    let mut interrupted = false;
+    while trainer.state.step < total && !interrupted {
+        trainer.train_round(|trainer, m| -> Result<Flow> {
+            step_peak = step_peak.max(peak_resident_mib());
+            job.record(trainer, m)?;
+            if eval_every > 0 && (m.step % eval_every == 0 || m.step == total) {
+                job.evaluate(trainer)?;
+            }
+            interrupted = trainer.agree_stop(STOP.load(Ordering::SeqCst))?;
+            if m.step % config.checkpointing.save_every == 0 || m.step == total || interrupted {
+                job.save(trainer, m.step)?;
+            }
+            Ok(if interrupted || m.step == total {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            })
+        })?;
     }
     job.bar.finish_and_clear();
+    if interrupted {
+        job.summarize(&trainer, started, step_peak)?;
+        job.say(format!(
+            "interrupted at step {}: checkpoint saved; resume with --resume {}",
+            trainer.state.step,
+            job.run_dir.display()
+        ));
+        return Ok(JobEnd::Interrupted);
+    }
     // Every rank reports (the ZeRO shards differ); `scripts/bench-memory` compares this with
     // `couplet memory`. Checkpoint writing is not included.
     job.bar.suspend(|| {
         eprintln!(
             "memory: rank {}: {before_model:.1} MiB resident before the model, peak {step_peak:.1} MiB over the training steps",
-            job.trainer.rank()
+            trainer.rank()
         )
     });
-    job.summarize(started, step_peak)?;
+    job.summarize(&trainer, started, step_peak)?;
     job.say(format!(
         "done: {} steps; checkpoints in {}",
-        job.trainer.state.step,
-        job.run_dir().display()
+        trainer.state.step,
+        job.run_dir.display()
     ));
     Ok(JobEnd::Finished)
 }
 
-/// A job in progress: the trainer, and (on rank 0) its logs and progress bar. With several
+/// What a job keeps besides its trainer: (on rank 0) its logs and progress bar. With several
 /// ranks, rank 0 alone talks: progress, logs, evaluation, the config copy.
 struct Job {
-    trainer: Trainer,
+    run_dir: PathBuf,
     log: Option<RunLog>,
     bar: indicatif::ProgressBar,
     lead: bool,
@@ -147,7 +153,7 @@ struct Job {
 }
 
 impl Job {
-    fn start(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Result<Job> {
+    fn start(config: &TrainConfig, resume: Option<&Path>, name: &str) -> Result<(Trainer, Job)> {
         let run_dir = &config.checkpointing.run_dir;
         let repo = std::env::current_dir()?;
         let trainer = Trainer::new(config.clone(), &repo, resume)?;
@@ -166,7 +172,7 @@ impl Job {
         let bar = progress_bar(trainer.total_steps(), name, "steps", lead);
         bar.set_position(trainer.state.step);
         let job = Job {
-            trainer,
+            run_dir: run_dir.clone(),
             log,
             bar,
             lead,
@@ -179,14 +185,10 @@ impl Job {
             job.say(format!(
                 "resumed from {} at step {}",
                 r.display(),
-                job.trainer.state.step
+                trainer.state.step
             ));
         }
-        Ok(job)
-    }
-
-    fn run_dir(&self) -> &Path {
-        &self.trainer.config.checkpointing.run_dir
+        Ok((trainer, job))
     }
 
     /// A line on stderr from rank 0, above the progress bar.
@@ -197,14 +199,14 @@ impl Job {
     }
 
     /// Logs step `m`: scalars, sampled completions, the progress bar and a summary line.
-    fn record(&mut self, m: &StepMetrics) -> Result<()> {
+    fn record(&mut self, trainer: &Trainer, m: &StepMetrics) -> Result<()> {
         self.steps.push(m.clone());
-        let logging = &self.trainer.config.logging;
+        let logging = &trainer.config.logging;
         if let Some(log) = self.log.as_mut() {
             log.step(m)?;
             let every = logging.completions_every;
             if every > 0 && (m.step % every == 0 || m.step == 1) {
-                log.completions(&self.trainer.last_samples)?;
+                log.completions(&trainer.last_samples)?;
             }
         }
         self.bar.set_position(m.step);
@@ -223,17 +225,17 @@ impl Job {
     }
 
     /// Validation pass@1 of the current policy, logged (rank 0 only).
-    fn evaluate(&mut self) -> Result<()> {
+    fn evaluate(&mut self, trainer: &mut Trainer) -> Result<()> {
         let Some(log) = self.log.as_mut() else {
             return Ok(());
         };
         let started = Instant::now();
-        let report = self.trainer.evaluate_validation()?;
+        let report = trainer.evaluate_validation()?;
         self.eval_seconds += started.elapsed().as_secs_f64();
         if let Some(report) = report {
             self.pass_at_1.push(report.pass_at(1).unwrap_or(f64::NAN));
-            let change = self.trainer.validation_change(&report);
-            log.eval(self.trainer.state.step, &report, change.as_ref())?;
+            let change = trainer.validation_change(&report);
+            log.eval(trainer.state.step, &report, change.as_ref())?;
             let pass = report.pass_at(1).unwrap_or(f64::NAN);
             let versus = change.as_ref().map_or_else(String::new, |(c, _)| {
                 format!(
@@ -244,7 +246,7 @@ impl Job {
             });
             self.say(format!(
                 "eval  step {:>5}  validation pass@1 {:.1}% ({} problems, {:.1}s{versus})",
-                self.trainer.state.step,
+                trainer.state.step,
                 100.0 * pass,
                 report.problems.len(),
                 report.seconds
@@ -257,16 +259,16 @@ impl Job {
     }
 
     /// Saves the checkpoint of `step`; a failure says which earlier checkpoint is intact.
-    fn save(&mut self, step: u64) -> Result<()> {
+    fn save(&mut self, trainer: &Trainer, step: u64) -> Result<()> {
         let started = Instant::now();
-        self.write_checkpoint(step)?;
+        self.write_checkpoint(trainer, step)?;
         self.save_seconds += started.elapsed().as_secs_f64();
         Ok(())
     }
 
-    fn write_checkpoint(&self, step: u64) -> Result<()> {
-        let run_dir = self.run_dir();
-        let dir = self.trainer.save_checkpoint().map_err(|e| {
+    fn write_checkpoint(&self, trainer: &Trainer, step: u64) -> Result<()> {
+        let run_dir = &self.run_dir;
+        let dir = trainer.save_checkpoint().map_err(|e| {
             let kept = latest_checkpoint(run_dir).map_or_else(
                 || "no earlier checkpoint exists".to_string(),
                 |c| format!("the previous checkpoint {} is intact", c.display()),
@@ -282,11 +284,11 @@ impl Job {
     }
 
     /// Prints the run's summary and writes `summary.json` (rank 0).
-    fn summarize(&self, started: Instant, peak_mib: f64) -> Result<()> {
+    fn summarize(&self, trainer: &Trainer, started: Instant, peak_mib: f64) -> Result<()> {
         if !self.lead {
             return Ok(());
         }
-        let mu = self.trainer.config.schedule.num_iterations as u64;
+        let mu = trainer.config.schedule.num_iterations as u64;
         let mut summary = RunSummary::new("train", started.elapsed().as_secs_f64());
         summary.steps = self.steps.len() as u64;
         // A round's rollout, reward and scoring are paid once, at its first iteration.
@@ -314,6 +316,6 @@ impl Job {
         summary.reward = start_end(&rewards, 5);
         summary.pass_at_1 = start_end(&self.pass_at_1, 1);
         self.bar.suspend(|| eprint!("{}", summary.render()));
-        summary.write(self.run_dir())
+        summary.write(&self.run_dir)
     }
 }

@@ -48,4 +48,4 @@ pub use sft::{
 pub use train::checkpoint::{latest_checkpoint, Manifest, RunCheckpoint};
 pub use train::metrics::{RoundCost, StepMetrics};
 pub use train::order::PromptOrder;
-pub use train::{CompletionSample, TrainError, Trainer, TrainerState};
+pub use train::{CompletionSample, Flow, TrainError, Trainer, TrainerState};

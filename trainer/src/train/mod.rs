@@ -29,7 +29,7 @@ use couplet_sandbox::SandboxPool;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
-use crate::config::{ConfigError, TrainConfig};
+use crate::config::{invalid, ConfigError, TrainConfig};
 use crate::eval::{evaluate, load_benchmark, EvalProblem, EvalReport, EvalSettings};
 use crate::optim::AdamW;
 use crate::reference::{Reference, ReferenceModel};
@@ -153,6 +153,15 @@ pub struct CompletionSample {
     pub rewards: Vec<(String, f64)>,
     /// The weighted total.
     pub total: f64,
+}
+
+/// Whether [`Trainer::train_round`] goes on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// The next iteration of the round.
+    Continue,
+    /// Return now (the run's last step, or a stop request).
+    Stop,
 }
 
 /// What a checkpoint records besides weights and optimizer moments.
@@ -300,24 +309,55 @@ impl Trainer {
         self.parallel.any(local)
     }
 
-    /// One optimizer step: the next iteration of the current round (sampling a new round
-    /// first when none is buffered).
-    pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
-        let round = self.state.step / self.config.schedule.num_iterations as u64;
+    /// Trains the rest of the current round: samples it (unless a checkpoint resumed it
+    /// mid-round), then runs the μ iterations of the update on the same samples and
+    /// old/reference scores, one optimizer step each. `after_step` sees every step (logging,
+    /// evaluation, checkpoints) and may stop early; the round's buffer then stays, so a
+    /// checkpoint taken at that step resumes inside the round.
+    pub fn train_round<E: From<TrainError>>(
+        &mut self,
+        mut after_step: impl FnMut(&mut Trainer, &StepMetrics) -> Result<Flow, E>,
+    ) -> Result<Flow, E> {
+        let mu = self.config.schedule.num_iterations;
+        let round = self.state.step / mu as u64;
         if self.buffer.is_none() {
             self.buffer = Some(self.sample_round(round)?);
             self.state.next_iteration = 0;
         }
-        let started = Instant::now();
-        let update = self.update(round, self.state.next_iteration)?;
-        let round_metrics = self.advance();
-        let metrics = self.record(round_metrics, update, started);
-        Ok(metrics)
+        for iteration in self.state.next_iteration..mu {
+            let started = Instant::now();
+            let update = self.update(round, iteration)?;
+            let round_metrics = self.advance(iteration + 1 == mu);
+            let metrics = self.record(round_metrics, update, started);
+            if let Flow::Stop = after_step(self, &metrics)? {
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// One optimizer step: the next iteration of the current round (sampling a new round
+    /// first when none is buffered). For tests and tools that drive steps one by one.
+    pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
+        let mut taken = None;
+        self.train_round(|_, m| {
+            taken = Some(m.clone());
+            Ok::<_, TrainError>(Flow::Stop)
+        })?;
+        taken.ok_or_else(|| {
+            TrainError::Config(invalid(
+                "schedule.num_iterations",
+                format!(
+                    "the checkpoint resumes at iteration {} of a round of {} iterations",
+                    self.state.next_iteration, self.config.schedule.num_iterations
+                ),
+            ))
+        })
     }
 
     /// Counts the step, syncs the reference when due, and moves to the round's next
-    /// iteration (dropping the buffer after the last); returns the round's statistics.
-    fn advance(&mut self) -> StepMetrics {
+    /// iteration (dropping the buffer after the `last`); returns the round's statistics.
+    fn advance(&mut self, last: bool) -> StepMetrics {
         self.state.step += 1;
         if let Some(reference) = self.reference.as_mut().and_then(Reference::copy_mut) {
             reference.maybe_sync(&self.policy.model, self.state.step);
@@ -328,7 +368,7 @@ impl Trainer {
             .map(|b| b.metrics.clone())
             .unwrap_or_default();
         self.state.next_iteration += 1;
-        if self.state.next_iteration >= self.config.schedule.num_iterations {
+        if last {
             self.buffer = None;
             self.state.next_iteration = 0;
         }
