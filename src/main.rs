@@ -34,6 +34,9 @@ enum Command {
     Ablate(commands::ablate::AblateArgs),
     /// Make report.md and PNG plots from existing run directories.
     Report(commands::ablate::ReportArgs),
+    /// The paper's decoding analyses: AR-ness, temperature and pass@k, the entropy sink.
+    #[command(subcommand)]
+    Analyze(commands::analyze::Command),
     /// Likelihood estimates of given completions under any algorithm's estimator.
     Logprobs(commands::logprobs::Args),
     /// Fold LoRA adapters into their base model and write a full model folder.
@@ -65,6 +68,7 @@ fn main() {
         Some(Command::Launch(args)) => commands::launch::run(args),
         Some(Command::Ablate(args)) => commands::ablate::ablate(args),
         Some(Command::Report(args)) => commands::ablate::report(args),
+        Some(Command::Analyze(command)) => commands::analyze::run(command),
         Some(Command::MergeLora(args)) => commands::merge_lora::run(args),
         Some(Command::Memory(args)) => commands::memory::run(args),
         Some(Command::Devices) => commands::devices(),

@@ -7,6 +7,7 @@
 //! only reads what runs left on disk, so a report can be remade from old runs at any time.
 #![deny(missing_docs)]
 
+pub mod figure;
 mod plot;
 mod runs;
 

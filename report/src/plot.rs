@@ -17,7 +17,7 @@ const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 
-const COLORS: [RGBColor; 10] = [
+pub(crate) const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -55,7 +55,7 @@ pub fn register_font() -> Result<(), ReportError> {
     .map_err(ReportError::Font)
 }
 
-fn plot_err(path: &Path) -> impl Fn(String) -> ReportError + '_ {
+pub(crate) fn plot_err(path: &Path) -> impl Fn(String) -> ReportError + '_ {
     move |message| ReportError::Plot {
         path: path.to_path_buf(),
         message,

@@ -18,6 +18,7 @@ pub mod order;
 pub mod progress;
 pub mod sampling;
 pub mod settings;
+pub mod sink;
 pub mod worker;
 
 pub use canvas::Decoded;
@@ -29,6 +30,7 @@ pub use order::ArNess;
 pub use progress::progress_bar;
 pub use sampling::{Confidence, Proposal, SamplingParams};
 pub use settings::{DecoderKind, DecoderSettings, DREAM_EPS};
+pub use sink::FirstStepProfile;
 pub use worker::{generate_rollout, DecoderConfig, Rollout, RolloutConfig};
 
 /// Why decoding could not run.

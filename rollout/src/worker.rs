@@ -370,8 +370,8 @@ pub fn generate_rollout(
 }
 
 /// The token rows of a rollout: each prompt tokenised once and repeated G times.
-struct PromptRows {
-    rows: Vec<Vec<i64>>,
+pub(crate) struct PromptRows {
+    pub(crate) rows: Vec<Vec<i64>>,
     /// The prompt of each row.
     prompt_index: Vec<usize>,
     /// Prompts cut to `max_prompt_length`.
@@ -379,7 +379,7 @@ struct PromptRows {
 }
 
 impl PromptRows {
-    fn tokenize(
+    pub(crate) fn tokenize(
         tokenizer: &TextTokenizer,
         prompts: &[String],
         cfg: &RolloutConfig,

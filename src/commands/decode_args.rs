@@ -1,4 +1,4 @@
-//! Decoder options shared by `generate` and `eval`.
+//! Decoder options shared by `generate`, `eval` and `analyze`.
 
 use anyhow::Result;
 use couplet_model::{DeviceSpec, Precision};
@@ -9,15 +9,18 @@ use couplet_rollout::{
 
 #[derive(clap::Args, Clone)]
 pub struct DecodeArgs {
-    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
-    pub steps: i64,
+    /// Denoising steps (default: 64; `analyze`: --max-new-tokens, one token per step).
+    #[arg(long, allow_negative_numbers = true)]
+    pub steps: Option<i64>,
     #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     pub max_new_tokens: i64,
-    /// origin, maskgit_plus, topk_margin or entropy.
-    #[arg(long, default_value = "entropy")]
-    pub alg: DreamAlg,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub temperature: f64,
+    /// origin, maskgit_plus, topk_margin or entropy (default: entropy; `analyze`:
+    /// maskgit_plus, i.e. low-confidence remasking).
+    #[arg(long)]
+    pub alg: Option<DreamAlg>,
+    /// Sampling temperature (default: 0, greedy; `analyze` takes --temperatures).
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f64>,
     #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f64>,
     #[arg(long, allow_negative_numbers = true)]
@@ -75,14 +78,15 @@ impl DecodeArgs {
             None => DecoderKind::Dream,
         };
         let sampling = SamplingParams {
-            temperature: self.temperature,
+            temperature: self.temperature.unwrap_or(0.0),
             top_p: self.top_p,
             top_k: self.top_k,
         };
-        let (alg, alg_temp, remasking) = (self.alg, self.alg_temp, self.remasking);
+        let alg = self.alg.unwrap_or(DreamAlg::Entropy);
+        let (alg_temp, remasking) = (self.alg_temp, self.remasking);
         let settings = DecoderSettings {
             kind,
-            steps: self.steps,
+            steps: self.steps.unwrap_or(64),
             max_new_tokens: self.max_new_tokens,
             block_length: self.block_length,
             sampling,

@@ -8,6 +8,7 @@ macro_rules! usage {
 }
 
 pub mod ablate;
+pub mod analyze;
 pub mod data;
 pub mod decode_args;
 pub mod demo;

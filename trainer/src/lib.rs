@@ -13,6 +13,7 @@
 
 pub mod advantages;
 pub mod algorithm;
+pub mod analysis;
 pub mod config;
 pub mod eval;
 pub mod lean;
