@@ -84,6 +84,10 @@ fn ranges(panel: &Panel) -> ((f64, f64), (f64, f64)) {
 
 fn draw_panel(panel: &Panel, area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String> {
     let ((x0, x1), (y0, y1)) = ranges(panel);
+    // Headroom above the data for the legend (about one line's height per entry), so the
+    // legend never hides a point.
+    let headroom = (0.08 + 0.055 * panel.lines.len() as f64).min(0.8);
+    let y1 = y1 + (y1 - y0) * headroom;
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 16))
         .margin(12)
@@ -133,6 +137,7 @@ fn draw_panel(panel: &Panel, area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Re
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 12))
