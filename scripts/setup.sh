@@ -145,7 +145,7 @@ if [ -s data/demo-model/model.safetensors ]; then
   say "demo model already in data/demo-model"
 else
   # Without its evaluation (2 of its 14 minutes): `couplet train` evaluates it at step 0.
-  say "building the demo model data/demo-model (scripts/make-demo-model.sh, about 12 minutes on 2 cores)"
+  say "building the demo model data/demo-model (scripts/make-demo-model.sh, about 7 minutes on 2 cores)"
   scripts/make-demo-model.sh --no-eval
 fi
 say "done: target/release/couplet is ready"
