@@ -37,6 +37,8 @@ pub struct Panel {
     pub y_label: String,
     /// Y range; `None` = from the data (padded).
     pub y_range: Option<(f64, f64)>,
+    /// Whole-number x ticks (e.g. k of AR-ness@k) instead of plotters' decimal ones.
+    pub integer_x: bool,
     /// The lines.
     pub lines: Vec<Line>,
 }
@@ -95,9 +97,13 @@ fn draw_panel(panel: &Panel, area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Re
         .y_label_area_size(56)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|x| x.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc(panel.x_label.as_str())
+    let mut mesh = chart.configure_mesh();
+    let whole = |x: &f64| format!("{}", x.round());
+    if panel.integer_x {
+        mesh.x_labels((x1 - x0).round() as usize + 1)
+            .x_label_formatter(&whole);
+    }
+    mesh.x_desc(panel.x_label.as_str())
         .y_desc(panel.y_label.as_str())
         .label_style(("sans-serif", 13))
         .draw()
@@ -246,6 +252,7 @@ mod tests {
             x_label: "k".into(),
             y_label: "v".into(),
             y_range: Some((0.0, 1.0)),
+            integer_x: true,
             lines: vec![Line {
                 label: "a".into(),
                 points: vec![(1.0, 0.5), (2.0, f64::NAN), (3.0, 0.7)],
@@ -273,6 +280,7 @@ mod tests {
             x_label: String::new(),
             y_label: String::new(),
             y_range: None,
+            integer_x: false,
             lines: Vec::new(),
         };
         assert_eq!(ranges(&panel), ((0.0, 1.0), (0.0, 1.0)));

@@ -37,6 +37,7 @@ pub fn arness_by_k(models: &[Series<'_>], ks: &[usize]) -> Vec<Panel> {
             x_label: "k".into(),
             y_label: y.into(),
             y_range: Some((0.0, 1.02)),
+            integer_x: true,
             lines,
         }
     };
@@ -94,6 +95,7 @@ pub fn by_temperature(models: &[Series<'_>], ks: &[usize]) -> Vec<Panel> {
             x_label: "temperature".into(),
             y_label: "pass@k".into(),
             y_range: Some((0.0, 1.02)),
+            integer_x: false,
             lines: pass,
         },
         Panel {
@@ -101,6 +103,7 @@ pub fn by_temperature(models: &[Series<'_>], ks: &[usize]) -> Vec<Panel> {
             x_label: "temperature".into(),
             y_label: "AR-ness@1".into(),
             y_range: Some((0.0, 1.02)),
+            integer_x: false,
             lines: arness,
         },
     ]
@@ -143,6 +146,7 @@ pub fn sink(models: &[Profile<'_>]) -> Vec<Panel> {
             x_label: "completion position".into(),
             y_label: "max token probability".into(),
             y_range: Some((0.0, 1.02)),
+            integer_x: false,
             lines: confidence,
         },
         Panel {
@@ -150,6 +154,7 @@ pub fn sink(models: &[Profile<'_>]) -> Vec<Panel> {
             x_label: "completion position".into(),
             y_label: "entropy (nats)".into(),
             y_range: None,
+            integer_x: false,
             lines: entropy,
         },
     ]
