@@ -204,32 +204,28 @@ fn draw_order_map(
         .filter(|(_, &s)| s >= 0)
         .map(|(p, &s)| {
             let shade = s as f64 / steps.max(1) as f64;
-            let color = ViridisRGB::get_color(shade);
+            let color = ramp(shade);
             Rectangle::new([(p as i64, s), (p as i64 + 1, s + 1)], color.filled())
         });
     chart.draw_series(cells).map_err(|x| x.to_string())?;
     Ok(())
 }
 
-/// Viridis-like ramp without the colormap feature: dark blue → teal → yellow.
-struct ViridisRGB;
-
-impl ViridisRGB {
-    fn get_color(t: f64) -> RGBColor {
-        let t = t.clamp(0.0, 1.0);
-        let stops = [
-            (68.0, 1.0, 84.0),
-            (33.0, 145.0, 140.0),
-            (253.0, 231.0, 37.0),
-        ];
-        let (a, b, u) = if t < 0.5 {
-            (stops[0], stops[1], t * 2.0)
-        } else {
-            (stops[1], stops[2], t * 2.0 - 1.0)
-        };
-        let mix = |x: f64, y: f64| (x + (y - x) * u).round() as u8;
-        RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
-    }
+/// Viridis-like ramp without the colormap feature: dark blue (0) → teal → yellow (1).
+fn ramp(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let stops = [
+        (68.0, 1.0, 84.0),
+        (33.0, 145.0, 140.0),
+        (253.0, 231.0, 37.0),
+    ];
+    let (a, b, u) = if t < 0.5 {
+        (stops[0], stops[1], t * 2.0)
+    } else {
+        (stops[1], stops[2], t * 2.0 - 1.0)
+    };
+    let mix = |x: f64, y: f64| (x + (y - x) * u).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub struct TemperaturePoint {
     pub problems: usize,
     /// Samples per problem.
     pub samples: usize,
-    /// (k, pass@k) for every k = 1..samples (unbiased estimator, mean over problems).
+    /// (k, pass@k) for the settings' k (unbiased estimator, mean over problems).
     pub pass_at_k: Vec<(usize, f64)>,
     /// Mean AR-ness of the samples' decode orders.
     pub arness: ArNess,
@@ -36,9 +36,9 @@ impl TemperaturePoint {
     }
 }
 
-/// Evaluates `model` on `problems` once per `(temperature, settings)` (each settings'
-/// `ks` is replaced by every k up to its samples). `progress(done, total)` counts problems
-/// over the whole sweep.
+/// Evaluates `model` on `problems` once per `(temperature, settings)` (the settings decode
+/// at that temperature; their `ks` are the pass@k reported). `progress(done, total)`
+/// counts problems over the whole sweep.
 pub fn temperature_sweep(
     model: &LoadedModel,
     problems: &[EvalProblem],
@@ -49,12 +49,8 @@ pub fn temperature_sweep(
     let total = problems.len() * sweep.len();
     let mut points = Vec::with_capacity(sweep.len());
     for (i, (temperature, settings)) in sweep.iter().enumerate() {
-        let settings = EvalSettings {
-            ks: (1..=settings.samples).collect(),
-            ..settings.clone()
-        };
         let offset = i * problems.len();
-        let report = evaluate(model, problems, &settings, pool, |done, _| {
+        let report = evaluate(model, problems, settings, pool, |done, _| {
             progress(offset + done, total)
         })?;
         points.push(TemperaturePoint {

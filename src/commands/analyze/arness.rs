@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::figures::{arness_by_k, Series};
-use super::{arness_table, check_temperatures, draw, reject_single_temperature, Ks, Setup};
+use super::{arness_table, draw, Ks, Setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,13 +34,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    check_temperatures(&args.temperatures)?;
-    reject_single_temperature(&args.setup)?;
-    if args.samples == 0 {
-        usage!("--samples must be at least 1");
-    }
-    let bench = args.setup.open()?;
-    bench.say_protocol();
+    let bench = args.setup.open_sweep(&args.temperatures, args.samples)?;
     let model = bench.load(&args.model)?;
     let points = bench.sweep(&model, &args.temperatures, args.samples, "arness")?;
     print!("{}", arness_table(&points, &args.k.0));

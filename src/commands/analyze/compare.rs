@@ -4,12 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use couplet_rollout::FirstStepProfile;
 use couplet_trainer::analysis::{SampleOrder, TemperaturePoint};
 
 use super::figures::{arness_by_k, by_temperature, order_maps, sink, Profile, Series};
 use super::temperature::{shown_ks, table};
-use super::{check_temperatures, draw, draw_orders, reject_single_temperature, Bench, Setup};
+use super::{draw, draw_orders, Bench, Setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,34 +37,35 @@ pub struct Args {
     out: PathBuf,
 }
 
-/// Everything measured on one model.
+/// Everything measured on one model (the first-step profile as its means by position).
 struct Measured {
     label: String,
     points: Vec<TemperaturePoint>,
-    profile: FirstStepProfile,
+    prompts: usize,
+    confidence: Vec<f64>,
+    entropy: Vec<f64>,
     orders: Vec<SampleOrder>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    check_temperatures(&args.temperatures)?;
-    reject_single_temperature(&args.setup)?;
     let ks = shown_ks(&[], args.samples)?;
-    let bench = args.setup.open()?;
-    bench.say_protocol();
+    let bench = args.setup.open_sweep(&args.temperatures, args.samples)?;
     let a = measure(&bench, &args.a, &args, "A")?;
     let b = measure(&bench, &args.b, &args, "B")?;
     for m in [&a, &b] {
         println!("{}:", m.label);
         print!("{}", table(&m.points, &ks));
-        print!("{}", super::sink::summary(&m.profile));
+        print!(
+            "{}",
+            super::sink::summary(m.prompts, &m.confidence, &m.entropy)
+        );
     }
     let side = |m: &Measured, path: &Path| {
-        let (confidence, entropy) = m.profile.mean();
         serde_json::json!({
             "model": path,
             "points": m.points,
-            "mean_confidence": confidence,
-            "mean_entropy": entropy,
+            "mean_confidence": m.confidence,
+            "mean_entropy": m.entropy,
             "orders": m.orders,
         })
     };
@@ -93,19 +93,17 @@ pub fn run(args: Args) -> Result<()> {
         },
     ];
     let all_k: Vec<usize> = (1..=couplet_rollout::order::LOCAL_K).collect();
-    let (ca, ea) = a.profile.mean();
-    let (cb, eb) = b.profile.mean();
     let profiles = [
         Profile {
             label: &a.label,
-            confidence: &ca,
-            entropy: &ea,
+            confidence: &a.confidence,
+            entropy: &a.entropy,
             dashed: false,
         },
         Profile {
             label: &b.label,
-            confidence: &cb,
-            entropy: &eb,
+            confidence: &b.confidence,
+            entropy: &b.entropy,
             dashed: true,
         },
     ];
@@ -134,9 +132,13 @@ fn measure(bench: &Bench, path: &Path, args: &Args, which: &str) -> Result<Measu
     let model = bench.load(path)?;
     let label = format!("{which} ({})", super::model_label(path));
     let points = bench.sweep(&model, &args.temperatures, args.samples, which)?;
+    let profile = bench.profile(&model)?;
+    let (confidence, entropy) = profile.mean();
     Ok(Measured {
         points,
-        profile: bench.profile(&model)?,
+        prompts: profile.confidence.len(),
+        confidence,
+        entropy,
         orders: bench.orders(&model, args.orders)?,
         label,
     })

@@ -150,7 +150,7 @@ impl Bench {
                     t,
                     EvalSettings {
                         samples,
-                        ks: vec![1],
+                        ks: (1..=samples).collect(),
                         rollout: decode.rollout(samples)?,
                         seed: decode.seed,
                         system_prompt: self.system.clone(),
@@ -218,29 +218,32 @@ impl Bench {
     }
 }
 
-/// Sweep temperatures from a flag: finite, ≥ 0, at least one.
-fn check_temperatures(temperatures: &[f64]) -> Result<()> {
-    if temperatures.is_empty() {
-        usage!("--temperatures: give at least one");
+impl Setup {
+    /// The start of every sweeping command: checks `--temperatures` (finite, ≥ 0, at least
+    /// one; the sweep replaces `--temperature`) and `--samples`, opens the bench and prints
+    /// the decode protocol.
+    fn open_sweep(&self, temperatures: &[f64], samples: usize) -> Result<Bench> {
+        if temperatures.is_empty() {
+            usage!("--temperatures: give at least one");
+        }
+        if let Some(t) = temperatures.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+            usage!("--temperatures: {t} is not a temperature (finite, ≥ 0)");
+        }
+        if self.decode.temperature.is_some() {
+            usage!("--temperature: this analysis sweeps --temperatures (comma-separated)");
+        }
+        if samples == 0 {
+            usage!("--samples must be at least 1");
+        }
+        let bench = self.open()?;
+        bench.say_protocol();
+        Ok(bench)
     }
-    if let Some(t) = temperatures.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
-        usage!("--temperatures: {t} is not a temperature (finite, ≥ 0)");
-    }
-    Ok(())
-}
-
-/// The sweep's temperatures come from --temperatures, not --temperature.
-fn reject_single_temperature(setup: &Setup) -> Result<()> {
-    if setup.decode.temperature.is_some() {
-        usage!("--temperature: this analysis sweeps --temperatures (comma-separated)");
-    }
-    Ok(())
 }
 
 /// Creates `out` and writes `value` to `out/name`.
 fn write_json(out: &Path, name: &str, value: &serde_json::Value) -> Result<PathBuf> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let path = out.join(name);
+    let path = out_file(out, name)?;
     std::fs::write(&path, serde_json::to_string_pretty(value)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -363,8 +366,7 @@ fn arness_table(points: &[TemperaturePoint], ks: &[usize]) -> String {
 
 /// Draws `panels` to `out/name` and says where.
 fn draw(out: &Path, name: &str, panels: &[couplet_report::figure::Panel]) -> Result<PathBuf> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let path = out.join(name);
+    let path = out_file(out, name)?;
     couplet_report::figure::panels(panels, &path)?;
     Ok(path)
 }
@@ -375,10 +377,15 @@ fn draw_orders(
     name: &str,
     maps: &[couplet_report::figure::OrderMap],
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let path = out.join(name);
+    let path = out_file(out, name)?;
     couplet_report::figure::order_maps(maps, &path)?;
     Ok(path)
+}
+
+/// `out/name`, with `out` created.
+fn out_file(out: &Path, name: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(out.join(name))
 }
 
 /// Lists the files an analysis wrote.

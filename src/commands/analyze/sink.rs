@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use couplet_rollout::FirstStepProfile;
 
 use super::figures::{order_maps, sink, Profile};
 use super::{draw, draw_orders, Setup};
@@ -32,7 +31,10 @@ pub fn run(args: Args) -> Result<()> {
     let profile = bench.profile(&model)?;
     let orders = bench.orders(&model, args.orders)?;
     let (confidence, entropy) = profile.mean();
-    print!("{}", summary(&profile));
+    print!(
+        "{}",
+        summary(profile.confidence.len(), &confidence, &entropy)
+    );
     let json = super::write_json(
         &args.out,
         "entropy-sink.json",
@@ -58,9 +60,9 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The profile's shape in a few numbers: the first positions against the rest.
-pub fn summary(profile: &FirstStepProfile) -> String {
-    let (confidence, entropy) = profile.mean();
+/// The profile's shape in a few numbers (means over `prompts` prompts by position): the
+/// first positions against the rest.
+pub fn summary(prompts: usize, confidence: &[f64], entropy: &[f64]) -> String {
     let rest = |v: &[f64]| {
         let tail = &v[v.len().min(4)..];
         tail.iter().sum::<f64>() / tail.len().max(1) as f64
@@ -74,10 +76,10 @@ pub fn summary(profile: &FirstStepProfile) -> String {
     };
     format!(
         "first step, mean over {} prompts:\n  confidence at positions 0..3: {}  (mean of the rest {:.3})\n  entropy at positions 0..3:    {}  (mean of the rest {:.3})\n",
-        profile.confidence.len(),
-        head(&confidence),
-        rest(&confidence),
-        head(&entropy),
-        rest(&entropy)
+        prompts,
+        head(confidence),
+        rest(confidence),
+        head(entropy),
+        rest(entropy)
     )
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use couplet_trainer::analysis::{best_temperature, TemperaturePoint};
 
 use super::figures::{by_temperature, Series};
-use super::{check_temperatures, draw, reject_single_temperature, Setup};
+use super::{draw, Setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,11 +36,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    check_temperatures(&args.temperatures)?;
-    reject_single_temperature(&args.setup)?;
     let ks = shown_ks(&args.k, args.samples)?;
-    let bench = args.setup.open()?;
-    bench.say_protocol();
+    let bench = args.setup.open_sweep(&args.temperatures, args.samples)?;
     let model = bench.load(&args.model)?;
     let points = bench.sweep(&model, &args.temperatures, args.samples, "temperature")?;
     print!("{}", table(&points, &ks));
@@ -72,9 +69,6 @@ pub fn run(args: Args) -> Result<()> {
 
 /// The k to draw: `--k` (each in 1..=N) or 1 and N.
 pub fn shown_ks(ks: &[usize], samples: usize) -> Result<Vec<usize>> {
-    if samples == 0 {
-        usage!("--samples must be at least 1");
-    }
     if let Some(k) = ks.iter().find(|&&k| k == 0 || k > samples) {
         usage!("--k {k}: pass@k needs 1 ≤ k ≤ --samples ({samples})");
     }
