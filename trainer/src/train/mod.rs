@@ -225,9 +225,16 @@ impl Trainer {
             config.rollout.generation_batch_size,
             Some(config.data.max_prompt_length),
         );
+        // Devices are checked before joining the process group: a rank whose machine lacks
+        // them stops with the config error at once, instead of leaving its peers in the
+        // rendezvous to fail on a closed connection.
+        let configured = resolve("model.device", config.model.device)?;
+        if let Some(d) = config.reference.device {
+            resolve("reference.device", d)?;
+        }
         let mut parallel = DataParallel::join(&config)?;
         check_world_size(&config, parallel.world())?;
-        let device = parallel.device(resolve("model.device", config.model.device)?);
+        let device = parallel.device(configured);
         let resume = resume.map(|dir| RunCheckpoint {
             dir: dir.to_path_buf(),
         });
